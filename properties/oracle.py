@@ -1,0 +1,118 @@
+"""The float64 oracle and the tolerance model: the one place where the suite's numbers live.
+
+The oracle is equation (1) of the reference (reference/attention.py) evaluated in float64 on the *same*
+inputs the target received (upcast exactly: every float16/bfloat16/float32 value is a float64 value).
+
+Tolerance (shared/DESIGN.md, "Oracle and tolerance"): a target in dtype T may differ from the oracle by
+
+    budget = k * error(naive attention computed in T vs the oracle) + floor(T) * max(1, max|V|)
+
+* The naive implementation is the reference itself run in T, as PyTorch's test_transformers runs its math
+  backend in the low precision dtype, and FlashAttention's tests run ``attention_ref`` "pt" in the input
+  dtype. Its error measures how hard *these* inputs are in T (large logits, long rows, cancellation), so an
+  honest kernel is not flagged where rounding is large, and a bug cannot hide where rounding is small.
+* k = 3 for outputs: FlashAttention asserts ``max|out - ref| <= 2 * max|pt - ref|``; we take 3 because the
+  naive error on tiny problems can be almost 0 by luck while a fused kernel rounds differently (observed
+  on CPU bf16: fused/naive error ratios up to 2.5).
+* k = 5 for gradients: FlashAttention uses 3x to 5x for gradients, PyTorch fudge factors of 4 (dQ) and 2
+  (dK, dV) on top of its max-difference rule; backward passes chain two more matmuls.
+* floor(T) is an absolute floor per dtype, scaled by the largest |V| (outputs are convex combinations of the
+  values, so their scale is |V|): 4 units in the last place of T at 1.0, a few roundings of the output (an
+  exactly-rounded result is off by half an ulp; fused kernels add a rounding per tile). PyTorch's default
+  atol is 1e-5 for float32 and 1e-3 for half types plus an rtol of 1e-3 (fp16) / 1.6e-2 (bf16); the floor
+  matters only where the naive error is near 0, and k times the naive error dominates elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from reference.attention import attention, causal_mask
+
+K_OUTPUT = 3.0
+K_GRAD = 5.0
+ULPS = 4
+FLOOR = {dt: ULPS * torch.finfo(dt).eps for dt in (torch.float64, torch.float32, torch.bfloat16, torch.float16)}
+# float64 8.9e-16, float32 4.8e-7, bfloat16 3.1e-2, float16 3.9e-3
+
+
+def oracle(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    alignment: str = "top-left",
+    dtype: torch.dtype = torch.float64,
+) -> Tensor:
+    """Equation (1) in ``dtype`` (float64 by default) under the causal ``alignment`` the target declares.
+
+    query (B, Hq, L, E), key (B, Hkv, S, E), value (B, Hkv, S, Ev) -> (B, Hq, L, Ev); rows with no admissible
+    key give zeros (the reference convention; properties compare those rows separately).
+    """
+    q, k, v = (t.to(dtype) for t in (query, key, value))
+    if key.size(-3) != query.size(-3):
+        group = query.size(-3) // key.size(-3)
+        k = k.repeat_interleave(group, dim=-3)  # (B, Hkv, S, E) -> (B, Hq, S, E)
+        v = v.repeat_interleave(group, dim=-3)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
+    mask = attn_mask
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(dtype)
+    if is_causal:
+        causal = causal_mask(q.size(-2), k.size(-2), alignment, q.device)  # type: ignore[arg-type]  # (L, S)
+        mask = causal if mask is None else (mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
+    out, _ = attention(q, k, v, mask, scale)
+    return out  # (B, Hq, L, Ev)
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An error budget and how it was computed (printed in failure messages)."""
+
+    value: float
+    naive_error: float
+    k: float
+    floor: float
+    dtype: torch.dtype
+
+    def explain(self) -> str:
+        dt = str(self.dtype).removeprefix("torch.")
+        return f"{self.value:.3g} = {self.k:g} x naive {dt} error {self.naive_error:.3g} + floor {self.floor:.3g}"
+
+
+def _max_abs_finite(a: Tensor, b: Tensor) -> float:
+    """max |a - b| over entries where both are finite (0 if none)."""
+    both = torch.isfinite(a) & torch.isfinite(b)
+    if not both.any():
+        return 0.0
+    return float((a - b).abs()[both].max())
+
+
+def budget(naive: Tensor, reference: Tensor, value_scale: float, dtype: torch.dtype, k: float = K_OUTPUT) -> Budget:
+    """The tolerance for a target in ``dtype`` given the naive same-dtype result and the float64 reference.
+
+    Entries where the naive result overflowed (e.g. float16 Q K^T beyond 65504, BUGS.md #10) do not inflate
+    the budget: they are left out of the naive error, and the property ``numerical_range`` checks finiteness.
+    """
+    naive_error = _max_abs_finite(naive.double(), reference)
+    floor = FLOOR[dtype] * max(1.0, value_scale)
+    return Budget(k * naive_error + floor, naive_error, k, floor, dtype)
+
+
+def output_budget(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    reference: Tensor,
+    alignment: str = "top-left",
+    **kwargs: object,
+) -> Budget:
+    """Budget for the forward output: naive = the reference computed in the inputs' dtype."""
+    naive = oracle(query, key, value, alignment=alignment, dtype=query.dtype, **kwargs)  # type: ignore[arg-type]
+    value_scale = float(value.double().abs().max()) if value.numel() else 1.0
+    return budget(naive, reference, value_scale, query.dtype)

@@ -1,0 +1,227 @@
+"""Attention problems and the Hypothesis strategies that draw them.
+
+A problem is a handful of small integers, flags and a seed (:class:`Problem`); its tensors are built from a
+seeded ``torch.Generator`` (:meth:`Problem.tensors`). Hypothesis therefore shrinks shapes, flags and seeds,
+never tensor entries, and a counterexample prints as one line that rebuilds the exact inputs
+(``Problem(...).tensors()``), which is what :meth:`Problem.repro` writes out.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from hypothesis import strategies as st
+from torch import Tensor
+
+from properties.targets import Capabilities
+
+MaskKind = Literal["none", "bool", "float"]
+MaskShape = Literal["LS", "B1LS", "BHLS", "1HLS", "B11S"]  # broadcast pattern of the mask over (B, Hq, L, S)
+LayoutKind = Literal["contiguous", "transposed", "sliced", "expanded"]
+
+DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Sizes just past the block sizes of tiled kernels (16, 32, 64, 128) catch unmasked or dropped tail tiles
+# (shared/BUGS.md #23).
+BLOCK_EDGES = (16, 17, 33, 65, 129)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One attention call: shapes, dtype, mask, flags and the seed its tensors are drawn from."""
+
+    B: int = 1  # batch
+    Hq: int = 1  # query heads
+    Hkv: int = 1  # key/value heads (Hq % Hkv == 0; < Hq means GQA)
+    L: int = 1  # query length
+    S: int = 1  # key/value length
+    E: int = 4  # query/key head dim (d_k)
+    Ev: int = 4  # value head dim (d_v)
+    dtype: str = "float32"
+    mask: MaskKind = "none"
+    mask_shape: MaskShape = "BHLS"
+    masked_rows: int = 0  # number of query rows with no admissible key (needs a mask)
+    is_causal: bool = False
+    scale: float | None = None
+    layout: LayoutKind = "contiguous"
+    magnitude: float = 1.0  # standard deviation of the query and key entries
+    seed: int = 0
+
+    @property
+    def gqa(self) -> bool:
+        return self.Hq != self.Hkv
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def replace(self, **changes: object) -> Problem:
+        return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    def describe(self) -> dict[str, object]:
+        """The counterexample as it is reported: only what differs from a plain problem, plus the shapes."""
+        d: dict[str, object] = {
+            "query": [self.B, self.Hq, self.L, self.E],
+            "key": [self.B, self.Hkv, self.S, self.E],
+            "value": [self.B, self.Hkv, self.S, self.Ev],
+            "dtype": self.dtype,
+        }
+        if self.mask != "none":
+            d["attn_mask"] = f"{self.mask} {self.mask_shape}" + (
+                f", {self.masked_rows} fully masked row(s)" if self.masked_rows else ""
+            )
+        if self.is_causal:
+            d["is_causal"] = True
+        if self.scale is not None:
+            d["scale"] = self.scale
+        if self.gqa:
+            d["enable_gqa"] = True
+        if self.layout != "contiguous":
+            d["layout"] = self.layout
+        if self.magnitude != 1.0:
+            d["magnitude"] = self.magnitude
+        d["seed"] = self.seed
+        return d
+
+    def call_kwargs(self, mask: Tensor | None) -> dict[str, object]:
+        """Keyword arguments of the SDPA-convention call for this problem."""
+        return {"attn_mask": mask, "is_causal": self.is_causal, "scale": self.scale, "enable_gqa": self.gqa}
+
+    def repro(self, target_spec: str) -> str:
+        """A copy-pasteable snippet that rebuilds the inputs and calls the target."""
+        fields = ", ".join(
+            f"{f.name}={getattr(self, f.name)!r}"
+            for f in dataclasses.fields(self)
+            if getattr(self, f.name) != f.default
+        )
+        return (
+            "from properties.problems import Problem\n"
+            "from properties.targets import resolve\n"
+            "from properties.oracle import oracle\n"
+            f"target = resolve({target_spec!r})\n"
+            f"p = Problem({fields})\n"
+            "q, k, v, mask = p.tensors()\n"
+            "out = target(q, k, v, **p.call_kwargs(mask))\n"
+            "ref = oracle(q, k, v, **p.call_kwargs(mask), alignment=target.caps.causal or 'top-left')\n"
+            "print((out.double() - ref).abs().max())"
+        )
+
+    def tensors(self, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
+        """(query, key, value, attn_mask), BHLD, deterministic in ``seed``, in the problem's dtype and layout."""
+        g = torch.Generator().manual_seed(self.seed)
+        q = self._draw((self.B, self.Hq, self.L, self.E), g, self.magnitude)  # (B, Hq, L, E)
+        k = self._draw((self.B, self.Hkv, self.S, self.E), g, self.magnitude)  # (B, Hkv, S, E)
+        v = self._draw((self.B, self.Hkv, self.S, self.Ev), g, 1.0)  # (B, Hkv, S, Ev)
+        mask = self._mask(g)
+        return q.to(device), k.to(device), v.to(device), None if mask is None else mask.to(device)
+
+    def _draw(self, shape: tuple[int, int, int, int], g: torch.Generator, std: float) -> Tensor:
+        """Standard normal entries times ``std``, rounded to the dtype, laid out as the problem asks."""
+        B, H, N, D = shape
+        dtype = self.torch_dtype
+        if self.layout == "transposed":
+            x = torch.randn(B, N, H, D, generator=g, dtype=torch.float64) * std  # (B, N, H, D)
+            return x.to(dtype).transpose(1, 2)  # (B, H, N, D), non-contiguous (BLHD storage)
+        if self.layout == "sliced":
+            x = torch.randn(B, H, N, 2 * D, generator=g, dtype=torch.float64) * std  # (B, H, N, 2D)
+            return x.to(dtype)[..., ::2]  # (B, H, N, D), last-dim stride 2
+        if self.layout == "expanded":
+            x = torch.randn(1, H, N, D, generator=g, dtype=torch.float64) * std  # (1, H, N, D)
+            return x.to(dtype).expand(B, H, N, D)  # (B, H, N, D), batch stride 0
+        return (torch.randn(B, H, N, D, generator=g, dtype=torch.float64) * std).to(dtype)  # (B, H, N, D)
+
+    def mask_broadcast_shape(self) -> tuple[int, ...]:
+        B, H, L, S = self.B, self.Hq, self.L, self.S
+        return {"LS": (L, S), "B1LS": (B, 1, L, S), "BHLS": (B, H, L, S), "1HLS": (1, H, L, S), "B11S": (B, 1, 1, S)}[
+            self.mask_shape
+        ]
+
+    def _mask(self, g: torch.Generator) -> Tensor | None:
+        """Boolean admissibility (True = attend) or additive float bias with -inf where not admissible."""
+        if self.mask == "none":
+            return None
+        shape = self.mask_broadcast_shape()
+        admissible = torch.rand(shape, generator=g) < 0.7  # (*shape)
+        # Every row keeps at least one admissible key (a random one), except the rows asked to be fully masked.
+        keep = torch.randint(0, self.S, shape[:-1], generator=g)  # (*shape[:-1])
+        admissible.scatter_(-1, keep.unsqueeze(-1), True)  # (*shape)
+        if self.masked_rows and shape[-2] != 1:
+            admissible[..., : self.masked_rows, :] = False  # the first rows see no key
+        elif self.masked_rows:
+            admissible[0] = False  # key padding (B, 1, 1, S): batch element 0 is all padding, every row masked
+        if self.mask == "bool":
+            return admissible
+        bias = torch.randn(shape, generator=g, dtype=torch.float64)  # (*shape) additive bias B
+        return bias.masked_fill(~admissible, float("-inf")).to(self.torch_dtype)
+
+    def admissible(self, mask: Tensor | None, alignment: str = "top-left") -> Tensor:
+        """Boolean (B, Hq, L, S) admissibility implied by the mask and is_causal under ``alignment``."""
+        from reference.attention import causal_mask
+
+        adm = torch.ones(self.B, self.Hq, self.L, self.S, dtype=torch.bool)  # (B, Hq, L, S)
+        if mask is not None:
+            m = mask if mask.dtype == torch.bool else mask != float("-inf")
+            adm = adm & m.cpu()  # broadcast (*shape) -> (B, Hq, L, S)
+        if self.is_causal:
+            adm = adm & causal_mask(self.L, self.S, alignment)  # type: ignore[arg-type]
+        return adm
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Strategies
+
+lengths = st.one_of(st.integers(1, 9), st.sampled_from(BLOCK_EDGES))
+head_dims = st.one_of(st.integers(1, 8), st.sampled_from((16, 17, 32, 64)))
+seeds = st.integers(0, 2**16)
+
+
+@st.composite
+def problems(
+    draw: st.DrawFn,
+    caps: Capabilities = Capabilities(),
+    *,
+    dtypes: tuple[str, ...] | None = None,
+    masks: tuple[MaskKind, ...] = ("none", "bool", "float"),
+    causal: bool | None = None,
+    masked_rows: bool = False,
+    layouts: tuple[LayoutKind, ...] = ("contiguous", "transposed", "sliced", "expanded"),
+    magnitudes: st.SearchStrategy[float] = st.sampled_from((1.0, 1.0, 1e-3, 10.0)),
+    max_len: int | None = None,
+    custom_scale: bool = True,
+    gqa: bool = True,
+) -> Problem:
+    """Draw a :class:`Problem` that the target ``caps`` supports.
+
+    ``causal`` None draws it, True/False forces it (needs the target's is_causal). ``masked_rows`` allows rows
+    with no admissible key; otherwise every row keeps at least one key.
+    """
+    allowed = tuple(d for d in (dtypes or caps.dtypes) if d in caps.dtypes)
+    dtype = draw(st.sampled_from(allowed))
+    L = draw(lengths)
+    S = draw(lengths)
+    if max_len is not None:
+        L, S = min(L, max_len), min(S, max_len)
+    E = draw(head_dims)
+    Ev = draw(head_dims) if caps.value_dim else E
+    B = draw(st.integers(1, 3))
+    Hkv = draw(st.integers(1, 3))
+    group = draw(st.sampled_from((1, 1, 2, 3))) if (caps.gqa and gqa) else 1
+    Hq = Hkv * group
+    is_causal = False
+    if caps.causal is not None and causal is not False:
+        is_causal = True if causal else draw(st.booleans())
+    mask_kinds = tuple(m for m in masks if m == "none" or m in caps.masks)
+    mask: MaskKind = "none" if is_causal else draw(st.sampled_from(mask_kinds))  # SDPA refuses mask + is_causal
+    mask_shape: MaskShape = draw(st.sampled_from(("LS", "B1LS", "BHLS", "1HLS", "B11S"))) if mask != "none" else "BHLS"
+    rows = 0
+    if masked_rows and mask != "none":
+        rows = draw(st.integers(0, min(L, 3)))
+    scale = None
+    if caps.scale and custom_scale and draw(st.booleans()):
+        scale = draw(st.sampled_from((0.5, 0.125, 1.0, 2.0, 0.01)))
+    layout = draw(st.sampled_from(layouts))
+    magnitude = draw(magnitudes)
+    seed = draw(seeds)
+    return Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
