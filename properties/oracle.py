@@ -17,10 +17,12 @@ Tolerance (shared/DESIGN.md, "Oracle and tolerance"): a target in dtype T may di
 * k = 5 for gradients: FlashAttention uses 3x to 5x for gradients, PyTorch fudge factors of 4 (dQ) and 2
   (dK, dV) on top of its max-difference rule; backward passes chain two more matmuls.
 * floor(T) is an absolute floor per dtype, scaled by the largest |V| (outputs are convex combinations of the
-  values, so their scale is |V|): 4 units in the last place of T at 1.0, a few roundings of the output (an
-  exactly-rounded result is off by half an ulp; fused kernels add a rounding per tile). PyTorch's default
-  atol is 1e-5 for float32 and 1e-3 for half types plus an rtol of 1e-3 (fp16) / 1.6e-2 (bf16); the floor
-  matters only where the naive error is near 0, and k times the naive error dominates elsewhere.
+  values, so their scale is |V|) and by the largest |scaled logit| s (a correct kernel that sums the dot
+  products in another order perturbs each logit by about eps(T) * |s|, and softmax passes a logit error
+  through to the weights one to one): 4 units in the last place of T at 1.0. PyTorch's default atol is 1e-5
+  for float32 and 1e-3 for half types plus an rtol of 1e-3 (fp16) / 1.6e-2 (bf16); the floor matters only
+  where the naive error is near 0 (always in float64, where the naive implementation *is* the oracle), and k
+  times the naive error dominates elsewhere.
 """
 
 from __future__ import annotations
@@ -93,14 +95,16 @@ def _max_abs_finite(a: Tensor, b: Tensor) -> float:
     return float((a - b).abs()[both].max())
 
 
-def budget(naive: Tensor, reference: Tensor, value_scale: float, dtype: torch.dtype, k: float = K_OUTPUT) -> Budget:
+def budget(
+    naive: Tensor, reference: Tensor, value_scale: float, dtype: torch.dtype, k: float = K_OUTPUT, logit_scale: float = 1.0
+) -> Budget:
     """The tolerance for a target in ``dtype`` given the naive same-dtype result and the float64 reference.
 
     Entries where the naive result overflowed (e.g. float16 Q K^T beyond 65504, BUGS.md #10) do not inflate
     the budget: they are left out of the naive error, and the property ``numerical_range`` checks finiteness.
     """
     naive_error = _max_abs_finite(naive.double(), reference)
-    floor = FLOOR[dtype] * max(1.0, value_scale)
+    floor = FLOOR[dtype] * max(1.0, value_scale) * max(1.0, logit_scale)
     return Budget(k * naive_error + floor, naive_error, k, floor, dtype)
 
 
@@ -115,4 +119,22 @@ def output_budget(
     """Budget for the forward output: naive = the reference computed in the inputs' dtype."""
     naive = oracle(query, key, value, alignment=alignment, dtype=query.dtype, **kwargs)  # type: ignore[arg-type]
     value_scale = float(value.double().abs().max()) if value.numel() else 1.0
-    return budget(naive, reference, value_scale, query.dtype)
+    return budget(naive, reference, value_scale, query.dtype, logit_scale=max_logit(query, key, kwargs.get("scale")))
+
+
+def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:
+    """max |q| |k| * scale: bounds sum_i |q_i k_i| * scale, to which the rounding of each scaled logit is proportional."""
+    if query.numel() == 0 or key.numel() == 0:
+        return 1.0
+    s = float(scale) if isinstance(scale, int | float) else query.size(-1) ** -0.5
+    q_norm = query.double().norm(dim=-1).max()  # Cauchy-Schwarz bound: |q . k| <= |q| |k|
+    k_norm = key.double().norm(dim=-1).max()
+    return float(q_norm * k_norm) * s
+
+
+def expect(
+    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, alignment: str, **kwargs: object
+) -> tuple[Tensor, Budget]:
+    """(float64 oracle output, output budget) for one call in the inputs' dtype."""
+    reference = oracle(query, key, value, attn_mask, alignment=alignment, **kwargs)  # type: ignore[arg-type]
+    return reference, output_budget(query, key, value, reference, alignment, attn_mask=attn_mask, **kwargs)

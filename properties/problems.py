@@ -209,10 +209,10 @@ def problems(
     Hkv = draw(st.integers(1, 3))
     group = draw(st.sampled_from((1, 1, 2, 3))) if (caps.gqa and gqa) else 1
     Hq = Hkv * group
+    mask_kinds = tuple(m for m in masks if m == "none" or m in caps.masks) or ("none",)
     is_causal = False
-    if caps.causal is not None and causal is not False:
+    if caps.causal is not None and causal is not False and "none" in mask_kinds:
         is_causal = True if causal else draw(st.booleans())
-    mask_kinds = tuple(m for m in masks if m == "none" or m in caps.masks)
     mask: MaskKind = "none" if is_causal else draw(st.sampled_from(mask_kinds))  # SDPA refuses mask + is_causal
     mask_shape: MaskShape = draw(st.sampled_from(("LS", "B1LS", "BHLS", "1HLS", "B11S"))) if mask != "none" else "BHLS"
     rows = 0

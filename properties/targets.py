@@ -125,6 +125,7 @@ class Target:
     caps: Capabilities = field(default_factory=Capabilities)
     description: str = ""
     timeout: float = 60.0  # seconds per call; a call that takes longer fails the property as hung
+    device: str = "cpu"  # where the properties build their tensors
     _hung: str | None = field(default=None, init=False, repr=False)
 
     def __call__(

@@ -1,0 +1,83 @@
+"""Rendering a :class:`~properties.plugin.Report`: the conformance table, failure details, atomic JSON."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from rich.console import Console
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from properties.plugin import Report
+
+STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+
+
+def _cell(row: dict[str, Any] | None) -> str:
+    if row is None:
+        return "-"
+    label = {"passed": "passed", "failed": "FAILED", "skipped": "skipped"}[row["status"]]
+    if row["known_failures"] and row["status"] != "failed":
+        label += f" ({len(row['known_failures'])} known)"
+    return f"[{STYLE[row['status']]}]{label}[/] {row['duration']:.1f}s"
+
+
+def render_table(report: Report, color: bool = True, width: int = 160) -> str:
+    """Properties x targets table, observations, then each failure with its counterexample and repro."""
+    out = io.StringIO()
+    console = Console(file=out, force_terminal=color, no_color=not color, width=width, highlight=False)
+    table = Table(title="attncheck: properties x targets", show_lines=False)
+    table.add_column("property")
+    per_target = {t.name: {row["name"]: row for row in report.properties_of(t.name)} for t in report.targets}
+    for t in report.targets:
+        table.add_column(t.name)
+    names = [n for n in dict.fromkeys(n for rows in per_target.values() for n in rows)]
+    for name in names:
+        table.add_row(name, *(_cell(per_target[t.name].get(name)) for t in report.targets))
+    console.print(table)
+    data = report.to_json()
+    for t in data["targets"]:
+        if t["observations"]:
+            obs = "; ".join(f"{k}: {', '.join(v)}" for k, v in t["observations"].items())
+            console.print(f"[bold]{t['name']}[/] observed: {obs}")
+        for row in t["properties"]:
+            for known in row["known_failures"]:
+                console.print(f"[yellow]{t['name']} {row['name']}::{known['check']}[/] {known['reason']}")
+    for t in data["targets"]:
+        for row in t["properties"]:
+            if row["status"] != "failed":
+                continue
+            console.rule(f"[bold red]{t['name']}: {row['name']} FAILED")
+            console.print(row["message"], markup=False)
+            if row["counterexample"]:
+                ce = ", ".join(f"{k}={v}" for k, v in row["counterexample"].items())
+                console.print(f"minimal counterexample: {ce}", markup=False)
+            if row["repro"]:
+                console.print("reproduce with:", markup=False)
+                console.print(row["repro"], markup=False)
+    return out.getvalue()
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to ``path`` via a temporary file in the same folder and os.replace (all or nothing)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(report: Report, path: str | os.PathLike[str]) -> None:
+    atomic_write_text(path, json.dumps(report.to_json(), indent=2, default=str) + "\n")

@@ -1,0 +1,118 @@
+"""mask_semantics: masks mean what the contract says, however they are expressed or broadcast.
+
+A boolean mask (True = takes part) equals the additive mask 0 / -inf; an all-True mask equals no mask; keys
+that no query may see are irrelevant, whatever their contents; and a mask broadcast over batch or heads
+equals the same mask materialised to (B, Hq, L, S) (shared/BUGS.md #3, #13, #16).
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from properties.catalog import prop
+from properties.checks import assert_close, require
+from properties.oracle import expect
+from properties.problems import Problem, problems
+from properties.targets import Target
+
+
+
+def _with_dead_key(p: Problem, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask the last key for every query (key 0 stays admissible); return (mask, dead (B, Hkv, S))."""
+    if mask.dtype == torch.bool:
+        mask = mask.clone()
+        mask[..., 0], mask[..., -1] = True, False  # (..., L, S): key 0 seen by all, key S-1 by none
+    else:
+        mask = mask.clone()
+        mask[..., 0], mask[..., -1] = 0.0, float("-inf")
+    dead = torch.zeros(p.B, p.Hkv, p.S, dtype=torch.bool)  # (B, Hkv, S)
+    dead[..., -1] = True
+    return mask, dead
+
+
+def _overwrite(x: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tensor:
+    """Copy of x (B, H, S, D) with rows where[b, h, s] set to ``value``."""
+    return x.clone().masked_fill(where.unsqueeze(-1).to(x.device), value)  # (B, H, S, D)
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_bool_mask_equals_additive_mask(target: Target, data: st.DataObject) -> None:
+    """A boolean mask and the float mask 0 / -inf built from it give the same output."""
+    require({"bool", "float"} <= target.caps.masks, "needs both bool and float masks")
+    p = data.draw(problems(target.caps, masks=("bool",)), label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    assert mask is not None
+    additive = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+    out_bool = target(q, k, v, **p.call_kwargs(mask))
+    out_float = target(q, k, v, **p.call_kwargs(additive))
+    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    assert_close(out_float, out_bool, tol, "output with float 0/-inf mask vs the same boolean mask", p)
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_all_true_mask_equals_no_mask(target: Target, data: st.DataObject) -> None:
+    """An all-True boolean mask (or all-zero float mask) equals no mask (catches inverted polarity)."""
+    require(bool(target.caps.masks), "target declares no mask support")
+    p = data.draw(problems(target.caps, masks=("none",), causal=False), label="problem")
+    kind = data.draw(st.sampled_from(sorted(target.caps.masks)), label="mask kind")
+    q, k, v, _ = p.tensors(target.device)
+    shape = (p.B, 1, p.L, p.S)
+    full = (torch.ones(shape, dtype=torch.bool) if kind == "bool" else torch.zeros(shape, dtype=q.dtype)).to(q.device)
+    out = target(q, k, v, **p.call_kwargs(None))
+    out_masked = target(q, k, v, **p.call_kwargs(full))
+    ref, tol = expect(q, k, v, None, "top-left", scale=p.scale)
+    assert_close(out_masked, ref, tol, f"output with an all-admissible {kind} mask vs the float64 oracle", p)
+    assert_close(out_masked, out, tol, f"output with an all-admissible {kind} mask vs no mask", p)
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
+    """Overwriting keys and values that no query may see with huge values changes nothing."""
+    require(bool(target.caps.masks), "target declares no mask support")
+    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+                  label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    assert mask is not None
+    mask, dead = _with_dead_key(p, mask)
+    huge = 100.0 if q.dtype == torch.float16 else 1e4
+    out = target(q, k, v, **p.call_kwargs(mask))
+    out_dirty = target(q, _overwrite(k, dead, huge), _overwrite(v, dead, -huge), **p.call_kwargs(mask))
+    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    assert_close(out_dirty, out, tol, f"output after writing {huge:g} into masked keys and values", p)
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -> None:
+    """NaN and inf in keys and values that no query may see do not reach the output (BUGS.md #3)."""
+    require(bool(target.caps.masks), "target declares no mask support")
+    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+                  label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    assert mask is not None
+    mask, dead = _with_dead_key(p, mask)
+    out = target(q, k, v, **p.call_kwargs(mask))
+    out_dirty = target(q, _overwrite(k, dead, float("nan")), _overwrite(v, dead, float("inf")), **p.call_kwargs(mask))
+    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    assert_close(out_dirty, out, tol, "output after writing NaN into masked keys and inf into masked values", p)
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_broadcast_mask_equals_materialised(target: Target, data: st.DataObject) -> None:
+    """A mask broadcast over batch or heads equals the same mask expanded and copied to (B, Hq, L, S)."""
+    require(bool(target.caps.masks), "target declares no mask support")
+    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False), label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    assert mask is not None
+    full = mask.expand(p.B, p.Hq, p.L, p.S).contiguous()  # (..., L, S) broadcast -> (B, Hq, L, S)
+    out = target(q, k, v, **p.call_kwargs(mask))
+    ref, tol = expect(q, k, v, full, "top-left", scale=p.scale)
+    assert_close(out, ref, tol, f"output with a {p.mask_shape} broadcast mask vs the oracle with it materialised", p)
+    out_full = target(q, k, v, **p.call_kwargs(full))
+    assert_close(out_full, out, tol, f"output with the materialised mask vs the {p.mask_shape} broadcast one", p)

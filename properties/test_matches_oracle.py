@@ -1,0 +1,56 @@
+"""matches_oracle: outputs and gradients agree with the float64 oracle inside the calibrated budget."""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given, target as hypothesis_target
+from hypothesis import strategies as st
+
+from properties.catalog import prop
+from properties.checks import assert_close, require
+from properties.oracle import K_GRAD, budget, expect, max_logit, oracle
+from properties.problems import problems
+from properties.targets import Target
+
+
+@prop("matches_oracle")
+@given(data=st.data())
+def test_forward_matches_oracle(target: Target, data: st.DataObject) -> None:
+    """Forward output within k x (naive same-dtype error) + floor of the float64 oracle."""
+    p = data.draw(problems(target.caps), label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    out = target(q, k, v, **p.call_kwargs(mask))
+    ref, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
+    err = assert_close(out, ref, tol, "output vs float64 oracle", p)
+    hypothesis_target(err / tol.value, label="error / budget")
+
+
+@prop("matches_oracle")
+@given(data=st.data())
+def test_gradients_match_oracle(target: Target, data: st.DataObject) -> None:
+    """dQ, dK, dV within k_grad x (naive same-dtype gradient error) + floor, for a random (possibly strided) dO."""
+    require(target.caps.grad, "target declares no gradients")
+    p = data.draw(problems(target.caps, max_len=33), label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    g = torch.Generator().manual_seed(p.seed + 1)
+    d_out = torch.randn(p.B, p.L, p.Hq, p.Ev, generator=g, dtype=torch.float64).transpose(1, 2)  # (B, Hq, L, Ev)
+    if data.draw(st.booleans(), label="contiguous dO"):
+        d_out = d_out.contiguous()  # else strided: a wrong backward for non-contiguous dO (BUGS.md #15)
+    align = target.caps.causal or "top-left"
+    kwargs = {"is_causal": p.is_causal, "scale": p.scale}
+
+    def gradients(dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:
+        leaves = [t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q, k, v)]
+        if dtype is None:
+            out = target(*leaves, **p.call_kwargs(mask))
+        else:
+            out = oracle(*leaves, mask, alignment=align, dtype=dtype, **kwargs)  # type: ignore[arg-type]
+        return torch.autograd.grad(out, leaves, d_out.to(out.dtype).to(out.device))
+
+    got = gradients(None)
+    ref = gradients(torch.float64)
+    naive = gradients(q.dtype)
+    for name, g_got, g_ref, g_naive in zip(("dQ", "dK", "dV"), got, ref, naive, strict=True):
+        scale = float(g_ref.abs().max()) if g_ref.numel() else 1.0
+        tol = budget(g_naive, g_ref, scale, q.dtype, k=K_GRAD, logit_scale=max_logit(q, k, p.scale))
+        assert_close(g_got, g_ref, tol, f"gradient {name} vs float64 oracle", p)

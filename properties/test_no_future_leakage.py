@@ -1,0 +1,71 @@
+"""no_future_leakage: under the causal mask, output t does not depend on anything after t.
+
+Under the declared alignment (top-left: query i sees keys j <= i; bottom-right: j <= i + S - L), the keys
+and values past row t's horizon and the queries after t are overwritten with large values; outputs up to t
+must not move, and the gradient of output t with respect to any of them must be exactly zero. For L != S
+this is what separates the two alignments (shared/BUGS.md #4, #5). The decoder-level version of this
+property is in test_model.py.
+"""
+
+from __future__ import annotations
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from properties.catalog import prop
+from properties.checks import assert_close, check, require
+from properties.oracle import expect
+from properties.problems import problems
+from properties.targets import Target
+
+
+def horizon(t: int, L: int, S: int, alignment: str) -> int:
+    """Number of keys query t may see (keys 0 .. horizon-1)."""
+    return max(0, min(S, t + 1 + (S - L if alignment == "bottom-right" else 0)))
+
+
+@prop("no_future_leakage")
+@given(data=st.data())
+def test_future_perturbation(target: Target, data: st.DataObject) -> None:
+    """Perturbing queries after t and keys/values past t's horizon leaves outputs 0..t unchanged."""
+    require(target.caps.causal is not None, "target declares no is_causal")
+    align = target.caps.causal or "top-left"
+    p = data.draw(problems(target.caps, causal=True), label="problem")
+    t = data.draw(st.integers(0, p.L - 1), label="t")
+    n = horizon(t, p.L, p.S, align)
+    q, k, v, mask = p.tensors(target.device)
+    before = target(q, k, v, **p.call_kwargs(mask))
+    g = torch.Generator().manual_seed(p.seed + 7)
+    q2, k2, v2 = q.clone(), k.clone(), v.clone()
+    q2[..., t + 1 :, :] = (torch.randn(q2[..., t + 1 :, :].shape, generator=g) * 30).to(q.dtype)
+    k2[..., n:, :] = (torch.randn(k2[..., n:, :].shape, generator=g) * 30).to(k.dtype)
+    v2[..., n:, :] = (torch.randn(v2[..., n:, :].shape, generator=g) * 1e3).to(v.dtype)
+    after = target(q2, k2, v2, **p.call_kwargs(mask))
+    _, tol = expect(q, k, v, mask, align, is_causal=True, scale=p.scale)
+    assert_close(
+        after[..., : t + 1, :], before[..., : t + 1, :], tol,
+        f"outputs 0..{t} after changing queries > {t} and keys/values >= {n} ({align} causal)", p,
+    )
+
+
+@prop("no_future_leakage")
+@given(data=st.data())
+def test_future_gradient_is_zero(target: Target, data: st.DataObject) -> None:
+    """d output[t] / d (keys and values past t's horizon, queries after t) is exactly zero."""
+    require(target.caps.causal is not None, "target declares no is_causal")
+    require(target.caps.grad, "target declares no gradients")
+    align = target.caps.causal or "top-left"
+    p = data.draw(problems(target.caps, causal=True, max_len=33), label="problem")
+    t = data.draw(st.integers(0, p.L - 1), label="t")
+    n = horizon(t, p.L, p.S, align)
+    q, k, v, _ = (x.detach().clone().requires_grad_(True) if x is not None else None for x in p.tensors(target.device))
+    out = target(q, k, v, is_causal=True, scale=p.scale, enable_gqa=p.gqa)
+    dq, dk, dv = torch.autograd.grad(out[..., t, :].sum(), (q, k, v), allow_unused=True)
+    for name, grad, sl in (("query", dq, slice(t + 1, None)), ("key", dk, slice(n, None)), ("value", dv, slice(n, None))):
+        if grad is None:
+            continue
+        leak = grad[..., sl, :].detach().double().abs()
+        worst = float(leak.max()) if leak.numel() else 0.0
+        check(worst == 0.0, f"gradient of output {t} w.r.t. {name} positions past its horizon is {worst:.3g}, not 0 "
+              f"({align} causal, {n} visible keys)", p, gradient=worst)

@@ -1,0 +1,113 @@
+"""scaling_variance: the 1/sqrt(d_k) of section 3.2.1 keeps the logits at unit variance.
+
+"If the components of q and k are independent random variables with mean 0 and variance 1, then their dot
+product q . k has mean 0 and variance d_k" (footnote 4); scaling by 1/sqrt(d_k) brings it back to 1.
+
+On a black box the logits are recovered from the weights: with V = the identity, output row i is P[i, :],
+and log P[i, j] - log P[i, 0] = scale * (q_i . k_j - q_i . k_0), so the *effective scale* is the slope of
+the recovered log-weight differences against the raw dot-product differences (least squares over j).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from scipy import stats
+
+from properties.catalog import prop
+from properties.checks import check, require
+from properties.problems import Problem, problems
+from properties.targets import Target
+
+# Variance test: false-alarm rate per example. With the ci profile's 15 examples a correct target is
+# flagged with probability < 1.5e-5 per run; the thorough profile's 1000 examples, < 1e-3.
+ALPHA = 1e-6
+
+
+def _recovered_logit_differences(target: Target, q: torch.Tensor, k: torch.Tensor, scale: float | None) -> torch.Tensor:
+    """log P[..., j] - log P[..., 0] recovered with V = identity; q (B, H, L, E), k (B, H, S, E) -> (B, H, L, S)."""
+    B, H, S, E = k.shape
+    width = max(S, E) if not target.caps.value_dim else S
+    eye = torch.eye(S, width, dtype=q.dtype, device=q.device).expand(B, H, S, width).contiguous()  # (B, H, S, W)
+    if not target.caps.value_dim and width != E:
+        raise ValueError("identity values need Ev == E >= S for this target")
+    weights = target(q, k, eye, scale=scale)[..., :S].double()  # (B, H, L, S)
+    logw = weights.log()
+    return logw - logw[..., :1]  # (B, H, L, S)
+
+
+@prop("scaling_variance")
+@given(data=st.data())
+def test_effective_scale(target: Target, data: st.DataObject) -> None:
+    """The recovered effective scale equals 1/sqrt(d_k), or the scale= argument when given."""
+    caps = target.caps
+    p: Problem = data.draw(problems(caps, masks=("none",), causal=False, gqa=False, magnitudes=st.just(0.5)),
+                           label="problem")
+    S = max(p.S, 2)
+    E = max(p.E, S) if not caps.value_dim else p.E  # identity V needs Ev == E >= S when Ev must equal E
+    p = p.replace(S=S, E=E, Ev=E)
+    q, k, _, _ = p.tensors(target.device)
+    expected = p.scale if p.scale is not None else 1.0 / math.sqrt(E)
+    diffs = _recovered_logit_differences(target, q, k, p.scale)  # (B, H, L, S)
+    dots = q.double() @ k.double().transpose(-2, -1)  # (B, H, L, E) @ (B, H, E, S) -> (B, H, L, S)
+    dot_diffs = dots - dots[..., :1]  # (B, H, L, S)
+    usable = torch.isfinite(diffs) & (dot_diffs.abs() > 1e-3)
+    require(bool(usable.any()), "no usable key pairs in this example")
+    x, y = dot_diffs[usable], diffs[usable]
+    slope = float((x * y).sum() / (x * x).sum())  # least squares through the origin
+    eps = torch.finfo(q.dtype).eps
+    # Each recovered log weight carries a relative rounding error of a few ulp of the dtype: 16 ulp, with the
+    # dot differences kept in a moderate range (magnitude 0.5), is far below the factors bugs produce
+    # (1/d_k vs 1/sqrt(d_k), scale applied twice or ignored: a factor >= sqrt(2) for d_k >= 2).
+    rel_tol = max(1e-6, 16 * eps / max(1e-3, float(x.abs().median()) * expected))
+    rel_tol = min(rel_tol, 0.25)
+    check(
+        abs(slope / expected - 1) <= rel_tol,
+        f"effective scale {slope:.6g} != expected {expected:.6g} "
+        f"({'scale argument' if p.scale is not None else '1/sqrt(d_k), d_k = ' + str(E)}; "
+        f"relative tolerance {rel_tol:.2g}; 1/d_k = {1 / E:.4g}, 1/sqrt(S) = {1 / math.sqrt(S):.4g})",
+        p,
+        effective_scale=slope,
+        expected=expected,
+    )
+
+
+@prop("scaling_variance")
+@given(d_k=st.sampled_from((2, 3, 8, 16, 64, 128)), seed=st.integers(0, 2**16))
+def test_scaled_logits_have_unit_variance(target: Target, d_k: int, seed: int) -> None:
+    """With unit-variance q and k, the scaled logits have variance 1 for every d_k (z-test, alpha = 1e-6).
+
+    Samples: n = B*H independent (query, two keys) triples, each giving X = (s_1 - s_0) / sqrt(2), whose
+    variance is d_k * scale^2 (= 1 when scale = 1/sqrt(d_k)). For q, k with iid N(0, 1) entries
+    E[X^4] = 3 + 6/d_k (fourth moment of a sum of d_k products of normals), so the mean of X^2 over n samples
+    has standard error sqrt((2 + 6/d_k) / n). Where the target honours scale=, the same statistic with
+    scale = 1 must come out near d_k (the unscaled logits grow like d_k), which shows the test has power.
+    """
+    caps = target.caps
+    require("float64" in caps.dtypes or "float32" in caps.dtypes, "needs float32 or float64")
+    dtype = torch.float64 if "float64" in caps.dtypes else torch.float32
+    E = d_k if caps.value_dim else max(d_k, 2)
+    B, H = 64, 8
+    g = torch.Generator().manual_seed(seed)
+    q = torch.randn(B, H, 1, E, generator=g, dtype=torch.float64).to(dtype).to(target.device)  # (B, H, 1, E)
+    k = torch.randn(B, H, 2, E, generator=g, dtype=torch.float64).to(dtype).to(target.device)  # (B, H, 2, E)
+    n = B * H
+    z_crit = float(stats.norm.isf(ALPHA / 2))
+    cases = [(None, 1.0)] + ([(1.0, float(E))] if caps.scale else [])
+    for scale, expected_var in cases:
+        x = _recovered_logit_differences(target, q, k, scale)[..., 1].flatten() / math.sqrt(2)  # (n,)
+        mean_sq = float((x * x).mean())
+        se = expected_var * math.sqrt((2 + 6 / E) / n)
+        z = (mean_sq - expected_var) / se
+        what = "scaled by default (1/sqrt(d_k))" if scale is None else "with scale=1 (unscaled)"
+        p = Problem(B=B, Hq=H, Hkv=H, L=1, S=2, E=E, Ev=E, dtype=str(dtype).removeprefix("torch."), seed=seed)
+        check(
+            abs(z) <= z_crit,
+            f"logit variance {mean_sq:.4g} {what}, expected {expected_var:.4g} for d_k = {E} "
+            f"(z = {z:.2f}, |z| <= {z_crit:.2f} at false-alarm rate {ALPHA:g}, n = {n})",
+            p,
+            variance=mean_sq,
+        )
