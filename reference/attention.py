@@ -83,15 +83,17 @@ def attention(
             scores = scores.masked_fill(mask == float("-inf"), float("-inf"))  # -inf + NaN score stays masked
     # Rows with no admissible key: softmax(-inf, ..., -inf) is 0/0. Softmax a row of zeros instead (finite
     # forward and backward), then zero the row, so neither the output nor any gradient is NaN (BUGS.md #1, #2).
-    admissible_row = (scores != float("-inf")).any(dim=-1, keepdim=True)  # (..., L, 1)
+    admissible = scores != float("-inf")  # (..., L, S)
+    admissible_row = admissible.any(dim=-1, keepdim=True)  # (..., L, S) -> (..., L, 1)
     scores = scores.masked_fill(~admissible_row, 0.0)  # (..., L, S)
     p_attn = torch.softmax(scores, dim=-1) * admissible_row  # (..., L, S); softmax subtracts the row max
     if dropout_p > 0.0:
         keep = torch.rand(p_attn.shape, generator=generator, device=p_attn.device) >= dropout_p  # (..., L, S)
         p_attn = p_attn * keep / (1.0 - dropout_p)  # inverted dropout keeps the expectation
     # A masked key has weight exactly 0, but 0 * inf = NaN in the product: the values of keys that no query
-    # may see are zeroed so that non-finite values there cannot leak into the output (BUGS.md #3).
-    key_seen = (scores != float("-inf")).any(dim=-2).unsqueeze(-1)  # (..., L, S) -> (..., S, 1)
+    # may see are zeroed so that non-finite values there cannot leak into the output (BUGS.md #3). Read from
+    # the scores before fully masked rows were refilled with zeros, or such a row would "see" every key.
+    key_seen = admissible.any(dim=-2).unsqueeze(-1)  # (..., L, S) -> (..., S) -> (..., S, 1)
     value = value.masked_fill(~key_seen, 0.0)  # (..., S, d_v)
     return torch.matmul(p_attn, value), p_attn  # (..., L, S) @ (..., S, d_v) -> (..., L, d_v)
 
