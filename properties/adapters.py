@@ -79,7 +79,9 @@ def _heads_to_model(x: Tensor) -> Tensor:
     return x.transpose(1, 2).reshape(B, N, H * D)  # (B, H, N, D) -> (B, N, H, D) -> (B, N, H*D)
 
 
-def _mha_mask(attn_mask: Tensor | None, is_causal: bool, B: int, H: int, L: int, S: int) -> tuple[Tensor | None, bool]:
+def _mha_mask(
+    attn_mask: Tensor | None, is_causal: bool, B: int, H: int, L: int, S: int, device: torch.device
+) -> tuple[Tensor | None, bool]:
     """(attn_mask in MHA's convention, is_causal hint): bool True = NOT allowed, float additive; (L, S) or (B*H, L, S).
 
     MHA has no causal flag of its own: ``is_causal`` is a hint that ``attn_mask`` *is* the causal mask, so the
@@ -87,7 +89,6 @@ def _mha_mask(attn_mask: Tensor | None, is_causal: bool, B: int, H: int, L: int,
     """
     mask = attn_mask
     if is_causal:
-        device = attn_mask.device if attn_mask is not None else None
         causal = torch.ones(L, S, dtype=torch.bool, device=device).tril()  # (L, S), top-left: query i sees j <= i
         if mask is None:
             mask = causal
@@ -119,7 +120,7 @@ def _mha_factory(name: str, need_weights: bool) -> Any:
             x_q = _heads_to_model(query)  # (B, L, H*d_k)
             x_k = x_q if key is query else _heads_to_model(key)  # (B, S, H*d_k)
             x_v = x_k if value is key else _heads_to_model(value)  # (B, S, H*d_k)
-            mask, hint = _mha_mask(attn_mask, is_causal, B, H, L, S)
+            mask, hint = _mha_mask(attn_mask, is_causal, B, H, L, S, query.device)
             out, _ = module(x_q, x_k, x_v, attn_mask=mask, need_weights=need_weights, is_causal=hint)
             return out.view(B, L, H, d_k).transpose(1, 2)  # (B, L, H*d_k) -> (B, L, H, d_k) -> (B, H, L, d_k)
 
@@ -261,7 +262,7 @@ def _hf_sdpa() -> Target:
 # JAX
 
 
-@builtin("jax", "jax.nn.dot_product_attention (XLA), through numpy on the host")
+@builtin("jax", "jax.nn.dot_product_attention (XLA, jitted), through numpy on the host")
 def _jax() -> Target:
     try:
         import jax
@@ -282,6 +283,8 @@ def _jax() -> Target:
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(like.device)
         return torch.from_numpy(a).to(like.device)
 
+    attention = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "scale"))  # as JAX code runs it
+
     def jax_attention(
         query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
         scale: float | None = None, enable_gqa: bool = False,  # GQA is native: N query heads, K kv heads
@@ -290,7 +293,7 @@ def _jax() -> Target:
         bool_mask = to_numpy(mask) if mask is not None and mask.dtype == torch.bool else None
         bias = to_numpy(mask) if mask is not None and mask.dtype != torch.bool else None
         with jax.enable_x64(True):  # float64 stays float64 (jax would silently compute float32 otherwise)
-            out = jax.nn.dot_product_attention(
+            out = attention(
                 to_numpy(query), to_numpy(key), to_numpy(value), bias=bias, mask=bool_mask, scale=scale,
                 is_causal=is_causal,
             )  # (B, T, N, Ev)
@@ -300,7 +303,7 @@ def _jax() -> Target:
     # float64 is not declared: jax computes the softmax in float32 for every input dtype (~1e-7 off in float64).
     # Bool-masked scores become -0.7 * finfo.max, not -inf: a fully masked row averages all values (uniform).
     caps = Capabilities(grad=False, value_dim=False, dtypes=HALF_AND_SINGLE, devices=("cpu",), layout="BLHD")
-    return Target("jax", jax_attention, caps, f"jax {jax.__version__} jax.nn.dot_product_attention (xla)")
+    return Target("jax", jax_attention, caps, f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention), xla")
 
 
 # ---------------------------------------------------------------------------------------------------------------

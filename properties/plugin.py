@@ -186,7 +186,7 @@ class Report:
                     "name": t.name,
                     "description": t.description,
                     "device": t.device,
-                    "capabilities": t.caps.summary(),
+                    "capabilities": t.caps.to_dict(),
                     "observations": {k: sorted(v) for k, v in OBSERVATIONS.get(t.name, {}).items()},
                     "properties": self.properties_of(t.name),
                 }
@@ -254,6 +254,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--attncheck-timeout", type=float, default=None, help="seconds per target call (default 60)")
     group.addoption("--attncheck-known-failures", action="append", default=[], metavar="FILE",
                     help="file of known, accepted deviations: '[target::]check_name  # reason' per line")
+    group.addoption("--attncheck-max-examples", type=int, default=None, help="override the profile's max_examples")
+    group.addoption("--attncheck-property", action="append", default=[], metavar="NAME",
+                    help="run only these properties of the catalog (repeatable)")
     group.addoption("--attncheck-json", default=None, metavar="PATH", help="write the report as JSON (atomically)")
 
 
@@ -270,6 +273,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "attncheck_property(name): a check of the named attncheck property")
     profile = choose_profile(config)
     if not config.getoption("hypothesis_profile", None):
+        max_examples = config.getoption("attncheck_max_examples")
+        if max_examples:
+            parent = hypothesis.settings.get_profile(profile)
+            hypothesis.settings.register_profile(f"{profile}-{max_examples}", parent=parent, max_examples=max_examples)
+            profile = f"{profile}-{max_examples}"
         hypothesis.settings.load_profile(profile)
     specs = list(config.getoption("attncheck_target"))
     if not specs and os.environ.get("ATTNCHECK_TARGET"):
@@ -310,6 +318,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    only = set(config.getoption("attncheck_property"))
+    if only:
+        unknown = only - set(PROPERTIES)
+        if unknown:
+            raise pytest.UsageError(f"unknown property {sorted(unknown)[0]!r}; the catalog: {', '.join(PROPERTIES)}")
+        keep = [i for i in items if getattr(getattr(i, "function", None), "attncheck_property", None) in only]
+        config.hook.pytest_deselected(items=[i for i in items if i not in keep])
+        items[:] = keep
     known = getattr(config, "_attncheck_known", [])
     for item in items:
         target = _target_of(item)

@@ -73,6 +73,14 @@ class Capabilities:
     def replace(self, **changes: Any) -> Capabilities:
         return dataclasses.replace(self, **changes)
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready declaration (for reports)."""
+        d = dataclasses.asdict(self)
+        d["masks"] = sorted(self.masks)
+        d["dtypes"], d["devices"] = list(self.dtypes), list(self.devices)
+        d["arg_names"], d["known_failures"] = dict(self.arg_names), dict(self.known_failures)
+        return d
+
     def summary(self) -> str:
         """One line for report headers."""
         masks = ",".join(sorted(self.masks)) or "none"
@@ -304,3 +312,4 @@ def availability() -> list[tuple[str, str, str | None]]:
         except TargetUnavailable as exc:
             rows.append((name, description, str(exc)))
     return rows
+import properties.adapters  # noqa: E402, F401  (registers the third-party built-ins)

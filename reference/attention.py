@@ -110,6 +110,8 @@ def scaled_dot_product_attention(
 ) -> Tensor:
     """Equation (1) in the convention of ``torch.nn.functional.scaled_dot_product_attention``.
 
+    float16 and bfloat16 inputs are computed in float32 and the output rounded back to the input dtype.
+
     query (..., Hq, L, E), key (..., Hkv, S, E), value (..., Hkv, S, Ev) -> (..., Hq, L, Ev).
     ``is_causal`` is the top-left aligned lower triangle; with ``enable_gqa`` query
     head h reads key/value head h // (Hq / Hkv).
@@ -127,5 +129,10 @@ def scaled_dot_product_attention(
             mask = mask & causal  # (..., L, S)
         else:
             mask = mask.masked_fill(~causal, float("-inf"))  # (..., L, S)
-    out, _ = attention(query, key, value, mask, scale, dropout_p)
-    return out
+    # Half precision: compute scores, softmax and P V in float32 and round once at the end, as PyTorch's math
+    # backend does. In float16 the raw q . k overflows 65504 before any scaling (shared/BUGS.md #10).
+    compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
+    if mask is not None and mask.dtype != torch.bool:
+        mask = mask.to(compute)
+    out, _ = attention(query.to(compute), key.to(compute), value.to(compute), mask, scale, dropout_p)
+    return out.to(query.dtype)
