@@ -37,7 +37,12 @@ settings.register_profile("dev", max_examples=30, deadline=None, suppress_health
 # CI: derandomized (the same examples on every run, so CI is reproducible), no example database to carry state
 # between runs, and few enough examples to keep a target under a minute on 2 cores.
 settings.register_profile(
-    "ci", max_examples=15, deadline=None, derandomize=True, database=None, print_blob=True,
+    "ci",
+    max_examples=15,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    print_blob=True,
     suppress_health_check=_SLOW_OK,
 )
 # Thorough: many examples; properties call hypothesis.target() on their error so the search climbs toward

@@ -31,7 +31,9 @@ class PropertyFailure(AssertionError):
         self.problem = problem
         self.worst = worst or {}
         self.summary = message
-        inputs = "" if problem is None else "\n  inputs: " + ", ".join(f"{k}={v}" for k, v in problem.describe().items())
+        inputs = (
+            "" if problem is None else "\n  inputs: " + ", ".join(f"{k}={v}" for k, v in problem.describe().items())
+        )
         super().__init__(message + inputs)
 
 
@@ -95,17 +97,24 @@ def assert_close(
             f"{what}: max |error| {worst_err:.3g} exceeds the budget {explain}; worst at index {list(idx)}: "
             f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}",
             problem,
-            {"error": worst_err, "budget": limit, "index": list(idx), "got": got64[idx].item(),
-             "expected": exp64[idx].item()},
+            {
+                "error": worst_err,
+                "budget": limit,
+                "index": list(idx),
+                "got": got64[idx].item(),
+                "expected": exp64[idx].item(),
+            },
         )
     return worst_err
 
 
 def assert_identical(got: Tensor, expected: Tensor, what: str, problem: Problem | None) -> None:
     """Bitwise equality (NaN equal to NaN): determinism and purity are exact properties."""
-    if got.shape != expected.shape or not torch.equal(
-        torch.nan_to_num(got.detach(), nan=1.2345), torch.nan_to_num(expected.detach(), nan=1.2345)
-    ) or not torch.equal(got.isnan(), expected.isnan()):
+    if (
+        got.shape != expected.shape
+        or not torch.equal(torch.nan_to_num(got.detach(), nan=1.2345), torch.nan_to_num(expected.detach(), nan=1.2345))
+        or not torch.equal(got.isnan(), expected.isnan())
+    ):
         diff = (got.detach().double() - expected.detach().double()).abs().nan_to_num(float("inf"))
         flat = int(diff.flatten().argmax()) if diff.numel() else 0
         idx = _index(flat, diff.shape) if diff.numel() else ()

@@ -65,8 +65,20 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError("--max-examples must be at least 1")
 
     ini = Path(__file__).with_name("verify.ini")  # not the configuration (addopts, plugins) of the project around us
-    pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "properties",
-                   "-p", "no:cacheprovider", "-p", "no:terminal", "-W", "ignore"]
+    pytest_args = [
+        "-c",
+        str(ini),
+        "--rootdir",
+        str(ini.parent),
+        "--pyargs",
+        "properties",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:terminal",
+        "-W",
+        "ignore",
+    ]
     for spec in [t.name for t in resolved]:
         pytest_args += ["--attncheck-target", spec]
     for cap in caps:
@@ -120,7 +132,9 @@ class _Collector:
 
     def pytest_collectreport(self, report: Any) -> None:
         if report.failed:
-            self.error = f"collection failed in {report.nodeid or 'properties'}: {str(report.longrepr).splitlines()[-1]}"
+            self.error = (
+                f"collection failed in {report.nodeid or 'properties'}: {str(report.longrepr).splitlines()[-1]}"
+            )
 
     def pytest_collection_finish(self, session: Any) -> None:
         if self.quiet:
@@ -129,8 +143,12 @@ class _Collector:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=Console(file=sys.stderr), transient=True,
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
         )
         self.progress.start()
         self.task = self.progress.add_task("verifying", total=len(session.items))
@@ -168,19 +186,34 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     v = sub.add_parser("verify", help="check attention implementations against the property catalog")
-    v.add_argument("targets", nargs="*", metavar="TARGET",
-                   help="built-in name (see `attncheck targets`) or module.path:attr; default: reference torch-sdpa")
+    v.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="built-in name (see `attncheck targets`) or module.path:attr; default: reference torch-sdpa",
+    )
     v.add_argument("--json", metavar="PATH", help="write the report as JSON (atomically)")
     v.add_argument("--profile", choices=PROFILES, help="Hypothesis profile (default: ci when CI is set, else dev)")
     v.add_argument("--max-examples", type=int, help="override the profile's examples per check")
     v.add_argument("--seed", type=int, help="Hypothesis seed (ignored by the derandomized ci profile)")
     v.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    v.add_argument("--dtype", action="append", choices=("float64", "float32", "bfloat16", "float16"),
-                   help="restrict to these dtypes (repeatable)")
-    v.add_argument("--property", action="append", metavar="NAME", help=f"only these properties: {', '.join(PROPERTIES)}")
+    v.add_argument(
+        "--dtype",
+        action="append",
+        choices=("float64", "float32", "bfloat16", "float16"),
+        help="restrict to these dtypes (repeatable)",
+    )
+    v.add_argument(
+        "--property", action="append", metavar="NAME", help=f"only these properties: {', '.join(PROPERTIES)}"
+    )
     v.add_argument("--timeout", type=float, help="seconds per target call before it counts as hung (default 60)")
-    v.add_argument("--known-failures", action="append", default=[], metavar="FILE",
-                   help="accepted deviations, '[target::]check_name  # reason' per line (xfail)")
+    v.add_argument(
+        "--known-failures",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="accepted deviations, '[target::]check_name  # reason' per line (xfail)",
+    )
     v.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     caps = v.add_argument_group("capability declarations (the same as properties.declare(...) in Python)")
     caps.add_argument("--causal", choices=("top-left", "bottom-right", "none"), help="alignment of is_causal")
@@ -193,8 +226,12 @@ def build_parser() -> argparse.ArgumentParser:
     caps.add_argument("--dropout", action="store_true", help="supports dropout_p > 0")
     caps.add_argument("--masked-rows", choices=("zeros", "nan", "uniform"), help="declared fully-masked-row output")
     caps.add_argument("--layout", choices=("BHLD", "BLHD"), help="tensor layout of the target")
-    caps.add_argument("--arg-name", action="append", metavar="CONTRACT=NAME",
-                      help="keyword renames, e.g. is_causal=causal scale=softmax_scale (repeatable)")
+    caps.add_argument(
+        "--arg-name",
+        action="append",
+        metavar="CONTRACT=NAME",
+        help="keyword renames, e.g. is_causal=causal scale=softmax_scale (repeatable)",
+    )
     caps.add_argument("--cap", action="append", default=[], metavar="FIELD=VALUE", help="any Capabilities field")
     v.set_defaults(func=verify)
 

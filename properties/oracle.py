@@ -67,7 +67,11 @@ def oracle(
         mask = mask.to(dtype)
     if is_causal:
         causal = causal_mask(q.size(-2), k.size(-2), alignment, q.device)  # type: ignore[arg-type]  # (L, S)
-        mask = causal if mask is None else (mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
+        mask = (
+            causal
+            if mask is None
+            else (mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
+        )
     out, _ = attention(q, k, v, mask, scale)
     return out  # (B, Hq, L, Ev)
 
@@ -96,7 +100,12 @@ def _max_abs_finite(a: Tensor, b: Tensor) -> float:
 
 
 def budget(
-    naive: Tensor, reference: Tensor, value_scale: float, dtype: torch.dtype, k: float = K_OUTPUT, logit_scale: float = 1.0
+    naive: Tensor,
+    reference: Tensor,
+    value_scale: float,
+    dtype: torch.dtype,
+    k: float = K_OUTPUT,
+    logit_scale: float = 1.0,
 ) -> Budget:
     """The tolerance for a target in ``dtype`` given the naive same-dtype result and the float64 reference.
 

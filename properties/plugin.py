@@ -15,6 +15,7 @@ into a :class:`Report` (rendered by the CLI, written as JSON with ``--attncheck-
 
 from __future__ import annotations
 
+import ast
 import os
 import platform
 import time
@@ -29,6 +30,7 @@ import torch
 from properties import targets as targets_mod
 from properties.catalog import PROFILES, PROPERTIES
 from properties.checks import OBSERVATIONS, PropertyFailure
+from properties.problems import Problem
 from properties.targets import Capabilities, Target, TargetError, TargetSpecError, TargetUnavailable
 
 TARGETS_KEY = pytest.StashKey[list[Target]]()
@@ -161,19 +163,21 @@ class Report:
             status = "failed" if failed else "passed" if passed else "skipped"
             first = failed[0] if failed else None
             message = first.message if first else "; ".join(sorted({r.message for r in results if r.message}))
-            rows.append({
-                "name": name,
-                "status": status,
-                "message": message,
-                "counterexample": first.counterexample if first else None,
-                "repro": first.repro if first else "",
-                "duration": round(sum(r.duration for r in results), 3),
-                "known_failures": [{"check": r.check, "reason": r.message} for r in known],
-                "checks": [
-                    {"name": r.check, "status": r.status, "message": r.message, "duration": round(r.duration, 3)}
-                    for r in results
-                ],
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "status": status,
+                    "message": message,
+                    "counterexample": first.counterexample if first else None,
+                    "repro": first.repro if first else "",
+                    "duration": round(sum(r.duration for r in results), 3),
+                    "known_failures": [{"check": r.check, "reason": r.message} for r in known],
+                    "checks": [
+                        {"name": r.check, "status": r.status, "message": r.message, "duration": round(r.duration, 3)}
+                        for r in results
+                    ],
+                }
+            )
         return rows
 
     def failed(self) -> bool:
@@ -201,8 +205,6 @@ class Report:
 def versions() -> dict[str, str]:
     import numpy
 
-    from properties import __name__ as _  # noqa: F401 - the package itself
-
     out = {
         "python": platform.python_version(),
         "torch": torch.__version__,
@@ -214,7 +216,7 @@ def versions() -> dict[str, str]:
         from importlib.metadata import version
 
         out["attncheck"] = version("attncheck")
-    except Exception:  # noqa: BLE001 - running from a checkout without installing
+    except Exception:
         out["attncheck"] = "checkout"
     return out
 
@@ -230,6 +232,25 @@ def failure_details(exc: BaseException) -> PropertyFailure | BaseException:
     return exc
 
 
+def problem_from_notes(exc: BaseException) -> Problem | None:
+    """The drawn :class:`Problem` from Hypothesis' notes ("Draw 1 (problem): Problem(...)"), parsed without eval.
+
+    Used when the failure is not a PropertyFailure (the target raised, hung or returned the wrong shape), so
+    the report still shows the minimal counterexample.
+    """
+    for note in getattr(exc, "__notes__", []):
+        _, found, text = note.partition("(problem): ")
+        if not found:
+            continue
+        try:
+            call = ast.parse(text.strip(), mode="eval").body
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Problem":
+                return Problem(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg})
+        except (SyntaxError, ValueError, TypeError):
+            return None
+    return None
+
+
 def one_line(exc: BaseException) -> str:
     if isinstance(exc, PropertyFailure):
         return exc.summary
@@ -243,20 +264,44 @@ def one_line(exc: BaseException) -> str:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("attncheck", "attncheck property suite")
-    group.addoption("--attncheck-target", action="append", default=[], metavar="TARGET",
-                    help="built-in name or module.path:attr (repeatable; env ATTNCHECK_TARGET, comma-separated)")
-    group.addoption("--attncheck-cap", action="append", default=[], metavar="FIELD=VALUE",
-                    help="declare a capability, e.g. causal=bottom-right, masks=none, layout=BLHD (repeatable)")
-    group.addoption("--attncheck-profile", choices=PROFILES, default=None,
-                    help="Hypothesis profile (default: ci when CI is set, else dev)")
+    group.addoption(
+        "--attncheck-target",
+        action="append",
+        default=[],
+        metavar="TARGET",
+        help="built-in name or module.path:attr (repeatable; env ATTNCHECK_TARGET, comma-separated)",
+    )
+    group.addoption(
+        "--attncheck-cap",
+        action="append",
+        default=[],
+        metavar="FIELD=VALUE",
+        help="declare a capability, e.g. causal=bottom-right, masks=none, layout=BLHD (repeatable)",
+    )
+    group.addoption(
+        "--attncheck-profile",
+        choices=PROFILES,
+        default=None,
+        help="Hypothesis profile (default: ci when CI is set, else dev)",
+    )
     group.addoption("--attncheck-device", default="cpu", choices=("cpu", "cuda"))
     group.addoption("--attncheck-dtype", action="append", default=[], help="restrict dtypes (repeatable)")
     group.addoption("--attncheck-timeout", type=float, default=None, help="seconds per target call (default 60)")
-    group.addoption("--attncheck-known-failures", action="append", default=[], metavar="FILE",
-                    help="file of known, accepted deviations: '[target::]check_name  # reason' per line")
+    group.addoption(
+        "--attncheck-known-failures",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="file of known, accepted deviations: '[target::]check_name  # reason' per line",
+    )
     group.addoption("--attncheck-max-examples", type=int, default=None, help="override the profile's max_examples")
-    group.addoption("--attncheck-property", action="append", default=[], metavar="NAME",
-                    help="run only these properties of the catalog (repeatable)")
+    group.addoption(
+        "--attncheck-property",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="run only these properties of the catalog (repeatable)",
+    )
     group.addoption("--attncheck-json", default=None, metavar="PATH", help="write the report as JSON (atomically)")
 
 
@@ -370,7 +415,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             status = "failed"
             exc = failure_details(call.excinfo.value) if call.excinfo else None
             message = one_line(exc) if exc else "failed"
-            problem = getattr(exc, "problem", None)
+            problem = getattr(exc, "problem", None) or (problem_from_notes(exc) if exc else None)
             if problem is not None:
                 counterexample = problem.describe()
                 repro = problem.repro(target.name)
@@ -378,8 +423,9 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
         else:
             status = "passed"
     if status is not None:
-        store.results.append(CheckResult(target.name, prop_name, check_name, status, report.duration, message,
-                                         counterexample, repro))
+        store.results.append(
+            CheckResult(target.name, prop_name, check_name, status, report.duration, message, counterexample, repro)
+        )
     return report
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from hypothesis import strategies as st
@@ -85,7 +85,7 @@ class Problem:
         d["seed"] = self.seed
         return d
 
-    def call_kwargs(self, mask: Tensor | None) -> dict[str, object]:
+    def call_kwargs(self, mask: Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the SDPA-convention call for this problem."""
         return {"attn_mask": mask, "is_causal": self.is_causal, "scale": self.scale, "enable_gqa": self.gqa}
 

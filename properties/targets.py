@@ -191,7 +191,7 @@ class Target:
             try:
                 with torch.set_grad_enabled(grad_enabled):
                     result["out"] = self.fn(query, key, value, **kwargs)
-            except BaseException as exc:  # noqa: BLE001 - any exception is the target's failure, reported
+            except BaseException as exc:
                 result["exc"] = exc
 
         worker = threading.Thread(target=work, name=f"attncheck-{self.name}", daemon=True)
@@ -287,8 +287,10 @@ def resolve(spec: str) -> Target:
         raise TargetSpecError(f"bad target {spec!r}: expected module.path:attr")
     try:
         obj: Any = importlib.import_module(module_name)
-    except Exception as exc:  # noqa: BLE001 - any import failure is a usage error with one line
-        raise TargetSpecError(f"cannot import module {module_name!r} for target {spec!r}: {type(exc).__name__}: {exc}")
+    except Exception as exc:
+        raise TargetSpecError(
+            f"cannot import module {module_name!r} for target {spec!r}: {type(exc).__name__}: {exc}"
+        ) from None
     for part in attr_path.split("."):
         try:
             obj = getattr(obj, part)
@@ -304,7 +306,7 @@ def resolve(spec: str) -> Target:
 
 def availability() -> list[tuple[str, str, str | None]]:
     """(name, description, reason unavailable or None) for every built-in target."""
-    rows = []
+    rows: list[tuple[str, str, str | None]] = []
     for name, (description, factory) in BUILTINS.items():
         try:
             factory()
@@ -312,4 +314,6 @@ def availability() -> list[tuple[str, str, str | None]]:
         except TargetUnavailable as exc:
             rows.append((name, description, str(exc)))
     return rows
+
+
 import properties.adapters  # noqa: E402, F401  (registers the third-party built-ins)

@@ -43,8 +43,9 @@ def test_batch_slice_equals_whole(target: Target, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     """Query head h computed alone (with its kv head) equals head h computed with all heads."""
-    p = data.draw(problems(target.caps, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))),
-                  label="problem")
+    p = data.draw(
+        problems(target.caps, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))), label="problem"
+    )
     h = data.draw(st.integers(0, p.Hq - 1), label="h")
     q, k, v, mask = p.tensors(target.device)
     whole = target(q, k, v, **p.call_kwargs(mask))

@@ -41,10 +41,20 @@ def test_dropout_fraction_and_rescale(target: Target, p_drop: float, S: int, see
     dropped = int((out == 0).sum())
     n = out.numel()
     test = stats.binomtest(dropped, n, p_drop)
-    check(test.pvalue >= ALPHA,
-          f"dropout_p={p_drop}: dropped {dropped} of {n} weights ({dropped / n:.3f}), binomial p-value "
-          f"{test.pvalue:.2g} < {ALPHA:g}", None, dropped=dropped, n=n)
+    check(
+        test.pvalue >= ALPHA,
+        f"dropout_p={p_drop}: dropped {dropped} of {n} weights ({dropped / n:.3f}), binomial p-value "
+        f"{test.pvalue:.2g} < {ALPHA:g}",
+        None,
+        dropped=dropped,
+        n=n,
+    )
     kept = out[out != 0]
     eps = torch.finfo(dtype).eps
-    assert_close(kept, torch.full_like(kept, kept_value), 8 * eps * kept_value,
-                 f"kept weights vs 1 / (S (1 - p)) = {kept_value:.6g} (inverted dropout rescaling)", None)
+    assert_close(
+        kept,
+        torch.full_like(kept, kept_value),
+        8 * eps * kept_value,
+        f"kept weights vs 1 / (S (1 - p)) = {kept_value:.6g} (inverted dropout rescaling)",
+        None,
+    )

@@ -41,23 +41,31 @@ def test_fully_masked_rows(target: Target, data: st.DataObject) -> None:
     """Convention observed (and kept if declared); other rows match the oracle; their gradients are finite."""
     caps = target.caps
     require(bool(caps.masks), "target declares no mask support")
-    p = data.draw(problems(caps, masks=("bool", "float"), masked_rows=True, causal=False, max_len=33)
-                  .filter(lambda p: p.masked_rows > 0), label="problem")
+    p = data.draw(
+        problems(caps, masks=("bool", "float"), masked_rows=True, causal=False, max_len=33).filter(
+            lambda p: p.masked_rows > 0
+        ),
+        label="problem",
+    )
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     dead_rows = ~p.admissible(mask).any(-1)  # (B, Hq, L)
-    leaves = tuple(x.detach().clone().requires_grad_(caps.grad) for x in (q, k, v))
-    out = target(*leaves, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
+    lq, lk, lv = leaves = tuple(x.detach().clone().requires_grad_(caps.grad) for x in (q, k, v))
+    out = target(lq, lk, lv, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
     group = p.Hq // p.Hkv
     v_per_q = v.double().repeat_interleave(group, dim=1)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
     dead = dead_rows.to(out.device)
     eps = torch.finfo(q.dtype).eps
-    convention = classify(out.detach().double()[dead], v_per_q.unsqueeze(2).expand(-1, -1, p.L, -1, -1)[dead.cpu()],
-                          atol=4 * eps)
+    convention = classify(
+        out.detach().double()[dead], v_per_q.unsqueeze(2).expand(-1, -1, p.L, -1, -1)[dead.cpu()], atol=4 * eps
+    )
     observe(target, "fully masked rows", convention)
     if caps.masked_rows is not None:
-        check(convention == caps.masked_rows,
-              f"fully masked rows return {convention}, but the target declares {caps.masked_rows}", p)
+        check(
+            convention == caps.masked_rows,
+            f"fully masked rows return {convention}, but the target declares {caps.masked_rows}",
+            p,
+        )
     ref, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
     live = ~dead.unsqueeze(-1)  # (B, Hq, L, 1)
     assert_close(out, ref, tol, "rows with admissible keys, beside fully masked rows, vs the oracle", p, where=live)
@@ -69,6 +77,9 @@ def test_fully_masked_rows(target: Target, data: st.DataObject) -> None:
             if grad is None:
                 continue
             bad = ~torch.isfinite(grad)
-            check(not bool(bad.any()),
-                  f"gradient {name} of the live rows has {int(bad.sum())} non-finite entries: the fully masked "
-                  "rows poison the backward pass", p)
+            check(
+                not bool(bad.any()),
+                f"gradient {name} of the live rows has {int(bad.sum())} non-finite entries: the fully masked "
+                "rows poison the backward pass",
+                p,
+            )

@@ -18,7 +18,6 @@ from properties.problems import Problem, problems
 from properties.targets import Target
 
 
-
 def _with_dead_key(p: Problem, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask the last key for every query (key 0 stays admissible); return (mask, dead (B, Hkv, S))."""
     if mask.dtype == torch.bool:
@@ -74,8 +73,10 @@ def test_all_true_mask_equals_no_mask(target: Target, data: st.DataObject) -> No
 def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
     """Overwriting keys and values that no query may see with huge values changes nothing."""
     require(bool(target.caps.masks), "target declares no mask support")
-    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
-                  label="problem")
+    p = data.draw(
+        problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+        label="problem",
+    )
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     mask, dead = _with_dead_key(p, mask)
@@ -91,8 +92,10 @@ def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
 def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -> None:
     """NaN and inf in keys and values that no query may see do not reach the output (BUGS.md #3)."""
     require(bool(target.caps.masks), "target declares no mask support")
-    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
-                  label="problem")
+    p = data.draw(
+        problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+        label="problem",
+    )
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     mask, dead = _with_dead_key(p, mask)

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import torch
-from hypothesis import given, target as hypothesis_target
+from hypothesis import given
 from hypothesis import strategies as st
+from hypothesis import target as hypothesis_target
 
 from properties.catalog import prop
 from properties.checks import assert_close, require
@@ -37,15 +38,14 @@ def test_gradients_match_oracle(target: Target, data: st.DataObject) -> None:
     if data.draw(st.booleans(), label="contiguous dO"):
         d_out = d_out.contiguous()  # else strided: a wrong backward for non-contiguous dO (BUGS.md #15)
     align = target.caps.causal or "top-left"
-    kwargs = {"is_causal": p.is_causal, "scale": p.scale}
 
     def gradients(dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:
-        leaves = [t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q, k, v)]
+        lq, lk, lv = (t.detach().to(dtype or t.dtype).requires_grad_(True) for t in (q, k, v))
         if dtype is None:
-            out = target(*leaves, **p.call_kwargs(mask))
+            out = target(lq, lk, lv, **p.call_kwargs(mask))
         else:
-            out = oracle(*leaves, mask, alignment=align, dtype=dtype, **kwargs)  # type: ignore[arg-type]
-        return torch.autograd.grad(out, leaves, d_out.to(out.dtype).to(out.device))
+            out = oracle(lq, lk, lv, mask, is_causal=p.is_causal, scale=p.scale, alignment=align, dtype=dtype)
+        return torch.autograd.grad(out, (lq, lk, lv), d_out.to(out.dtype).to(out.device))
 
     got = gradients(None)
     ref = gradients(torch.float64)

@@ -44,8 +44,11 @@ def test_future_perturbation(target: Target, data: st.DataObject) -> None:
     after = target(q2, k2, v2, **p.call_kwargs(mask))
     _, tol = expect(q, k, v, mask, align, is_causal=True, scale=p.scale)
     assert_close(
-        after[..., : t + 1, :], before[..., : t + 1, :], tol,
-        f"outputs 0..{t} after changing queries > {t} and keys/values >= {n} ({align} causal)", p,
+        after[..., : t + 1, :],
+        before[..., : t + 1, :],
+        tol,
+        f"outputs 0..{t} after changing queries > {t} and keys/values >= {n} ({align} causal)",
+        p,
     )
 
 
@@ -59,13 +62,22 @@ def test_future_gradient_is_zero(target: Target, data: st.DataObject) -> None:
     p = data.draw(problems(target.caps, causal=True, max_len=33), label="problem")
     t = data.draw(st.integers(0, p.L - 1), label="t")
     n = horizon(t, p.L, p.S, align)
-    q, k, v, _ = (x.detach().clone().requires_grad_(True) if x is not None else None for x in p.tensors(target.device))
+    q, k, v = (x.detach().clone().requires_grad_(True) for x in p.tensors(target.device)[:3])
     out = target(q, k, v, is_causal=True, scale=p.scale, enable_gqa=p.gqa)
     dq, dk, dv = torch.autograd.grad(out[..., t, :].sum(), (q, k, v), allow_unused=True)
-    for name, grad, sl in (("query", dq, slice(t + 1, None)), ("key", dk, slice(n, None)), ("value", dv, slice(n, None))):
+    for name, grad, sl in (
+        ("query", dq, slice(t + 1, None)),
+        ("key", dk, slice(n, None)),
+        ("value", dv, slice(n, None)),
+    ):
         if grad is None:
             continue
         leak = grad[..., sl, :].detach().double().abs()
         worst = float(leak.max()) if leak.numel() else 0.0
-        check(worst == 0.0, f"gradient of output {t} w.r.t. {name} positions past its horizon is {worst:.3g}, not 0 "
-              f"({align} causal, {n} visible keys)", p, gradient=worst)
+        check(
+            worst == 0.0,
+            f"gradient of output {t} w.r.t. {name} positions past its horizon is {worst:.3g}, not 0 "
+            f"({align} causal, {n} visible keys)",
+            p,
+            gradient=worst,
+        )

@@ -25,8 +25,7 @@ from properties.targets import Target
 @given(data=st.data())
 def test_huge_logits_finite_and_accurate(target: Target, data: st.DataObject) -> None:
     """Logits of magnitude 1e2..1e4 give finite outputs that match the oracle."""
-    p = data.draw(problems(target.caps, magnitudes=st.sampled_from((30.0, 100.0)), masked_rows=False),
-                  label="problem")
+    p = data.draw(problems(target.caps, magnitudes=st.sampled_from((30.0, 100.0)), masked_rows=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask))
     ref, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
@@ -38,9 +37,12 @@ def test_huge_logits_finite_and_accurate(target: Target, data: st.DataObject) ->
 def test_half_precision_qk_overflow(target: Target, data: st.DataObject) -> None:
     """float16 inputs whose raw q . k exceeds 65504 but whose scaled logits fit: the output stays finite."""
     require("float16" in target.caps.dtypes, "target declares no float16")
-    p = data.draw(problems(target.caps, dtypes=("float16",), magnitudes=st.just(1.0), masked_rows=False, gqa=False)
-                  .map(lambda p: p.replace(E=64, Ev=64 if not target.caps.value_dim else p.Ev, scale=None)),
-                  label="problem")
+    p = data.draw(
+        problems(target.caps, dtypes=("float16",), magnitudes=st.just(1.0), masked_rows=False, gqa=False).map(
+            lambda p: p.replace(E=64, Ev=64 if not target.caps.value_dim else p.Ev, scale=None)
+        ),
+        label="problem",
+    )
     g = torch.Generator().manual_seed(p.seed)
     # q = k = 40 * (a shared random sign pattern): q . k = 64 * 1600 = 102400 > 65504, scaled by 1/8 -> 12800.
     signs = torch.randint(0, 2, (p.E,), generator=g).double() * 2 - 1  # (E,)
@@ -53,9 +55,12 @@ def test_half_precision_qk_overflow(target: Target, data: st.DataObject) -> None
     out = target(q, k, v, **p.call_kwargs(mask))
     finite_ref = torch.isfinite(ref)
     bad = finite_ref & ~torch.isfinite(out.detach().double())
-    check(not bool(bad.any()),
-          f"float16 output has {int(bad.sum())} non-finite entries where the oracle is finite: max raw q . k = "
-          f"{raw:.0f} > 65504 overflows before the 1/sqrt(d_k) = {1 / math.sqrt(p.E):g} scaling", p)
+    check(
+        not bool(bad.any()),
+        f"float16 output has {int(bad.sum())} non-finite entries where the oracle is finite: max raw q . k = "
+        f"{raw:.0f} > 65504 overflows before the 1/sqrt(d_k) = {1 / math.sqrt(p.E):g} scaling",
+        p,
+    )
 
 
 @prop("numerical_range")

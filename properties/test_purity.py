@@ -25,7 +25,7 @@ def test_inputs_unchanged(target: Target, data: st.DataObject) -> None:
     q, k, v, mask = p.tensors(target.device)
     leaves = [x.detach().clone().requires_grad_(target.caps.grad) for x in (q, k, v)]
     before = [x.detach().clone() for x in leaves] + ([mask.clone()] if mask is not None else [])
-    out = target(*leaves, **p.call_kwargs(mask))
+    out = target(leaves[0], leaves[1], leaves[2], **p.call_kwargs(mask))
     if target.caps.grad:
         out.sum().backward()
     after = [x.detach() for x in leaves] + ([mask] if mask is not None else [])
@@ -44,7 +44,7 @@ def test_repeated_calls_identical(target: Target, data: st.DataObject) -> None:
 
     def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None) -> list[torch.Tensor]:
         leaves = [x.detach().clone().requires_grad_(target.caps.grad) for x in (q, k, v)]
-        out = target(*leaves, **p.call_kwargs(mask))
+        out = target(leaves[0], leaves[1], leaves[2], **p.call_kwargs(mask))
         if not target.caps.grad:
             return [out.detach()]
         return [out.detach(), *torch.autograd.grad(out, leaves, torch.ones_like(out), allow_unused=True)]

@@ -50,8 +50,16 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
     adm = p.admissible(mask, caps.causal or "top-left").to(weights.device)  # (B, Hq, L, S)
     row_live = adm.any(-1)  # (B, Hq, L)
     q, k, _, _ = p.tensors(target.device)
-    naive = oracle(q, k, identity_values(p, q), mask, alignment=caps.causal or "top-left", is_causal=p.is_causal,
-                   scale=p.scale, dtype=q.dtype)[..., : p.S]  # (B, Hq, L, S) in the inputs' dtype
+    naive = oracle(
+        q,
+        k,
+        identity_values(p, q),
+        mask,
+        alignment=caps.causal or "top-left",
+        is_causal=p.is_causal,
+        scale=p.scale,
+        dtype=q.dtype,
+    )[..., : p.S]  # (B, Hq, L, S) in the inputs' dtype
     tol = budget(naive, ref, 1.0, q.dtype, logit_scale=max_logit(q, k, p.scale))
     w = weights.double()
     check(bool((w[adm.expand_as(w)] >= -tol.value).all()), f"negative attention weight {float(w.min()):.3g}", p)

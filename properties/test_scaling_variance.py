@@ -44,8 +44,9 @@ def _recovered_logit_differences(target: Target, q: torch.Tensor, k: torch.Tenso
 def test_effective_scale(target: Target, data: st.DataObject) -> None:
     """The recovered effective scale equals 1/sqrt(d_k), or the scale= argument when given."""
     caps = target.caps
-    p: Problem = data.draw(problems(caps, masks=("none",), causal=False, gqa=False, magnitudes=st.just(0.5)),
-                           label="problem")
+    p: Problem = data.draw(
+        problems(caps, masks=("none",), causal=False, gqa=False, magnitudes=st.just(0.5)), label="problem"
+    )
     S = max(p.S, 2)
     E = max(p.E, S) if not caps.value_dim else p.E  # identity V needs Ev == E >= S when Ev must equal E
     p = p.replace(S=S, E=E, Ev=E)

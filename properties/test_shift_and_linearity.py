@@ -43,7 +43,9 @@ def test_linear_in_values(target: Target, data: st.DataObject, a: float, b: floa
     v2 = p.replace(seed=p.seed + 1).tensors(target.device)[2]
     combo = (a * v1.double() + b * v2.double()).to(q.dtype)
     out = target(q, k, combo, **p.call_kwargs(mask))
-    expected = a * target(q, k, v1, **p.call_kwargs(mask)).double() + b * target(q, k, v2, **p.call_kwargs(mask)).double()
+    expected = (
+        a * target(q, k, v1, **p.call_kwargs(mask)).double() + b * target(q, k, v2, **p.call_kwargs(mask)).double()
+    )
     align = target.caps.causal or "top-left"
     _, tol = expect(q, k, combo, mask, align, is_causal=p.is_causal, scale=p.scale)
     scale = abs(a) + abs(b)  # each of the two outputs carries its own rounding
@@ -66,5 +68,9 @@ def test_output_in_convex_hull(target: Target, data: st.DataObject) -> None:
     _, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
     over = torch.where(live, torch.maximum(out - hi, lo - out), torch.zeros_like(out)).nan_to_num(float("inf"))
     worst = float(over.max()) if over.numel() else 0.0
-    check(worst <= tol.value, f"output leaves the convex hull of the admissible values by {worst:.3g} "
-          f"(budget {tol.explain()})", p, excess=worst)
+    check(
+        worst <= tol.value,
+        f"output leaves the convex hull of the admissible values by {worst:.3g} (budget {tol.explain()})",
+        p,
+        excess=worst,
+    )
