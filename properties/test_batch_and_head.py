@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from properties.catalog import prop
 from properties.checks import assert_close, require
 from properties.oracle import expect
-from properties.problems import problems
+from properties.problems import PRECISE, problems
 from properties.targets import Target
 
 
@@ -29,7 +29,7 @@ def _slice(mask: torch.Tensor | None, dim: int, index: int, full: int) -> torch.
 @given(data=st.data())
 def test_batch_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     """out[b] computed alone equals out[b] computed with the whole batch."""
-    p = data.draw(problems(target.caps).map(lambda p: p.replace(B=max(p.B, 2))), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE).map(lambda p: p.replace(B=max(p.B, 2))), label="problem")
     b = data.draw(st.integers(0, p.B - 1), label="b")
     q, k, v, mask = p.tensors(target.device)
     whole = target(q, k, v, **p.call_kwargs(mask))
@@ -44,7 +44,7 @@ def test_batch_slice_equals_whole(target: Target, data: st.DataObject) -> None:
 def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     """Query head h computed alone (with its kv head) equals head h computed with all heads."""
     p = data.draw(
-        problems(target.caps, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))), label="problem"
+        problems(target.caps, dtypes=PRECISE, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))), label="problem"
     )
     h = data.draw(st.integers(0, p.Hq - 1), label="h")
     q, k, v, mask = p.tensors(target.device)
@@ -60,7 +60,7 @@ def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
 def test_gqa_equals_repeat_interleave(target: Target, data: st.DataObject) -> None:
     """enable_gqa with Hkv < Hq equals passing K and V repeat_interleave'd to Hq heads."""
     require(target.caps.gqa, "target declares no GQA")
-    p = data.draw(problems(target.caps).filter(lambda p: p.gqa), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE).filter(lambda p: p.gqa), label="problem")
     q, k, v, mask = p.tensors(target.device)
     group = p.Hq // p.Hkv
     out = target(q, k, v, **p.call_kwargs(mask))

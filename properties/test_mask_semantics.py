@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from properties.catalog import prop
 from properties.checks import assert_close, require
 from properties.oracle import expect
-from properties.problems import Problem, problems
+from properties.problems import PRECISE, Problem, problems
 from properties.targets import Target
 
 
@@ -41,7 +41,7 @@ def _overwrite(x: torch.Tensor, where: torch.Tensor, value: float) -> torch.Tens
 def test_bool_mask_equals_additive_mask(target: Target, data: st.DataObject) -> None:
     """A boolean mask and the float mask 0 / -inf built from it give the same output."""
     require({"bool", "float"} <= target.caps.masks, "needs both bool and float masks")
-    p = data.draw(problems(target.caps, masks=("bool",)), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool",)), label="problem")
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     additive = torch.zeros(mask.shape, dtype=q.dtype, device=mask.device).masked_fill(~mask, float("-inf"))
@@ -56,7 +56,7 @@ def test_bool_mask_equals_additive_mask(target: Target, data: st.DataObject) -> 
 def test_all_true_mask_equals_no_mask(target: Target, data: st.DataObject) -> None:
     """An all-True boolean mask (or all-zero float mask) equals no mask (catches inverted polarity)."""
     require(bool(target.caps.masks), "target declares no mask support")
-    p = data.draw(problems(target.caps, masks=("none",), causal=False), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("none",), causal=False), label="problem")
     kind = data.draw(st.sampled_from(sorted(target.caps.masks)), label="mask kind")
     q, k, v, _ = p.tensors(target.device)
     shape = (p.B, 1, p.L, p.S)
@@ -74,7 +74,7 @@ def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
     """Overwriting keys and values that no query may see with huge values changes nothing."""
     require(bool(target.caps.masks), "target declares no mask support")
     p = data.draw(
-        problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+        problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
         label="problem",
     )
     q, k, v, mask = p.tensors(target.device)
@@ -93,7 +93,7 @@ def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -
     """NaN and inf in keys and values that no query may see do not reach the output (BUGS.md #3)."""
     require(bool(target.caps.masks), "target declares no mask support")
     p = data.draw(
-        problems(target.caps, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+        problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
         label="problem",
     )
     q, k, v, mask = p.tensors(target.device)
@@ -110,7 +110,7 @@ def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -
 def test_broadcast_mask_equals_materialised(target: Target, data: st.DataObject) -> None:
     """A mask broadcast over batch or heads equals the same mask expanded and copied to (B, Hq, L, S)."""
     require(bool(target.caps.masks), "target declares no mask support")
-    p = data.draw(problems(target.caps, masks=("bool", "float"), causal=False), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     full = mask.expand(p.B, p.Hq, p.L, p.S).contiguous()  # (..., L, S) broadcast -> (B, Hq, L, S)

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from properties.catalog import prop
 from properties.checks import assert_close, check, require
 from properties.oracle import expect
-from properties.problems import problems
+from properties.problems import PRECISE, problems
 from properties.targets import Target
 
 
@@ -22,7 +22,7 @@ from properties.targets import Target
 def test_row_shift_invariance(target: Target, data: st.DataObject, shift: float) -> None:
     """Adding a per-row constant c_i to the scores (through the float mask) changes nothing."""
     require("float" in target.caps.masks, "needs float (additive) masks")
-    p = data.draw(problems(target.caps, masks=("none", "float"), causal=False), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("none", "float"), causal=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     g = torch.Generator().manual_seed(p.seed + 13)
     c = (torch.rand(p.B, p.Hq, p.L, 1, generator=g, dtype=torch.float64) * shift).to(q.dtype).to(q.device)
@@ -38,7 +38,7 @@ def test_row_shift_invariance(target: Target, data: st.DataObject, shift: float)
 @given(data=st.data(), a=st.sampled_from((2.0, -0.5, 3.0)), b=st.sampled_from((1.0, -1.5, 0.25)))
 def test_linear_in_values(target: Target, data: st.DataObject, a: float, b: float) -> None:
     """f(Q, K, a V1 + b V2) = a f(Q, K, V1) + b f(Q, K, V2)."""
-    p = data.draw(problems(target.caps), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE), label="problem")
     q, k, v1, mask = p.tensors(target.device)
     v2 = p.replace(seed=p.seed + 1).tensors(target.device)[2]
     combo = (a * v1.double() + b * v2.double()).to(q.dtype)
@@ -56,7 +56,7 @@ def test_linear_in_values(target: Target, data: st.DataObject, a: float, b: floa
 @given(data=st.data())
 def test_output_in_convex_hull(target: Target, data: st.DataObject) -> None:
     """Each output coordinate lies between the min and max of that coordinate over the admissible values."""
-    p = data.draw(problems(target.caps), label="problem")
+    p = data.draw(problems(target.caps, dtypes=PRECISE), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask)).double()  # (B, Hq, L, Ev)
     adm = p.admissible(mask, target.caps.causal or "top-left").to(out.device)  # (B, Hq, L, S)
