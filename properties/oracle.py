@@ -128,7 +128,12 @@ def output_budget(
     """Budget for the forward output: naive = the reference computed in the inputs' dtype."""
     naive = oracle(query, key, value, alignment=alignment, dtype=query.dtype, **kwargs)  # type: ignore[arg-type]
     value_scale = float(value.double().abs().max()) if value.numel() else 1.0
-    return budget(naive, reference, value_scale, query.dtype, logit_scale=max_logit(query, key, kwargs.get("scale")))
+    logits = max_logit(query, key, kwargs.get("scale"))
+    mask = kwargs.get("attn_mask")
+    if isinstance(mask, Tensor) and mask.dtype != torch.bool and mask.numel():
+        finite = mask[torch.isfinite(mask)]
+        logits += float(finite.abs().max()) if finite.numel() else 0.0  # the bias moves the logits too
+    return budget(naive, reference, value_scale, query.dtype, logit_scale=logits)
 
 
 def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:

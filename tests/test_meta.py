@@ -36,6 +36,9 @@ def run_property(target: Target, prop: str) -> tuple[list[str], list[str], list[
     """(failures, passes, skips) of the property's checks on ``target``, one message per failing check."""
     failures, passes, skips = [], [], []
     for check in CHECKS[prop]:
+        if check.__name__ in target.caps.known_failures:  # a declared, accepted deviation (xfail in a real run)
+            skips.append(f"{check.__name__}: known deviation")
+            continue
         try:
             check(target=target)
         except pytest.skip.Exception as exc:
@@ -68,7 +71,14 @@ def test_mutant_is_caught_by_its_property(name: str) -> None:
     assert failures, f"mutant {name!r} was not caught by {prop} (passed: {passes}; skipped: {skips})"
 
 
-@pytest.mark.parametrize("prop", [p for p in PROPERTIES if p != "model"])
+@pytest.mark.parametrize("name", ["bool_mask_inverted", "mask_batch0_broadcast"])
+def test_model_level_properties_catch_mask_bugs_inside_the_transformer(name: str) -> None:
+    target, _ = mutant_target(name)
+    failures, passes, skips = run_property(target, "model")
+    assert failures, f"{name} not caught inside the model (passed {passes}, skipped {skips})"
+
+
+@pytest.mark.parametrize("prop", PROPERTIES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_correct_variant_passes(variant: str, prop: str) -> None:
     fn = VARIANTS[variant]
