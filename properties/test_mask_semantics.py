@@ -68,41 +68,44 @@ def test_all_true_mask_equals_no_mask(target: Target, data: st.DataObject) -> No
     assert_close(out_masked, out, tol, f"output with an all-admissible {kind} mask vs no mask", p)
 
 
-@prop("mask_semantics")
-@given(data=st.data())
-def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
-    """Overwriting keys and values that no query may see with huge values changes nothing."""
+def _check_masked_keys_overwritten(target: Target, data: st.DataObject, k_fill: float | None, v_fill: float) -> None:
+    """Write ``k_fill``/``v_fill`` into the key and value of a key no query may see: the output must not move.
+
+    ``k_fill`` None writes the dtype's safe "huge" value (100 in float16, else 1e4) and -huge into the value.
+    """
     require(bool(target.caps.masks), "target declares no mask support")
     p = data.draw(
-        problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
+        problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False).map(
+            lambda p: p.replace(S=max(p.S, 2))
+        ),
         label="problem",
     )
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
     mask, dead = _with_dead_key(p, mask)
-    huge = 100.0 if q.dtype == torch.float16 else 1e4
+    if k_fill is None:
+        k_fill = 100.0 if q.dtype == torch.float16 else 1e4
+        v_fill = -k_fill
     out = target(q, k, v, **p.call_kwargs(mask))
-    out_dirty = target(q, _overwrite(k, dead, huge), _overwrite(v, dead, -huge), **p.call_kwargs(mask))
+    out_dirty = target(q, _overwrite(k, dead, k_fill), _overwrite(v, dead, v_fill), **p.call_kwargs(mask))
     _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
-    assert_close(out_dirty, out, tol, f"output after writing {huge:g} into masked keys and values", p)
+    assert_close(
+        out_dirty, out, tol, f"output after writing {k_fill:g} into masked keys and {v_fill:g} into their values", p
+    )
+
+
+@prop("mask_semantics")
+@given(data=st.data())
+def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
+    """Overwriting keys and values that no query may see with huge values changes nothing."""
+    _check_masked_keys_overwritten(target, data, None, 0.0)
 
 
 @prop("mask_semantics")
 @given(data=st.data())
 def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -> None:
     """NaN and inf in keys and values that no query may see do not reach the output (BUGS.md #3)."""
-    require(bool(target.caps.masks), "target declares no mask support")
-    p = data.draw(
-        problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False).map(lambda p: p.replace(S=max(p.S, 2))),
-        label="problem",
-    )
-    q, k, v, mask = p.tensors(target.device)
-    assert mask is not None
-    mask, dead = _with_dead_key(p, mask)
-    out = target(q, k, v, **p.call_kwargs(mask))
-    out_dirty = target(q, _overwrite(k, dead, float("nan")), _overwrite(v, dead, float("inf")), **p.call_kwargs(mask))
-    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
-    assert_close(out_dirty, out, tol, "output after writing NaN into masked keys and inf into masked values", p)
+    _check_masked_keys_overwritten(target, data, float("nan"), float("inf"))
 
 
 @prop("mask_semantics")

@@ -29,24 +29,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from properties.catalog import PROPERTIES
+
 NEG_INF = float("-inf")
 BLOCK = 16  # key block of the tiled (online softmax) mutant
 
-CATALOG = (
-    "rows_sum_to_one",
-    "no_future_leakage",
-    "permutation_equivariance",
-    "scaling_variance",
-    "matches_oracle",
-    "mask_semantics",
-    "fully_masked_rows",
-    "shift_and_linearity",
-    "batch_and_head_independence",
-    "layout_invariance",
-    "purity_and_determinism",
-    "numerical_range",
-    "dropout_statistics",
-)
+CATALOG = PROPERTIES  # the stable property names a mutant may name
 
 # ---------------------------------------------------------------------------------------------------------------
 # The correct pipeline, in steps: a mutant replaces exactly one of them.
