@@ -6,31 +6,38 @@ Optional libraries are imported inside the factories only, so importing this mod
 library or device raises :class:`TargetUnavailable` with a one-line reason.
 
 The adapters translate conventions (layout, mask polarity, argument names) and nothing else: where a library
-departs from the contract, its capabilities declare it, or the properties report it. Conventions observed on
-CPU with torch 2.13.0, transformers 5.24.0 and jax 0.10.2 (tests/test_adapters.py pins the divergences):
+departs from the contract, its capabilities declare it (and a comment says why), or the properties report it.
+Observed on CPU with torch 2.13.0, transformers 5.24.0 and jax 0.10.2 (tests/test_adapters.py pins the
+conventions and the declared divergences; the property suite finds the rest):
 
-=================  ===========================  ======================================================
-target             fully masked rows (-inf)     other divergences
-=================  ===========================  ======================================================
-torch-mha          NaN (explicit softmax)       none; NaN in one key entry spreads to every head
-torch-mha-noweights zeros (torch SDPA)          as torch-mha
-flex-attention     zeros (documented)           no backward on CPU; eager only (compile: ~17 s a shape)
-hf-eager           NaN                          softmax in float32, also for float64 inputs
-hf-sdpa            zeros (torch SDPA)           is_causal is dropped when L == 1 (decoding shortcut)
-jax                bool: uniform; float: NaN    softmax in float32, also for float64 inputs
-=================  ===========================  ======================================================
+===================  =========================  ============================================================
+target               fully masked rows (-inf)   divergences (declared: D; found by the properties: P)
+===================  =========================  ============================================================
+torch-mha            NaN (explicit softmax)     P: NaN dK, dV from fully masked rows (BUGS.md #2)
+torch-mha-noweights  zeros (torch SDPA)
+flex-attention       zeros (documented, D)      D: no backward on CPU; eager only (compile: ~17 s a shape)
+hf-eager             NaN                        D: float32 softmax for float64 inputs; P: #2, and float16
+                                                q . k overflows before the scaling (#10)
+hf-sdpa              zeros (torch SDPA)         P: is_causal dropped when L == 1 (decoding shortcut, #4)
+jax                  bool: uniform, float: NaN  D: float32 softmax for float64; jitted half types fail on
+                                                CPU (they raise, or abort the process)
+===================  =========================  ============================================================
+
+Every one lets NaN or inf in masked-out *values* reach the output (0 * NaN in P V), as torch SDPA does: declared
+as a known failure of ``test_masked_keys_nonfinite_irrelevant``, like ``SDPA_KNOWN``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from properties.targets import SDPA_KNOWN, Capabilities, Target, TargetUnavailable, builtin
+from properties.targets import SDPA_KNOWN, Alignment, Capabilities, Target, TargetUnavailable, builtin
 
-HALF_AND_SINGLE = ("float32", "bfloat16", "float16")  # for libraries whose softmax runs in float32 whatever the input
+HALF_AND_SINGLE = ("float32", "bfloat16", "float16")  # every dtype but float64
 
 
 def _as_4d(mask: Tensor | None) -> Tensor | None:
@@ -45,6 +52,14 @@ def _require_cuda(library: str) -> None:
         raise TargetUnavailable(f"{library} needs a CUDA device (torch.cuda.is_available() is False)")
 
 
+def _masked_values_leak(library: str) -> dict[str, str]:
+    """Known failure shared with torch SDPA: masked weights are exactly 0, but 0 * NaN = NaN in P V."""
+    return {
+        "test_masked_keys_nonfinite_irrelevant": f"{library}: NaN or inf in masked-out values reaches the output "
+        "(0 * NaN in P V, as in torch SDPA; pytorch/pytorch#101967)"
+    }
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # torch.nn.MultiheadAttention
 
@@ -57,7 +72,9 @@ MHA_KNOWN = {
 }
 
 
-def _identity_mha(h: int, d_k: int, dtype: torch.dtype, device: torch.device, dropout_p: float) -> Any:
+def _identity_mha(
+    h: int, d_k: int, dtype: torch.dtype, device: torch.device, dropout_p: float
+) -> torch.nn.MultiheadAttention:
     """nn.MultiheadAttention(h * d_k, h) with W_q = W_k = W_v = W_o = I and zero biases, so it is bare attention."""
     d_model = h * d_k
     mha = torch.nn.utils.skip_init(
@@ -107,10 +124,14 @@ def _mha_mask(
     return mask, is_causal and attn_mask is None
 
 
-def _mha_factory(name: str, need_weights: bool) -> Any:
+def _mha_factory(name: str, need_weights: bool) -> Callable[[], Target]:
     def factory() -> Target:
         def mha(
-            query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+            query: Tensor,
+            key: Tensor,
+            value: Tensor,
+            attn_mask: Tensor | None = None,
+            dropout_p: float = 0.0,
             is_causal: bool = False,
         ) -> Tensor:
             B, H, L, d_k = query.shape
@@ -126,7 +147,9 @@ def _mha_factory(name: str, need_weights: bool) -> Any:
 
         caps = Capabilities(gqa=False, scale=False, dropout=True, value_dim=False, known_failures=MHA_KNOWN)
         path = "explicit softmax, need_weights=True" if need_weights else "torch SDPA inside, need_weights=False"
-        return Target(name, mha, caps, f"torch {torch.__version__} nn.MultiheadAttention, identity projections ({path})")
+        return Target(
+            name, mha, caps, f"torch {torch.__version__} nn.MultiheadAttention, identity projections ({path})"
+        )
 
     return factory
 
@@ -153,8 +176,13 @@ def _flex_attention() -> Target:
         raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
 
     def flex(
-        query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
-        scale: float | None = None, enable_gqa: bool = False,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
     ) -> Tensor:
         B, Hq, L, _ = query.shape
         S = key.size(-2)
@@ -187,7 +215,7 @@ def _flex_attention() -> Target:
 
     # Eager (no torch.compile): it runs on CPU at tens to hundreds of ms per call; compiling costs ~17 s per new
     # shape on CPU, too much for property tests. CPU backward raises NotImplementedError, hence grad=False.
-    caps = Capabilities(grad=False, masked_rows="zeros")
+    caps = Capabilities(grad=False, masked_rows="zeros", known_failures=_masked_values_leak("flex_attention"))
     return Target("flex-attention", flex, caps, f"torch {torch.__version__} flex_attention, eager")
 
 
@@ -219,8 +247,13 @@ def _hf_eager() -> Target:
     from transformers.models.llama.modeling_llama import eager_attention_forward
 
     def hf_eager(
-        query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-        scale: float | None = None, enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
     ) -> Tensor:
         layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
         scaling = scale if scale is not None else query.size(-1) ** -0.5  # LlamaAttention.scaling = head_dim**-0.5
@@ -231,7 +264,10 @@ def _hf_eager() -> Target:
 
     # Masks are additive only (a bool mask would be *added*); no is_causal (callers build the mask).
     # float64 is not declared: the softmax runs in float32 (dtype=torch.float32), ~1e-7 from the float64 oracle.
-    caps = Capabilities(masks={"float"}, causal=None, dropout=True, dtypes=HALF_AND_SINGLE)
+    known = _masked_values_leak("eager_attention_forward")
+    caps = Capabilities(
+        masks=frozenset({"float"}), causal=None, dropout=True, dtypes=HALF_AND_SINGLE, known_failures=known
+    )
     return Target("hf-eager", hf_eager, caps, f"transformers {transformers.__version__} eager_attention_forward")
 
 
@@ -241,13 +277,24 @@ def _hf_sdpa() -> Target:
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
     def hf_sdpa(
-        query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-        is_causal: bool = False, scale: float | None = None,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
         enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
     ) -> Tensor:
         layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
         out, _ = sdpa_attention_forward(
-            layer, query, key, value, attention_mask=_as_4d(attn_mask), dropout=dropout_p, scaling=scale,
+            layer,
+            query,
+            key,
+            value,
+            attention_mask=_as_4d(attn_mask),
+            dropout=dropout_p,
+            scaling=scale,
             is_causal=is_causal,  # always explicit: None would mean the layer's default
         )
         return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
@@ -283,27 +330,48 @@ def _jax() -> Target:
             return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(like.device)
         return torch.from_numpy(a).to(like.device)
 
+    backend = jax.default_backend()
     attention = jax.jit(jax.nn.dot_product_attention, static_argnames=("is_causal", "scale"))  # as JAX code runs it
 
     def jax_attention(
-        query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False,
-        scale: float | None = None, enable_gqa: bool = False,  # GQA is native: N query heads, K kv heads
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA is native: N query heads, K kv heads
     ) -> Tensor:
         mask = _as_4d(attn_mask)  # (., ., L, S): jax wants 4-D masks broadcastable to (B, N, T, S)
         bool_mask = to_numpy(mask) if mask is not None and mask.dtype == torch.bool else None
         bias = to_numpy(mask) if mask is not None and mask.dtype != torch.bool else None
         with jax.enable_x64(True):  # float64 stays float64 (jax would silently compute float32 otherwise)
             out = attention(
-                to_numpy(query), to_numpy(key), to_numpy(value), bias=bias, mask=bool_mask, scale=scale,
+                to_numpy(query),
+                to_numpy(key),
+                to_numpy(value),
+                bias=bias,
+                mask=bool_mask,
+                scale=scale,
                 is_causal=is_causal,
             )  # (B, T, N, Ev)
         return from_numpy(out, query)
 
     # BTNH = BLHD. value must have key's shape (Ev == E). No dropout, no autograd through numpy.
     # float64 is not declared: jax computes the softmax in float32 for every input dtype (~1e-7 off in float64).
-    # Bool-masked scores become -0.7 * finfo.max, not -inf: a fully masked row averages all values (uniform).
-    caps = Capabilities(grad=False, value_dim=False, dtypes=HALF_AND_SINGLE, devices=("cpu",), layout="BLHD")
-    return Target("jax", jax_attention, caps, f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention), xla")
+    # Half types are not declared on the CPU backend, where jitted XLA cannot run the dots the library asks for
+    # (jaxlib 0.10.2): float16 always raises "The precision 'F16_F16_F32' is not supported by dot_general on CPU";
+    # bfloat16 raises "Algorithm not supported by the ElementalIrEmitter: ALG_DOT_BF16_BF16_F32" on some shapes
+    # (head dim 1) and aborts the whole process on others (XLA "Check failed: ... (reshape vs. bitcast)" in
+    # ynn_emitter.cc, e.g. batch 1, head dim 1, L = S = 64). The library's eager fallback avoids them but costs
+    # ~1 s per new shape. Bool-masked scores become -0.7 * finfo.max, not -inf: fully masked rows are uniform.
+    dtypes = ("float32",) if backend == "cpu" else HALF_AND_SINGLE
+    known = _masked_values_leak("jax.nn.dot_product_attention")
+    caps = Capabilities(
+        grad=False, value_dim=False, dtypes=dtypes, devices=("cpu",), layout="BLHD", known_failures=known
+    )
+    description = f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention) on the {backend} backend"
+    return Target("jax", jax_attention, caps, description)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -334,14 +402,19 @@ def _flash_attn() -> Target:
     _require_cuda("flash-attn")
 
     def flash(
-        query: Tensor, key: Tensor, value: Tensor, dropout_p: float = 0.0, is_causal: bool = False,
-        scale: float | None = None, enable_gqa: bool = False,  # GQA is native: Hq a multiple of Hkv
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA is native: Hq a multiple of Hkv
     ) -> Tensor:
         return flash_attn_func(query, key, value, dropout_p=dropout_p, softmax_scale=scale, causal=is_causal)
 
     # flash-attn 2.1 moved causal from top-left to bottom-right alignment; its README: "If the row of the mask
     # is all zero, the output will be zero".
-    alignment = "bottom-right" if _version(flash_attn.__version__) >= (2, 1) else "top-left"
+    alignment: Alignment = "bottom-right" if _version(flash_attn.__version__) >= (2, 1) else "top-left"
     caps = Capabilities(
         masks=frozenset(),
         causal=alignment,
@@ -374,8 +447,14 @@ def _xformers() -> Target:
     _require_cuda("xformers")
 
     def xformers_attention(
-        query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
-        is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
     ) -> Tensor:
         B, L, Hq, E = query.shape
         S, Hkv, Ev = key.size(1), key.size(2), value.size(-1)
@@ -396,7 +475,7 @@ def _xformers() -> Target:
 
     # Tensor biases are additive (no bool masks). float64 is not supported by any xformers operator.
     caps = Capabilities(
-        masks={"float"}, dropout=True, dtypes=HALF_AND_SINGLE, devices=("cuda",), layout="BLHD"
+        masks=frozenset({"float"}), dropout=True, dtypes=HALF_AND_SINGLE, devices=("cuda",), layout="BLHD"
     )
     description = f"xformers {xformers.__version__} memory_efficient_attention on {torch.cuda.get_device_name()}"
     return Target("xformers", xformers_attention, caps, description, device="cuda")
