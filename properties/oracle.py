@@ -137,7 +137,7 @@ def output_budget(
 
 
 def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:
-    """max |q| |k| * scale: bounds sum_i |q_i k_i| * scale, to which the rounding of each scaled logit is proportional."""
+    """max |q| |k| * scale: bounds sum_i |q_i k_i| * scale, to which each scaled logit's rounding is proportional."""
     if query.numel() == 0 or key.numel() == 0:
         return 1.0
     s = float(scale) if isinstance(scale, int | float) else query.size(-1) ** -0.5

@@ -44,7 +44,8 @@ def test_batch_slice_equals_whole(target: Target, data: st.DataObject) -> None:
 def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     """Query head h computed alone (with its kv head) equals head h computed with all heads."""
     p = data.draw(
-        problems(target.caps, dtypes=PRECISE, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))), label="problem"
+        problems(target.caps, dtypes=PRECISE, gqa=False).map(lambda p: p.replace(Hq=max(p.Hq, 2), Hkv=max(p.Hq, 2))),
+        label="problem",
     )
     h = data.draw(st.integers(0, p.Hq - 1), label="h")
     q, k, v, mask = p.tensors(target.device)
