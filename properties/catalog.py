@@ -6,6 +6,7 @@ A *property* (a stable name in reports and JSON, shared/DESIGN.md "Property cata
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from collections.abc import Callable
@@ -62,6 +63,7 @@ def prop(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     return tag
 
 
+@functools.cache
 def checks() -> dict[str, list[Callable[..., Any]]]:
     """Property name -> its check functions (imports every ``properties.test_*`` module)."""
     import properties

@@ -20,7 +20,6 @@ from properties.targets import Capabilities, Target, TargetError
 from tests.mutants import MUTANTS
 from tests.variants import VARIANTS
 
-CHECKS = checks()
 settings.register_profile("meta", parent=settings.get_profile("ci"), max_examples=20)
 
 
@@ -35,7 +34,7 @@ def meta_profile() -> Iterator[None]:
 def run_property(target: Target, prop: str) -> tuple[list[str], list[str], list[str]]:
     """(failures, passes, skips) of the property's checks on ``target``, one message per failing check."""
     failures, passes, skips = [], [], []
-    for check in CHECKS[prop]:
+    for check in checks()[prop]:
         if check.__name__ in target.caps.known_failures:  # a declared, accepted deviation (xfail in a real run)
             skips.append(f"{check.__name__}: known deviation")
             continue
@@ -78,10 +77,13 @@ def test_model_level_properties_catch_mask_bugs_inside_the_transformer(name: str
     assert failures, f"{name} not caught inside the model (passed {passes}, skipped {skips})"
 
 
+def variant_target(name: str) -> Target:
+    fn = VARIANTS[name]
+    return Target(f"variant:{name}", fn, getattr(fn, "__attncheck__", Capabilities()), timeout=30)
+
+
 @pytest.mark.parametrize("prop", PROPERTIES)
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_correct_variant_passes(variant: str, prop: str) -> None:
-    fn = VARIANTS[variant]
-    target = Target(f"variant:{variant}", fn, getattr(fn, "__attncheck__", Capabilities()), timeout=30)
-    failures, _, _ = run_property(target, prop)
+    failures, _, _ = run_property(variant_target(variant), prop)
     assert not failures, f"false alarm on the correct variant {variant!r}: {failures}"
