@@ -140,7 +140,7 @@ def test_hanging_target_times_out(tmp_path: Path) -> None:
 
 
 def test_failure_shows_counterexample_and_repro(tmp_path: Path) -> None:
-    result = attncheck("verify", "tests.mutants:no_scale", "--property", "scaling_variance", "-q")
+    result = attncheck("verify", "tests.mutants:no_scaling", "--property", "scaling_variance", "-q")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "minimal counterexample:" in result.stdout and "reproduce with:" in result.stdout
     assert "Problem(" in result.stdout
