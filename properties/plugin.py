@@ -56,7 +56,7 @@ def parse_capability(text: str) -> dict[str, Any]:
         value = frozenset() if raw in ("", "none") else frozenset(raw.split(","))
         if value - {"bool", "float"}:
             raise TargetSpecError(f"bad capability {text!r}: masks takes bool, float, bool,float or none")
-    elif key in ("dtypes", "devices"):
+    elif key in ("dtypes", "devices", "strided_inputs"):
         value = tuple(raw.split(","))
     elif key == "causal":
         value = None if raw in ("none", "no") else raw

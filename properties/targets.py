@@ -37,6 +37,8 @@ Alignment = Literal["top-left", "bottom-right"]
 RowConvention = Literal["zeros", "nan", "uniform"]
 
 ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
+# transposed: BLHD storage seen as BHLD; sliced: last-dim stride 2; expanded: stride 0 over the batch
+STRIDED = ("transposed", "sliced", "expanded")
 CONTRACT_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
@@ -57,6 +59,7 @@ class Capabilities:
     dtypes: tuple[str, ...] = ALL_DTYPES  # dtypes accepted
     devices: tuple[str, ...] = ("cpu", "cuda")  # devices accepted
     layout: Layout = "BHLD"  # BHLD = (batch, heads, length, dim); BLHD = (batch, length, heads, dim)
+    strided_inputs: tuple[str, ...] = STRIDED  # non-contiguous inputs accepted (a kernel may refuse, not miscompute)
     masked_rows: RowConvention | None = None  # declared output for rows with no admissible key; None = any
     arg_names: Mapping[str, str] = field(default_factory=dict)  # contract name -> the target's keyword
     known_failures: Mapping[str, str] = field(default_factory=dict)  # check name -> reason (accepted, xfail)
@@ -69,6 +72,9 @@ class Capabilities:
         bad = set(self.dtypes) - set(ALL_DTYPES)
         if bad:
             raise ValueError(f"dtypes: unknown {sorted(bad)}; known: {ALL_DTYPES}")
+        bad = set(self.strided_inputs) - set(STRIDED)
+        if bad:
+            raise ValueError(f"strided_inputs: unknown {sorted(bad)}; known: {STRIDED}")
 
     def replace(self, **changes: Any) -> Capabilities:
         return dataclasses.replace(self, **changes)
@@ -77,7 +83,11 @@ class Capabilities:
         """JSON-ready declaration (for reports)."""
         d = dataclasses.asdict(self)
         d["masks"] = sorted(self.masks)
-        d["dtypes"], d["devices"] = list(self.dtypes), list(self.devices)
+        d["dtypes"], d["devices"], d["strided_inputs"] = (
+            list(self.dtypes),
+            list(self.devices),
+            list(self.strided_inputs),
+        )
         d["arg_names"], d["known_failures"] = dict(self.arg_names), dict(self.known_failures)
         return d
 
@@ -94,6 +104,7 @@ class Capabilities:
             f"dropout={'yes' if self.dropout else 'no'}",
             f"Ev!=E={'yes' if self.value_dim else 'no'}",
             f"dtypes={','.join(self.dtypes)}",
+            f"strided={','.join(self.strided_inputs) or 'none'}",
             f"masked_rows={self.masked_rows or 'any'}",
         ]
         if self.arg_names:
@@ -269,9 +280,13 @@ def _sdpa_backend(backend_name: str, caps: Capabilities) -> Factory:
 builtin("torch-sdpa-math", "torch SDPA forced to the MATH backend")(
     _sdpa_backend("MATH", Capabilities(dropout=True, known_failures=SDPA_KNOWN))
 )
-# The CPU flash kernel takes 4-D inputs with Ev == E only (it raises "No available kernel" otherwise).
+# The CPU flash kernel takes 4-D inputs with Ev == E, a contiguous last dimension and no dropout only (otherwise
+# it raises "No available kernel": a refusal, declared, not a wrong result).
 builtin("torch-sdpa-flash", "torch SDPA forced to the FLASH_ATTENTION backend (CPU flash kernel; CUDA flash on GPU)")(
-    _sdpa_backend("FLASH_ATTENTION", Capabilities(dropout=True, value_dim=False, known_failures=SDPA_KNOWN))
+    _sdpa_backend(
+        "FLASH_ATTENTION",
+        Capabilities(value_dim=False, strided_inputs=("transposed", "expanded"), known_failures=SDPA_KNOWN),
+    )
 )
 
 
