@@ -48,7 +48,7 @@ def verify(args: argparse.Namespace) -> int:
     import pytest
 
     from properties.plugin import REPORT_KEY, Report, resolve_targets
-    from properties.render import render_table, write_json
+    from properties.render import atomic_write_text, markdown, render_table, write_json
     from properties.targets import TargetSpecError
 
     caps = _capability_flags(args)
@@ -56,8 +56,9 @@ def verify(args: argparse.Namespace) -> int:
         resolved = resolve_targets(args.targets, caps, args.device, args.dtype, args.timeout)
     except TargetSpecError as exc:
         raise UsageError(str(exc)) from None
-    if args.json and Path(args.json).is_dir():
-        raise UsageError(f"--json {args.json}: is a directory")
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a directory")
     for path in args.known_failures:
         if not Path(path).is_file():
             raise UsageError(f"--known-failures {path}: no such file")
@@ -114,6 +115,9 @@ def verify(args: argparse.Namespace) -> int:
     if args.json:
         write_json(report, args.json)
         print(f"report written to {args.json}")
+    if args.markdown:
+        atomic_write_text(args.markdown, markdown(report.to_json()))
+        print(f"markdown matrix written to {args.markdown}")
     return EXIT_FAILED if report.failed() else EXIT_OK
 
 
@@ -193,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="built-in name (see `attncheck targets`) or module.path:attr; default: reference torch-sdpa",
     )
     v.add_argument("--json", metavar="PATH", help="write the report as JSON (atomically)")
+    v.add_argument(
+        "--markdown", metavar="PATH", help="write the properties x targets matrix as markdown (for CI comments)"
+    )
     v.add_argument("--profile", choices=PROFILES, help="Hypothesis profile (default: ci when CI is set, else dev)")
     v.add_argument("--max-examples", type=int, help="override the profile's examples per check")
     v.add_argument("--seed", type=int, help="Hypothesis seed (ignored by the derandomized ci profile)")

@@ -79,5 +79,26 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         raise
 
 
+def markdown(data: dict[str, Any]) -> str:
+    """The properties x targets matrix of a JSON report (``Report.to_json()``) as a markdown table."""
+    names = [t["name"] for t in data["targets"]]
+    rows = {t["name"]: {p["name"]: p for p in t["properties"]} for t in data["targets"]}
+    props = list(dict.fromkeys(p for t in data["targets"] for p in rows[t["name"]]))
+    lines = ["| property | " + " | ".join(f"`{n}`" for n in names) + " |", "|---|" + "---|" * len(names)]
+    for prop in props:
+        cells = []
+        for n in names:
+            row = rows[n].get(prop)
+            if row is None:
+                cells.append("-")
+                continue
+            cell = {"passed": "passed", "failed": "**FAILED**", "skipped": "skipped"}[row["status"]]
+            if row["known_failures"] and row["status"] != "failed":
+                cell += f" ({len(row['known_failures'])} known)"
+            cells.append(cell)
+        lines.append(f"| {prop} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 def write_json(report: Report, path: str | os.PathLike[str]) -> None:
     atomic_write_text(path, json.dumps(report.to_json(), indent=2, default=str) + "\n")

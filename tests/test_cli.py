@@ -63,7 +63,7 @@ def _report(path: Path) -> dict:
 
 
 def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
-    out = tmp_path / "report.json"
+    out, md = tmp_path / "report.json", tmp_path / "matrix.md"
     result = attncheck(
         "verify",
         f"{FIX}:good",
@@ -76,6 +76,8 @@ def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
         "mask_semantics",
         "--json",
         str(out),
+        "--markdown",
+        str(md),
         "-q",
     )
     assert result.returncode == 0, result.stdout + result.stderr
@@ -85,6 +87,7 @@ def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
     assert by_name[f"{FIX}:blhd"]["no_future_leakage"]["status"] == "passed"
     assert by_name[f"{FIX}:blhd"]["mask_semantics"]["status"] == "skipped"  # declared no masks: not applicable
     assert data["settings"]["profile"] == "ci"
+    assert md.read_text().startswith(f"| property | `{FIX}:good` | `{FIX}:blhd` |")
 
 
 @pytest.mark.parametrize(
