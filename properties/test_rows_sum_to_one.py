@@ -84,6 +84,8 @@ def test_ones_in_ones_out(target: Target, data: st.DataObject) -> None:
     out = target(q, k, torch.ones_like(v), **p.call_kwargs(mask))
     live = p.admissible(mask, target.caps.causal or "top-left").any(-1, keepdim=True)  # (B, Hq, L, 1)
     ones = torch.ones_like(out, dtype=torch.float64)
-    # The only error allowed is rounding of the S-term sum: floor x sqrt(S) (random-walk accumulation).
-    tol = budget(ones.to(q.dtype), ones, 1.0, q.dtype).value * max(1.0, p.S**0.5)
+    # The only error allowed is rounding: of the logits (a logsumexp-form kernel computes exp(s - lse), whose
+    # relative error grows with |s|) and of the S-term sum (floor x sqrt(S), random-walk accumulation).
+    logits = max_logit(q, k, p.scale)
+    tol = budget(ones.to(q.dtype), ones, 1.0, q.dtype, logit_scale=logits).value * max(1.0, p.S**0.5)
     assert_close(out, ones, tol, "output for V = ones", p, where=live.to(out.device))
