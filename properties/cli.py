@@ -48,7 +48,7 @@ def verify(args: argparse.Namespace) -> int:
     import pytest
 
     from properties.plugin import REPORT_KEY, Report, resolve_targets
-    from properties.render import atomic_write_text, markdown, render_table, write_json
+    from properties.render import markdown, render_table, write_atomic, write_json
     from properties.targets import TargetSpecError
 
     caps = _capability_flags(args)
@@ -116,7 +116,7 @@ def verify(args: argparse.Namespace) -> int:
         write_json(report, args.json)
         print(f"report written to {args.json}")
     if args.markdown:
-        atomic_write_text(args.markdown, markdown(report.to_json()))
+        write_atomic(args.markdown, markdown(report.to_json()).encode())
         print(f"markdown matrix written to {args.markdown}")
     return EXIT_FAILED if report.failed() else EXIT_OK
 

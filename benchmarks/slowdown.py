@@ -1,0 +1,54 @@
+"""A/B self-test of ``attncheck bench compare``: a pytest plugin that makes one target deliberately slower.
+
+    python -m pytest benchmarks --benchmark-json a.json
+    python -m pytest benchmarks -p benchmarks.slowdown --slowdown 20 --benchmark-json b.json
+    attncheck bench compare a.json b.json          # torch-sdpa should come out "slower", the rest not
+
+Every benchmarked call of the target (default ``torch-sdpa``) is followed by a busy wait of ``--slowdown`` percent
+of that call's own duration: extra CPU work on the timed thread, for the forward and the forward + backward
+benchmarks alike, so the true ratio is known (1 + slowdown) whatever the target's speed. The other targets are
+untouched and act as A/A controls inside the A/B comparison. Use it to check, on a new machine, which threshold
+catches which slowdown before trusting ``bench compare`` in CI.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+import torch
+
+from benchmarks.workloads import Shape
+from properties.targets import Target
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--slowdown", type=float, default=20.0, metavar="PCT", help="extra time per call, in percent")
+    parser.addoption("--slowdown-target", default="torch-sdpa", metavar="NAME", help="the built-in target to slow")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    import benchmarks.test_attention as bench
+
+    fraction = config.getoption("--slowdown") / 100
+    name = config.getoption("--slowdown-target")
+    make_call = bench.make_call
+
+    def slowed_make_call(
+        target: Target, device: str, dtype: torch.dtype, backward: bool, causal: bool, shape: Shape
+    ) -> Callable[[], None]:
+        call = make_call(target, device, dtype, backward, causal, shape)
+        if target.name != name:
+            return call
+
+        def slowed() -> None:
+            start = time.perf_counter()
+            call()
+            end = time.perf_counter() + fraction * (time.perf_counter() - start)
+            while time.perf_counter() < end:  # busy: the extra time is CPU work, like a slower kernel's
+                pass
+
+        return slowed
+
+    bench.make_call = slowed_make_call

@@ -1,0 +1,103 @@
+"""What the attention benchmarks run: the problem grids, the FLOP count, and the same-run GEMM.
+
+Kept out of ``conftest.py`` so that the benchmark module and ``conftest.py`` import it like any module.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+
+
+class Shape(NamedTuple):
+    """One attention problem size: q, k, v are (B, H, L, D) with S = L (self-attention).
+
+    A NamedTuple, so that pytest-benchmark stores it in the JSON ``params`` as the list [B, H, L, D].
+    """
+
+    B: int  # batch
+    H: int  # heads
+    L: int  # sequence length (queries = keys)
+    D: int  # head dimension d_k = d_v
+
+    @property
+    def id(self) -> str:
+        return f"B{self.B}H{self.H}L{self.L}D{self.D}"
+
+
+@dataclass(frozen=True)
+class BenchSize:
+    """A benchmark grid and how long each benchmark is sampled."""
+
+    shapes: tuple[Shape, ...]
+    rounds: int  # timed rounds per benchmark: the sample that `attncheck bench compare` tests (>= 5)
+    round_time: float  # seconds: a round repeats the call until it lasts at least this long (calibrated once)
+
+
+# quick: two shapes (short and batched; longer with D = 128): 132 benchmarks of the 10 CPU built-ins in ~1.5 min
+# on a quiet 2-core machine.
+QUICK = BenchSize(shapes=(Shape(4, 8, 128, 64), Shape(1, 4, 512, 128)), rounds=20, round_time=0.02)
+# full: L = 128..4096 at a constant 4096 tokens per batch (the FlashAttention benchmark convention, scaled down:
+# B = 4096 / L), model width 512 (H = 8 heads of 64 or 4 heads of 128): 792 benchmarks of the 10 CPU built-ins,
+# ~1-1.5 h on 2 cores (the largest call, reference float32 fwd+bwd at L = 4096, takes ~5 s; peak RSS ~1.3 GB).
+FULL = BenchSize(
+    shapes=tuple(Shape(4096 // L, 512 // D, L, D) for L in (128, 256, 512, 1024, 2048, 4096) for D in (64, 128)),
+    rounds=10,
+    round_time=0.05,
+)
+SIZES = {"quick": QUICK, "full": FULL}
+DTYPES = ("float32", "bfloat16")
+PASSES = ("fwd", "fwdbwd")  # forward only; forward + backward (torch.autograd.grad w.r.t. q, k, v)
+MASKS = ("noncausal", "causal")
+
+
+@dataclass(frozen=True)
+class Gemm:
+    """Same-run matrix-multiply throughput: the physical limit attention is reported against."""
+
+    n: int  # (n, n) @ (n, n)
+    seconds: float  # median seconds per matmul
+    gflops: float  # 2 n^3 / seconds / 1e9
+
+
+def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
+    """Median time of an (n, n) @ (n, n) matmul into a preallocated output, timed like the attention calls.
+
+    n = 2048 on CPU (~40 ms in float32 on 2 cores), 4096 on CUDA (2048 is too small to fill a GPU).
+    Repeats until 0.5 s and at least 5 calls have been timed, after 2 warm-up calls.
+    """
+    n = 4096 if device == "cuda" else 2048
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
+    out = torch.empty(n, n, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+    def call() -> None:
+        torch.matmul(a, b, out=out)
+        sync()
+
+    for _ in range(2):
+        call()
+    times: list[float] = []
+    while len(times) < 5 or (sum(times) < 0.5 and len(times) < 1000):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    seconds = times[len(times) // 2]
+    return Gemm(n, seconds, 2 * n**3 / seconds / 1e9)
+
+
+def flops(shape: Shape, causal: bool, backward: bool) -> int:
+    """Useful FLOPs of one call: 2 matmuls of 2 * D FLOPs per admissible (query, key) pair; backward = 2.5x forward.
+
+    Causal counts the L (L + 1) / 2 admissible pairs of the top-left mask ("about half" of L * S), so a kernel
+    that skips the masked half is not credited with work it did not do.
+    """
+    L = S = shape.L
+    pairs = L * (L + 1) // 2 if causal else L * S
+    forward = 4 * shape.B * shape.H * pairs * shape.D
+    return int(forward * 3.5) if backward else forward
