@@ -9,7 +9,6 @@ carries the :class:`Problem`, so the pytest plugin can print a copy-pasteable re
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -124,9 +123,3 @@ def assert_identical(got: Tensor, expected: Tensor, what: str, problem: Problem 
             problem,
             {"index": list(idx), "difference": float(diff.max()) if diff.numel() else 0.0},
         )
-
-
-def grads(fn: Callable[[], Tensor], inputs: tuple[Tensor, ...], upstream: Tensor) -> tuple[Tensor | None, ...]:
-    """Gradients of <fn(), upstream> with respect to ``inputs`` (None where the input does not take part)."""
-    out = fn()
-    return torch.autograd.grad(out, inputs, upstream, allow_unused=True)
