@@ -46,7 +46,7 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=_SLOW_OK,
 )
-# Thorough: many examples; properties call hypothesis.target() on their error so the search climbs toward
+# Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget so the search climbs toward
 # the worst case (useful above ~1000 examples, shared/ANCHORS.md).
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
 
