@@ -46,8 +46,8 @@ settings.register_profile(
     print_blob=True,
     suppress_health_check=_SLOW_OK,
 )
-# Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget so the search climbs toward
-# the worst case (useful above ~1000 examples, shared/ANCHORS.md).
+# Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget, so the search
+# climbs toward the worst case (useful above ~1000 examples, shared/ANCHORS.md).
 settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
 
 
