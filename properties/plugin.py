@@ -35,6 +35,7 @@ from properties.targets import Capabilities, Target, TargetError, TargetSpecErro
 
 TARGETS_KEY = pytest.StashKey[list[Target]]()
 REPORT_KEY = pytest.StashKey["Report"]()
+KNOWN_KEY = pytest.StashKey[list[tuple[str | None, str, str]]]()  # (target or None, check, reason)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -340,7 +341,7 @@ def pytest_configure(config: pytest.Config) -> None:
         raise pytest.UsageError(str(exc)) from None
     config.stash[TARGETS_KEY] = resolved
     config.stash[REPORT_KEY] = Report(resolved, profile, config.getoption("hypothesis_seed", None))
-    config._attncheck_known = known  # type: ignore[attr-defined]
+    config.stash[KNOWN_KEY] = known
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
@@ -371,7 +372,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         keep = [i for i in items if getattr(getattr(i, "function", None), "attncheck_property", None) in only]
         config.hook.pytest_deselected(items=[i for i in items if i not in keep])
         items[:] = keep
-    known = getattr(config, "_attncheck_known", [])
+    known = config.stash.get(KNOWN_KEY, [])
     for item in items:
         target = _target_of(item)
         if target is None:

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor
 
 from properties.targets import SDPA_KNOWN, declare
+from reference.attention import causal_mask
 
 NEG_INF = float("-inf")
 BLOCK = 16  # key block of the streaming variant
@@ -58,9 +59,7 @@ def _bias(attn_mask: Tensor | None, is_causal: bool, L: int, S: int, like: Tenso
         else:
             bias = attn_mask.to(like.dtype)
     if is_causal:
-        i = torch.arange(L, device=like.device)[:, None]  # (L, 1)
-        j = torch.arange(S, device=like.device)[None, :]  # (1, S)
-        hidden = j > i  # (L, S), top-left: query i sees keys j <= i
+        hidden = ~causal_mask(L, S, "top-left", like.device)  # (L, S), top-left: query i sees keys j <= i
         if bias is None:
             bias = torch.zeros((L, S), dtype=like.dtype, device=like.device)
         bias = bias.masked_fill(hidden, NEG_INF)  # (..., L, S)
