@@ -1,5 +1,5 @@
-"""attncheck's property suite: strategies, oracle, targets and the invariant catalog for attention."""
+"""attncheck.properties: strategies, oracle, targets and the invariant catalog for attention.
 
-from properties.targets import Capabilities, Target, declare
-
-__all__ = ["Capabilities", "Target", "declare"]
+Kept free of imports: the pytest plugin and the CLI load option definitions from here before torch. The public
+API is importable from :mod:`attncheck` itself (``from attncheck import declare, Capabilities, Target``).
+"""

@@ -6,14 +6,16 @@ A *property* (a stable name in reports and JSON, shared/DESIGN.md "Property cata
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import pkgutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
+from hypothesis.errors import InvalidArgument
 
 PROPERTIES = (
     "rows_sum_to_one",
@@ -33,22 +35,56 @@ PROPERTIES = (
 )
 
 PROFILES = ("dev", "ci", "thorough")
+# Hypothesis profiles are named after the project and registered only when an attncheck run asks for one
+# (profile_settings), so installing attncheck never changes the settings of another project's tests.
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors]
-settings.register_profile("dev", max_examples=30, deadline=None, suppress_health_check=_SLOW_OK)
-# CI: derandomized (the same examples on every run, so CI is reproducible), no example database to carry state
-# between runs; 50 examples per check keep a built-in target at about 10 to 20 s on 2 cores (goal: under 60 s).
-settings.register_profile(
-    "ci",
-    max_examples=50,
-    deadline=None,
-    derandomize=True,
-    database=None,
-    print_blob=True,
-    suppress_health_check=_SLOW_OK,
-)
-# Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget, so the search
-# climbs toward the worst case (useful above ~1000 examples, shared/ANCHORS.md).
-settings.register_profile("thorough", max_examples=1000, deadline=None, suppress_health_check=_SLOW_OK)
+_PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
+    "dev": {"max_examples": 30, "deadline": None, "suppress_health_check": _SLOW_OK},
+    # CI: derandomized (the same examples on every run, so CI is reproducible), no example database to carry
+    # state between runs; 50 examples per check keep a built-in target at about 10 to 20 s on 2 cores.
+    "ci": {
+        "max_examples": 50,
+        "deadline": None,
+        "derandomize": True,
+        "database": None,
+        "print_blob": True,
+        "suppress_health_check": _SLOW_OK,
+    },
+    # Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget, so the search
+    # climbs toward the worst case (useful above ~1000 examples, shared/ANCHORS.md).
+    "thorough": {"max_examples": 1000, "deadline": None, "suppress_health_check": _SLOW_OK},
+}
+
+
+def profile_settings(profile: str, max_examples: int | None = None) -> settings:
+    """The Hypothesis settings of an attncheck profile (registered as ``attncheck-<profile>``)."""
+    if profile not in PROFILES:
+        raise ValueError(f"unknown profile {profile!r}; choose from {PROFILES}")
+    name = f"attncheck-{profile}"
+    try:
+        base = settings.get_profile(name)
+    except InvalidArgument:
+        settings.register_profile(name, settings(**_PROFILE_SETTINGS[profile]))
+        base = settings.get_profile(name)
+    return base if max_examples is None else settings(base, max_examples=max_examples)
+
+
+@contextlib.contextmanager
+def check_settings(check: Callable[..., Any], chosen: settings) -> Iterator[None]:
+    """Run the ``@given`` check ``check`` under ``chosen`` for the duration of the block, then restore.
+
+    ``@given`` captures ``settings.default`` when the module is imported, so loading a profile later has no
+    effect on it; and loading one globally would change every other test of the session. Hypothesis reads the
+    settings a given-test runs under from ``_hypothesis_internal_use_settings`` when it is called (the same
+    attribute its ``@settings`` and ``@seed`` decorators set): swap it for this call only.
+    """
+    attr = "_hypothesis_internal_use_settings"
+    previous = getattr(check, attr)
+    setattr(check, attr, chosen)
+    try:
+        yield
+    finally:
+        setattr(check, attr, previous)
 
 
 def prop(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -66,15 +102,20 @@ def prop(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 @functools.cache
 def checks() -> dict[str, list[Callable[..., Any]]]:
     """Property name -> its check functions (imports every ``properties.test_*`` module)."""
-    import properties
+    import attncheck.properties as properties
 
     found: dict[str, list[Callable[..., Any]]] = {name: [] for name in PROPERTIES}
     for info in sorted(pkgutil.iter_modules(properties.__path__), key=lambda m: m.name):
         if not info.name.startswith("test_"):
             continue
-        module = importlib.import_module(f"properties.{info.name}")
+        module = importlib.import_module(f"attncheck.properties.{info.name}")
         for obj in vars(module).values():
             name = getattr(obj, "attncheck_property", None)
             if name is not None and callable(obj):
                 found[name].append(obj)
     return found
+
+
+def check_catalog() -> dict[str, str]:
+    """Check name -> the property it belongs to, for every check of the catalog."""
+    return {check.__name__: prop for prop, found in checks().items() for check in found}

@@ -8,37 +8,32 @@ carries the :class:`Problem`, so the pytest plugin can print a copy-pasteable re
 
 from __future__ import annotations
 
-from collections import defaultdict
 from typing import Any
 
 import pytest
 import torch
 from torch import Tensor
 
-from properties.oracle import Budget
-from properties.problems import Problem
-from properties.targets import Target
+from attncheck.errors import PropertyFailure
+from attncheck.properties.oracle import Budget
+from attncheck.properties.problems import Problem
+from attncheck.properties.targets import Target
 
-# Conventions observed on targets during a run (e.g. what fully masked rows return), for the report.
-OBSERVATIONS: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-
-
-class PropertyFailure(AssertionError):
-    """A property does not hold on a target; ``problem`` is the counterexample."""
-
-    def __init__(self, message: str, problem: Problem | None = None, worst: dict[str, Any] | None = None):
-        self.problem = problem
-        self.worst = worst or {}
-        self.summary = message
-        inputs = (
-            "" if problem is None else "\n  inputs: " + ", ".join(f"{k}={v}" for k, v in problem.describe().items())
-        )
-        super().__init__(message + inputs)
+# Conventions observed on targets while a check runs (e.g. what fully masked rows return), for the report. The
+# plugin drains them into the check's test report, so they travel from pytest-xdist workers with the result.
+_OBSERVED: list[tuple[str, str, str]] = []  # (target, what, value)
 
 
 def observe(target: Target, what: str, value: str) -> None:
     """Record a convention observed on ``target`` (reported, not judged)."""
-    OBSERVATIONS[target.name][what].add(value)
+    _OBSERVED.append((target.name, what, value))
+
+
+def drain_observations() -> list[tuple[str, str, str]]:
+    """The observations recorded since the last call, removed from the buffer."""
+    taken = list(_OBSERVED)
+    _OBSERVED.clear()
+    return taken
 
 
 def require(condition: bool, reason: str) -> None:

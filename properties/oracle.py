@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from reference.attention import attention, causal_mask
+from attncheck.reference.attention import attention, expand_kv_heads, merge_masks
 
 K_OUTPUT = 3.0
 K_GRAD = 5.0
@@ -61,20 +61,9 @@ def oracle(
     key give zeros (the reference convention; properties compare those rows separately).
     """
     q, k, v = (t.to(dtype) for t in (query, key, value))
-    if key.size(-3) != query.size(-3):
-        group = query.size(-3) // key.size(-3)
-        k = k.repeat_interleave(group, dim=-3)  # (B, Hkv, S, E) -> (B, Hq, S, E)
-        v = v.repeat_interleave(group, dim=-3)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
-    mask = attn_mask
-    if mask is not None and mask.dtype != torch.bool:
-        mask = mask.to(dtype)
-    if is_causal:
-        causal = causal_mask(q.size(-2), k.size(-2), alignment, q.device)  # type: ignore[arg-type]  # (L, S)
-        mask = (
-            causal
-            if mask is None
-            else (mask & causal if mask.dtype == torch.bool else mask.masked_fill(~causal, float("-inf")))
-        )
+    k, v = expand_kv_heads(k, v, q.size(-3))  # (B, Hkv, S, E) -> (B, Hq, S, E)
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(dtype)
+    mask = merge_masks(mask, is_causal, q.size(-2), k.size(-2), alignment, q.device)  # type: ignore[arg-type]
     out, _ = attention(q, k, v, mask, scale)
     return out  # (B, Hq, L, Ev)
 

@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from properties.targets import Capabilities
+from attncheck.properties.targets import Capabilities
 
 MaskKind = Literal["none", "bool", "float"]
 MaskShape = Literal["LS", "B1LS", "BHLS", "1HLS", "B11S"]  # broadcast pattern of the mask over (B, Hq, L, S)
@@ -67,9 +67,9 @@ class Problem:
     def describe(self) -> dict[str, object]:
         """The counterexample as it is reported: only what differs from a plain problem, plus the shapes."""
         d: dict[str, object] = {
-            "query": [self.B, self.Hq, self.L, self.E],
-            "key": [self.B, self.Hkv, self.S, self.E],
-            "value": [self.B, self.Hkv, self.S, self.Ev],
+            "query shape": (self.B, self.Hq, self.L, self.E),
+            "key shape": (self.B, self.Hkv, self.S, self.E),
+            "value shape": (self.B, self.Hkv, self.S, self.Ev),
             "dtype": self.dtype,
         }
         if self.mask != "none":
@@ -89,6 +89,10 @@ class Problem:
         d["seed"] = self.seed
         return d
 
+    def format(self) -> str:
+        """The counterexample as one line (shapes as shapes)."""
+        return format_counterexample(self.describe())
+
     def call_kwargs(self, mask: Tensor | None) -> dict[str, Any]:
         """Keyword arguments of the SDPA-convention call for this problem."""
         return {"attn_mask": mask, "is_causal": self.is_causal, "scale": self.scale, "enable_gqa": self.gqa}
@@ -101,9 +105,9 @@ class Problem:
             if getattr(self, f.name) != f.default
         )
         return (
-            "from properties.problems import Problem\n"
-            "from properties.targets import resolve\n"
-            "from properties.oracle import oracle\n"
+            "from attncheck.properties.problems import Problem\n"
+            "from attncheck.properties.targets import resolve\n"
+            "from attncheck.properties.oracle import oracle\n"
             f"target = resolve({target_spec!r})\n"
             f"p = Problem({fields})\n"
             "q, k, v, mask = p.tensors()\n"
@@ -162,7 +166,7 @@ class Problem:
 
     def admissible(self, mask: Tensor | None, alignment: str = "top-left") -> Tensor:
         """Boolean (B, Hq, L, S) admissibility implied by the mask and is_causal under ``alignment``."""
-        from reference.attention import causal_mask
+        from attncheck.reference.attention import causal_mask
 
         adm = torch.ones(self.B, self.Hq, self.L, self.S, dtype=torch.bool)  # (B, Hq, L, S)
         if mask is not None:
@@ -171,6 +175,14 @@ class Problem:
         if self.is_causal:
             adm = adm & causal_mask(self.L, self.S, alignment)  # type: ignore[arg-type]
         return adm
+
+
+def format_counterexample(described: dict[str, object]) -> str:
+    """``Problem.describe()`` (or its JSON) as one line: ``query shape (1, 1, 2, 1), ..., dtype=float64``."""
+    return ", ".join(
+        f"{k} {tuple(v)}" if k.endswith(" shape") and isinstance(v, list | tuple) else f"{k}={v}"
+        for k, v in described.items()
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Rendering a :class:`~properties.plugin.Report`: the conformance table, failure details, atomic JSON."""
+"""Rendering a :class:`~attncheck.properties.plugin.Report`: the conformance table, failure details, atomic JSON."""
 
 from __future__ import annotations
 
@@ -13,19 +13,27 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-if TYPE_CHECKING:
-    from properties.plugin import Report
+from attncheck.properties.problems import format_counterexample
 
-STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow"}
+if TYPE_CHECKING:
+    from attncheck.properties.report import Report
+
+STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow", "known-failure": "yellow"}
+LABEL = {"passed": "passed", "failed": "FAILED", "skipped": "skipped", "known-failure": "known failure"}
+
+
+def _label(row: dict[str, Any]) -> str:
+    """A property's status as a cell: passed, FAILED, skipped (not applicable) or known failure."""
+    label = LABEL[row["status"]]
+    if row["known_failures"] and row["status"] in ("passed", "skipped"):
+        label += f" ({len(row['known_failures'])} known)"
+    return label
 
 
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    label = {"passed": "passed", "failed": "FAILED", "skipped": "skipped"}[row["status"]]
-    if row["known_failures"] and row["status"] != "failed":
-        label += f" ({len(row['known_failures'])} known)"
-    return f"[{STYLE[row['status']]}]{label}[/] {row['duration']:.1f}s"
+    return f"[{STYLE[row['status']]}]{_label(row)}[/] {row['duration']:.1f}s"
 
 
 def render_table(report: Report, color: bool = True, width: int = 160) -> str:
@@ -47,8 +55,10 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
             obs = "; ".join(f"{k}: {', '.join(v)}" for k, v in t["observations"].items())
             console.print(f"[bold]{t['name']}[/] observed: {obs}")
         for row in t["properties"]:
-            for known in row["known_failures"]:
-                console.print(f"[yellow]{t['name']} {row['name']}::{known['check']}[/] {known['reason']}")
+            for known in row["known_failures"]:  # printed as a known-failures file line
+                console.print(f"[yellow]{known['check']}[/]  # {known['reason']}", highlight=False)
+    for warning in data["warnings"]:
+        console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
     for t in data["targets"]:
         for row in t["properties"]:
             if row["status"] != "failed":
@@ -56,8 +66,7 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
             console.rule(f"[bold red]{t['name']}: {row['name']} FAILED")
             console.print(row["message"], markup=False)
             if row["counterexample"]:
-                ce = ", ".join(f"{k}={v}" for k, v in row["counterexample"].items())
-                console.print(f"minimal counterexample: {ce}", markup=False)
+                console.print(f"minimal counterexample: {format_counterexample(row['counterexample'])}", markup=False)
             if row["repro"]:
                 console.print("reproduce with:", markup=False)
                 console.print(row["repro"], markup=False)
@@ -101,10 +110,7 @@ def markdown(data: dict[str, Any]) -> str:
             if row is None:
                 cells.append("-")
                 continue
-            cell = {"passed": "passed", "failed": "**FAILED**", "skipped": "skipped"}[row["status"]]
-            if row["known_failures"] and row["status"] != "failed":
-                cell += f" ({len(row['known_failures'])} known)"
-            cells.append(cell)
+            cells.append(f"**{_label(row)}**" if row["status"] == "failed" else _label(row))
         lines.append(f"| {prop} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -9,7 +9,7 @@ A target is a callable in the convention of ``torch.nn.functional.scaled_dot_pro
 An implementation that differs (another layout, other argument names, bottom-right causal alignment,
 no mask support...) *declares* it with :class:`Capabilities`, either in Python::
 
-    from properties import declare
+    from attncheck import declare
 
     @declare(layout="BLHD", causal="bottom-right", arg_names={"is_causal": "causal", "scale": "softmax_scale"})
     def my_attention(q, k, v, causal=False, softmax_scale=None): ...
@@ -23,7 +23,11 @@ instead of stopping the run. Properties that need an undeclared feature are skip
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import importlib
+import importlib.metadata
+import os
+import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -31,6 +35,9 @@ from typing import Any, Literal
 
 import torch
 from torch import Tensor
+
+from attncheck.errors import TargetError, TargetSpecError, TargetUnavailable
+from attncheck.properties.options import VerifySettings
 
 Layout = Literal["BHLD", "BLHD"]
 Alignment = Literal["top-left", "bottom-right"]
@@ -123,18 +130,6 @@ def declare(**capabilities: Any) -> Callable[[Callable[..., Tensor]], Callable[.
     return wrap
 
 
-class TargetError(AssertionError):
-    """The target misbehaved as a program: it raised, hung, or returned something of the wrong kind."""
-
-
-class TargetUnavailable(Exception):
-    """A built-in target cannot run here (optional library missing, no CUDA...)."""
-
-
-class TargetSpecError(Exception):
-    """A TARGET string on the command line cannot be resolved (usage error, exit code 2)."""
-
-
 @dataclass
 class Target:
     """An attention implementation under test, adapted to the SDPA convention."""
@@ -222,84 +217,34 @@ class Target:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Built-in targets
+# Resolving TARGET strings: built-in names, entry points of other distributions, module.path:attr
 
-Factory = Callable[[], Target]
-BUILTINS: dict[str, tuple[str, Factory]] = {}  # name -> (one-line description, factory)
-DEFAULT_TARGETS = ("reference", "torch-sdpa")
-
-# torch SDPA (every CPU backend) lets NaN or inf in the key or value of a fully masked key column leak into the
-# output: its masked weights are exactly zero but 0 * NaN = NaN in P V (pytorch/pytorch#101967 class).
-SDPA_KNOWN = {
-    "test_masked_keys_nonfinite_irrelevant": "torch SDPA: NaN in masked-out keys/values reaches the output "
-    "(0 * NaN in P V; pytorch/pytorch#101967)",
-}
+ENTRY_POINT_GROUP = "attncheck.targets"  # name -> a factory returning a Target (or the Target itself)
 
 
-def builtin(name: str, description: str) -> Callable[[Factory], Factory]:
-    """Register a built-in target factory under ``name``."""
-
-    def register(factory: Factory) -> Factory:
-        BUILTINS[name] = (description, factory)
-        return factory
-
-    return register
+def entry_point_targets() -> dict[str, importlib.metadata.EntryPoint]:
+    """Targets that installed distributions register under the entry-point group ``attncheck.targets``."""
+    return {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
 
 
-@builtin("reference", "attncheck's reference, equation (1) with -inf masking (reference/attention.py)")
-def _reference() -> Target:
-    from reference.attention import scaled_dot_product_attention
-
-    caps = Capabilities(dropout=True, masked_rows="zeros")
-    return Target("reference", scaled_dot_product_attention, caps, "reference.attention.scaled_dot_product_attention")
-
-
-@builtin("torch-sdpa", "torch.nn.functional.scaled_dot_product_attention, default dispatch")
-def _torch_sdpa() -> Target:
-    fn = torch.nn.functional.scaled_dot_product_attention
-    caps = Capabilities(dropout=True, known_failures=SDPA_KNOWN)
-    return Target("torch-sdpa", fn, caps, f"torch {torch.__version__} SDPA, default dispatch")
+def _load(factory: Callable[[], Any], spec: str) -> Target:
+    """Call a target factory; what it returns must be a :class:`Target` (or a declared callable)."""
+    made = factory()
+    if isinstance(made, Target):
+        return made
+    if callable(made):
+        return Target(spec, made, getattr(made, "__attncheck__", None) or Capabilities(), f"{spec} (entry point)")
+    raise TargetSpecError(f"target {spec!r}: its factory returned a {type(made).__name__}, not a Target")
 
 
-def _sdpa_backend(backend_name: str, caps: Capabilities) -> Factory:
-    def factory() -> Target:
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        backend = getattr(SDPBackend, backend_name)
-
-        def forced(query: Tensor, key: Tensor, value: Tensor, **kwargs: Any) -> Tensor:
-            with sdpa_kernel(backend):  # forced: raises "No available kernel" instead of falling back
-                return torch.nn.functional.scaled_dot_product_attention(query, key, value, **kwargs)
-
-        name = f"torch-sdpa-{backend_name.lower().replace('_attention', '')}"
-        return Target(name, forced, caps, f"torch {torch.__version__} SDPA forced to SDPBackend.{backend_name}")
-
-    return factory
-
-
-builtin("torch-sdpa-math", "torch SDPA forced to the MATH backend")(
-    _sdpa_backend("MATH", Capabilities(dropout=True, known_failures=SDPA_KNOWN))
-)
-# The CPU flash kernel takes 4-D inputs with Ev == E, a contiguous last dimension and no dropout only (otherwise
-# it raises "No available kernel": a refusal, declared, not a wrong result).
-builtin("torch-sdpa-flash", "torch SDPA forced to the FLASH_ATTENTION backend (CPU flash kernel; CUDA flash on GPU)")(
-    _sdpa_backend(
-        "FLASH_ATTENTION",
-        Capabilities(value_dim=False, strided_inputs=("transposed", "expanded"), known_failures=SDPA_KNOWN),
-    )
-)
-
-
-def resolve(spec: str) -> Target:
-    """A built-in name or ``module.path:attr`` -> :class:`Target` (raises TargetSpecError / TargetUnavailable)."""
-    if spec in BUILTINS:
-        return BUILTINS[spec][1]()
-    if ":" not in spec:
-        known = ", ".join(BUILTINS)
-        raise TargetSpecError(f"unknown target {spec!r}: not a built-in ({known}) and not of the form module.path:attr")
+def _import_attr(spec: str) -> Any:
+    """``module.path:attr.sub`` -> the object; the current directory is importable, as for ``python -m``."""
     module_name, _, attr_path = spec.partition(":")
     if not module_name or not attr_path:
         raise TargetSpecError(f"bad target {spec!r}: expected module.path:attr")
+    cwd = os.getcwd()
+    if cwd not in sys.path and "" not in sys.path:
+        sys.path.append(cwd)  # a newcomer's `attncheck verify mykernel:attention` next to mykernel.py
     try:
         obj: Any = importlib.import_module(module_name)
     except Exception as exc:
@@ -310,9 +255,46 @@ def resolve(spec: str) -> Target:
         try:
             obj = getattr(obj, part)
         except AttributeError:
-            raise TargetSpecError(f"module {module_name!r} has no attribute {attr_path!r} (target {spec!r})") from None
+            names = [n for n in dir(obj) if not n.startswith("_")]
+            close = difflib.get_close_matches(part, names, n=1)
+            hint = f"; did you mean {module_name}:{close[0]}?" if close else ""
+            raise TargetSpecError(
+                f"module {module_name!r} has no attribute {attr_path!r} (target {spec!r}){hint}"
+            ) from None
+    return obj
+
+
+def resolve(spec: str) -> Target:
+    """A built-in name, an entry-point name or ``module.path:attr`` -> :class:`Target`.
+
+    Raises :class:`TargetSpecError` (usage error) or :class:`TargetUnavailable` (known but cannot run here).
+    """
+    from attncheck.properties.adapters import BUILTINS
+
+    if spec in BUILTINS:
+        return _load(_import_attr(BUILTINS[spec][1]), spec)
+    registered = entry_point_targets()
+    if spec in registered:
+        try:
+            factory = registered[spec].load()
+        except Exception as exc:
+            raise TargetSpecError(f"cannot load entry point {spec!r}: {type(exc).__name__}: {exc}") from None
+        return _load(factory, spec)
+    if ":" not in spec:
+        known = [*BUILTINS, *registered]
+        close = difflib.get_close_matches(spec, known, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise TargetSpecError(
+            f"unknown target {spec!r}: {hint}not a built-in or registered target (see `attncheck targets`) "
+            "and not of the form module.path:attr"
+        )
+    obj = _import_attr(spec)
     if isinstance(obj, Target):
         return obj
+    if isinstance(obj, type):
+        raise TargetSpecError(
+            f"target {spec!r} is a class: pass an instance (or a function), e.g. a module-level object"
+        )
     if not callable(obj):
         raise TargetSpecError(f"target {spec!r} is a {type(obj).__name__}, not callable")
     caps = getattr(obj, "__attncheck__", None) or Capabilities()
@@ -320,15 +302,92 @@ def resolve(spec: str) -> Target:
 
 
 def availability() -> list[tuple[str, str, str | None]]:
-    """(name, description, reason unavailable or None) for every built-in target."""
+    """(name, description, reason unavailable or None) for every built-in and registered target."""
+    from attncheck.properties.adapters import BUILTINS
+
     rows: list[tuple[str, str, str | None]] = []
-    for name, (description, factory) in BUILTINS.items():
+    candidates = [(name, description) for name, (description, _) in BUILTINS.items()]
+    candidates += [
+        (name, f"{ep.value} (from {ep.dist.name if ep.dist else 'an entry point'})")
+        for name, ep in entry_point_targets().items()
+    ]
+    for name, description in candidates:
         try:
-            factory()
+            resolve(name)
             rows.append((name, description, None))
         except TargetUnavailable as exc:
+            rows.append((name, description, str(exc)))
+        except TargetSpecError as exc:
             rows.append((name, description, str(exc)))
     return rows
 
 
-import properties.adapters  # noqa: E402, F401  (registers the third-party built-ins)
+def parse_capability(text: str) -> dict[str, Any]:
+    """``field=value`` -> a Capabilities change, e.g. ``causal=bottom-right``, ``masks=bool``, ``grad=no``."""
+    key, sep, raw = text.partition("=")
+    fields = Capabilities.__dataclass_fields__
+    if not sep or key not in fields:
+        raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
+    value: Any = raw
+    if key in ("gqa", "scale", "dropout", "grad", "value_dim"):
+        if raw.lower() not in ("yes", "no", "true", "false", "1", "0"):
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no")
+        value = raw.lower() in ("yes", "true", "1")
+    elif key == "masks":
+        value = frozenset() if raw in ("", "none") else frozenset(raw.split(","))
+        if value - {"bool", "float"}:
+            raise TargetSpecError(f"bad capability {text!r}: masks takes bool, float, bool,float or none")
+    elif key in ("dtypes", "devices", "strided_inputs"):
+        value = tuple(raw.split(","))
+    elif key == "causal":
+        value = None if raw in ("none", "no") else raw
+        if value not in (None, "top-left", "bottom-right"):
+            raise TargetSpecError(f"bad capability {text!r}: causal takes top-left, bottom-right or none")
+    elif key == "layout":
+        if raw not in ("BHLD", "BLHD"):
+            raise TargetSpecError(f"bad capability {text!r}: layout takes BHLD or BLHD")
+    elif key == "masked_rows":
+        value = None if raw in ("any", "none") else raw
+        if value not in (None, "zeros", "nan", "uniform"):
+            raise TargetSpecError(f"bad capability {text!r}: masked_rows takes zeros, nan, uniform or any")
+    elif key in ("arg_names", "known_failures"):
+        pairs = [item.partition(":") for item in raw.split(",") if item]
+        value = {k: v for k, _, v in pairs}
+    return {key: value}
+
+
+def resolve_targets(settings: VerifySettings) -> list[Target]:
+    """The run's targets, with the declared capability changes and restrictions applied (raises TargetSpecError)."""
+    from attncheck.properties.adapters import DEFAULT_TARGETS
+
+    changes: dict[str, Any] = {}
+    for text in settings.caps:
+        changes.update(parse_capability(text))
+    dtypes, device, timeout = settings.dtypes, settings.device, settings.timeout
+    resolved = []
+    for spec in settings.targets or list(DEFAULT_TARGETS):
+        try:
+            target = resolve(spec)
+        except TargetUnavailable as exc:
+            raise TargetSpecError(f"target {spec!r} is unavailable here: {exc}") from None
+        try:
+            caps = target.caps.replace(**changes) if changes else target.caps
+        except ValueError as exc:
+            raise TargetSpecError(f"bad capabilities for {spec!r}: {exc}") from None
+        if dtypes:  # a restriction of the run: only dtypes the target declares
+            kept = tuple(d for d in caps.dtypes if d in dtypes)
+            if not kept:
+                raise TargetSpecError(f"target {spec!r} declares none of the dtypes asked for ({', '.join(dtypes)})")
+            caps = caps.replace(dtypes=kept)
+        if device not in caps.devices:
+            raise TargetSpecError(f"target {spec!r} does not run on {device} (declares {caps.devices})")
+        if device == "cuda" and not torch.cuda.is_available():
+            raise TargetSpecError("--device cuda: CUDA is not available on this machine")
+        target.caps, target.device = caps, device
+        if timeout:
+            target.timeout = timeout
+        resolved.append(target)
+    names = [t.name for t in resolved]
+    if len(set(names)) != len(names):
+        raise TargetSpecError(f"a target is named twice: {names}")
+    return resolved

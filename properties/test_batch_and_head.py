@@ -11,11 +11,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, require
-from properties.oracle import expect
-from properties.problems import PRECISE, problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, require
+from attncheck.properties.oracle import expect
+from attncheck.properties.problems import PRECISE, problems
+from attncheck.properties.targets import Target
 
 
 def _slice(mask: torch.Tensor | None, dim: int, index: int, full: int) -> torch.Tensor | None:

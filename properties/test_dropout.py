@@ -12,9 +12,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from properties.catalog import prop
-from properties.checks import assert_close, check, require
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check, require
+from attncheck.properties.targets import Target
 
 ALPHA = 1e-6
 

@@ -13,11 +13,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, check, observe, require
-from properties.oracle import expect
-from properties.problems import problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check, observe, require
+from attncheck.properties.oracle import expect
+from attncheck.properties.problems import problems
+from attncheck.properties.targets import Target
 
 
 def classify(rows: torch.Tensor, v: torch.Tensor, atol: float) -> str:

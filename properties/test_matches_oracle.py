@@ -7,11 +7,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 
-from properties.catalog import prop
-from properties.checks import assert_close, require
-from properties.oracle import K_GRAD, budget, expect, max_logit, oracle
-from properties.problems import problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, require
+from attncheck.properties.oracle import K_GRAD, budget, expect, max_logit, oracle
+from attncheck.properties.problems import problems
+from attncheck.properties.targets import Target
 
 
 @prop("matches_oracle")

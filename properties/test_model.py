@@ -16,12 +16,12 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, check, require
-from properties.problems import Problem
-from properties.targets import Target
-from reference.decoding import cached_vs_full
-from reference.model import (
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check, require
+from attncheck.properties.problems import Problem
+from attncheck.properties.targets import Target
+from attncheck.reference.decoding import cached_vs_full
+from attncheck.reference.model import (
     EncoderDecoder,
     LayerNorm,
     TransformerConfig,

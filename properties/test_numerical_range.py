@@ -14,11 +14,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, check, require
-from properties.oracle import expect, oracle
-from properties.problems import problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check, require
+from attncheck.properties.oracle import expect, oracle
+from attncheck.properties.problems import problems
+from attncheck.properties.targets import Target
 
 
 @prop("numerical_range")

@@ -11,10 +11,10 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_identical
-from properties.problems import problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_identical
+from attncheck.properties.problems import problems
+from attncheck.properties.targets import Target
 
 
 @prop("purity_and_determinism")

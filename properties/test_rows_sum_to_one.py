@@ -2,7 +2,7 @@
 
 The weights are recovered from the black box (equation (1) is linear in V): with V = ones the output is
 ones, and with V = the identity (Ev >= S, V[j] = e_j) the output row i *is* the weight row P[i, :].
-The reference's own weights, read directly from ``reference.attention.attention``, are the oracle's.
+The reference's own weights, read directly from ``attncheck.reference.attention.attention``, are the oracle's.
 """
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, check
-from properties.oracle import budget, max_logit, oracle
-from properties.problems import Problem, problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check
+from attncheck.properties.oracle import budget, max_logit, oracle
+from attncheck.properties.problems import Problem, problems
+from attncheck.properties.targets import Target
 
 
 def with_identity_room(p: Problem, value_dim: bool) -> Problem:

@@ -17,10 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from scipy import stats
 
-from properties.catalog import prop
-from properties.checks import check, require
-from properties.problems import Problem, problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import check, require
+from attncheck.properties.problems import Problem, problems
+from attncheck.properties.targets import Target
 
 # Variance test: false-alarm rate per example. With the ci profile's 15 examples a correct target is
 # flagged with probability < 1.5e-5 per run; the thorough profile's 1000 examples, < 1e-3.

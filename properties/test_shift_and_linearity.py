@@ -10,11 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from properties.catalog import prop
-from properties.checks import assert_close, check, require
-from properties.oracle import expect
-from properties.problems import PRECISE, problems
-from properties.targets import Target
+from attncheck.properties.catalog import prop
+from attncheck.properties.checks import assert_close, check, require
+from attncheck.properties.oracle import expect
+from attncheck.properties.problems import PRECISE, problems
+from attncheck.properties.targets import Target
 
 
 @prop("shift_and_linearity")

@@ -50,6 +50,49 @@ def causal_mask(
     return j <= i + offset  # (L, S)
 
 
+def merge_masks(
+    attn_mask: Tensor | None,
+    is_causal: bool,
+    L: int,
+    S: int,
+    alignment: CausalAlignment = "top-left",
+    device: torch.device | str | None = None,
+) -> Tensor | None:
+    """One mask from ``attn_mask`` and ``is_causal``: what a key must satisfy to take part (section 3.2.3).
+
+    A boolean mask is ANDed with the causal triangle; a float (additive) mask gets -inf where the triangle hides
+    a key; ``None`` with ``is_causal`` is the triangle itself. The result broadcasts to (..., L, S).
+    """
+    if not is_causal:
+        return attn_mask
+    causal = causal_mask(L, S, alignment, device)  # (L, S)
+    if attn_mask is None:
+        return causal
+    if attn_mask.dtype == torch.bool:
+        return attn_mask & causal  # (..., L, S)
+    return attn_mask.masked_fill(~causal, float("-inf"))  # (..., L, S)
+
+
+def additive_bias(mask: Tensor | None, dtype: torch.dtype) -> Tensor | None:
+    """The mask as the additive bias B of ``softmax(Q K^T * scale + B)``: 0 / -inf for a boolean mask."""
+    if mask is None or mask.dtype != torch.bool:
+        return None if mask is None else mask.to(dtype)
+    return torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, float("-inf"))
+
+
+def expand_kv_heads(key: Tensor, value: Tensor, h: int) -> tuple[Tensor, Tensor]:
+    """Grouped-query attention: query head i reads key/value head i // (h / h_kv) (``repeat_interleave``).
+
+    key (..., h_kv, S, d_k), value (..., h_kv, S, d_v) -> (..., h, S, d_k), (..., h, S, d_v).
+    """
+    group = h // key.size(-3)
+    if group == 1:
+        return key, value
+    key = key.repeat_interleave(group, dim=-3)  # (..., h_kv, S, d_k) -> (..., h, S, d_k)
+    value = value.repeat_interleave(group, dim=-3)  # (..., h_kv, S, d_v) -> (..., h, S, d_v)
+    return key, value
+
+
 def subsequent_mask(size: int, device: torch.device | str | None = None) -> Tensor:
     """The decoder's mask of section 3.2.3: position i attends to positions <= i; shape (1, size, size)."""
     return causal_mask(size, size, "top-left", device)[None]  # (1, size, size)
@@ -116,19 +159,9 @@ def scaled_dot_product_attention(
     ``is_causal`` is the top-left aligned lower triangle; with ``enable_gqa`` query
     head h reads key/value head h // (Hq / Hkv).
     """
-    if enable_gqa and key.dim() >= 3 and key.size(-3) != query.size(-3):
-        group = query.size(-3) // key.size(-3)
-        key = key.repeat_interleave(group, dim=-3)  # (..., Hkv, S, E) -> (..., Hq, S, E)
-        value = value.repeat_interleave(group, dim=-3)  # (..., Hkv, S, Ev) -> (..., Hq, S, Ev)
-    mask = attn_mask
-    if is_causal:
-        causal = causal_mask(query.size(-2), key.size(-2), "top-left", query.device)  # (L, S)
-        if mask is None:
-            mask = causal
-        elif mask.dtype == torch.bool:
-            mask = mask & causal  # (..., L, S)
-        else:
-            mask = mask.masked_fill(~causal, float("-inf"))  # (..., L, S)
+    if enable_gqa and key.dim() >= 3:
+        key, value = expand_kv_heads(key, value, query.size(-3))  # (..., Hkv, S, E) -> (..., Hq, S, E)
+    mask = merge_masks(attn_mask, is_causal, query.size(-2), key.size(-2), "top-left", query.device)  # (..., L, S)
     # Half precision: compute scores, softmax and P V in float32 and round once at the end, as PyTorch's math
     # backend does. In float16 the raw q . k overflows 65504 before any scaling (shared/BUGS.md #10).
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype

@@ -5,7 +5,7 @@ here). A model with N=2, d_model=32, h=4, d_ff=64 and no dropout is trained with
 negative log-likelihood (no label smoothing, no dropout: both only slow a task this small), with Adam and the
 learning-rate schedule of section 5.3, then scored by greedy decoding (with the key/value cache) on held-out
 sequences. With the defaults, seeds 0 to 11 all reach a token accuracy above 0.96 (seed 0: 0.9957).
-``python -m reference.copy_task`` prints the training time and the token accuracy.
+``python -m attncheck.reference.copy_task`` prints the training time and the token accuracy.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reference.decoding import greedy_decode
-from reference.model import EncoderDecoder, TransformerConfig, make_model, padding_mask, target_mask
+from attncheck.reference.decoding import greedy_decode
+from attncheck.reference.model import EncoderDecoder, TransformerConfig, make_model, padding_mask, target_mask
 
 PAD, START = 0, 1
 

@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from reference.attention import causal_mask
-from reference.model import EncoderDecoder, KVCache
+from attncheck.reference.attention import causal_mask
+from attncheck.reference.model import EncoderDecoder, KVCache
 
 
 def next_log_probs(

@@ -15,7 +15,7 @@ The code follows the Annotated Transformer and the paper's notation (``d_model``
 * Attention is pluggable: ``TransformerConfig.attention`` takes any function in the
   ``torch.nn.functional.scaled_dot_product_attention`` convention. It is called with a boolean ``attn_mask``
   (never with ``is_causal``), query (B, h, L, d_k), key and value (B, h_kv, S, d_k), and ``enable_gqa=True``
-  only when h_kv < h. The default is the reference :func:`reference.attention.attention`, which also records
+  only when h_kv < h. The default is the reference :func:`attncheck.reference.attention.attention`, which also records
   the weights in ``MultiHeadedAttention.attn``.
 * Incremental decoding: each decoder self-attention keeps the keys and values of the positions decoded so far
   in a :class:`KVCache`; ``EncoderDecoder.decode(..., cache=model.init_cache())`` then takes only the new
@@ -31,7 +31,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from reference.attention import attention, subsequent_mask
+from attncheck.reference.attention import attention, expand_kv_heads, subsequent_mask
 
 AttentionFn = Callable[..., Tensor]
 
@@ -117,9 +117,7 @@ class MultiHeadedAttention(nn.Module):
             k, v = cache.append(k, v)  # (B, h_kv, S, d_k) -> (B, h_kv, T + S, d_k)
         dropout_p = self.dropout if self.training else 0.0
         if self.attention_fn is None:
-            group = self.h // self.h_kv  # query head i reads key/value head i // group
-            k = k.repeat_interleave(group, dim=1)  # (B, h_kv, S, d_k) -> (B, h, S, d_k)
-            v = v.repeat_interleave(group, dim=1)  # (B, h_kv, S, d_v) -> (B, h, S, d_v)
+            k, v = expand_kv_heads(k, v, self.h)  # (B, h_kv, S, d_k) -> (B, h, S, d_k): head i reads i // (h / h_kv)
             x, self.attn = attention(q, k, v, mask, dropout_p=dropout_p)  # (B, h, L, d_v), (B, h, L, S)
         else:
             gqa = {"enable_gqa": True} if self.h_kv != self.h else {}

@@ -13,9 +13,11 @@ from typing import Any
 import pytest
 import torch
 
-from properties.oracle import oracle, output_budget
-from properties.problems import Problem
-from properties.targets import BUILTINS, Capabilities, Target, TargetError, availability, resolve
+from attncheck.properties.oracle import oracle, output_budget
+from attncheck.properties.problems import Problem
+from attncheck.errors import TargetError
+from attncheck.properties.adapters import BUILTINS
+from attncheck.properties.targets import Capabilities, Target, availability, resolve
 
 ADAPTERS = ("torch-mha", "torch-mha-noweights", "flex-attention", "hf-eager", "hf-sdpa", "jax")
 CUDA_ADAPTERS = ("torch-sdpa-cuda", "flash-attn", "xformers")
@@ -102,11 +104,9 @@ def test_unavailable_targets_give_one_line_reasons() -> None:
 
 
 def test_importing_adapters_imports_no_optional_library() -> None:
-    code = (
-        f"import sys, properties.targets; print(sorted(m for m in {sorted(OPTIONAL.values())!r} if m in sys.modules))"
-    )
+    code = f"import sys, attncheck.properties.targets, attncheck.properties.adapters; print(sorted(m for m in {sorted(OPTIONAL.values())!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]", f"importing properties.targets imported {out.strip()}"
+    assert out.strip() == "[]", f"importing attncheck.properties.targets imported {out.strip()}"
 
 
 @pytest.mark.parametrize("name", ADAPTERS + CUDA_ADAPTERS)

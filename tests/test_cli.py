@@ -17,7 +17,7 @@ FIX = "tests.fixtures.cli_targets"
 def attncheck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
     return subprocess.run(
-        [sys.executable, "-m", "properties.cli", *args],
+        [sys.executable, "-m", "attncheck", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -117,7 +117,7 @@ def test_misbehaving_target_fails_the_property_and_the_run_goes_on(tmp_path: Pat
     bad, ref = data["targets"]
     failed = bad["properties"][0]
     assert failed["status"] == "failed" and fragment in failed["message"], failed
-    assert failed["counterexample"] is None or "query" in failed["counterexample"]
+    assert failed["counterexample"] is None or "query shape" in failed["counterexample"]
     assert ref["properties"][0]["status"] == "passed"  # the run went on to the next target
     assert "FAILED" in result.stdout and fragment in result.stdout
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from reference.copy_task import train_copy_task
+from attncheck.reference.copy_task import train_copy_task
 
 
 @pytest.mark.slow

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from reference.attention import attention, causal_mask, scaled_dot_product_attention, subsequent_mask
+from attncheck.reference.attention import attention, causal_mask, scaled_dot_product_attention, subsequent_mask
 
 OUT_ATOL = 1e-14
 GRAD_ATOL = 1e-13

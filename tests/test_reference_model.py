@@ -15,9 +15,9 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from reference.attention import causal_mask, scaled_dot_product_attention
-from reference.decoding import cached_vs_full, greedy_decode, step_log_probs
-from reference.model import (
+from attncheck.reference.attention import causal_mask, scaled_dot_product_attention
+from attncheck.reference.decoding import cached_vs_full, greedy_decode, step_log_probs
+from attncheck.reference.model import (
     DecoderLayer,
     Encoder,
     EncoderDecoder,

@@ -1,0 +1,51 @@
+"""attncheck's pytest plugin entry point (``pytest11: attncheck``): inert unless a session asks for attncheck.
+
+Loaded by pytest in every session of every project where attncheck is installed, so, like Hypothesis's own
+``_hypothesis_pytestplugin``, it imports neither torch nor Hypothesis and changes no settings. It registers the
+``--attncheck-*`` options; the suite itself (:class:`attncheck.properties.plugin.AttncheckPlugin`) is activated
+only when a session passes an ``--attncheck-*`` option, sets ``ATTNCHECK_TARGET``, or collects the property
+tests (``pytest --pyargs attncheck.properties``, whose conftest activates it).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from attncheck.properties.options import ENV_TARGET, PLUGIN_PREFIX, VerifySettings, add_verify_options
+
+PLUGIN_NAME = "attncheck-suite"  # the name the active suite is registered under
+
+
+def pytest_addoption(parser: Any) -> None:
+    group = parser.getgroup("attncheck", "attncheck property suite (inert unless one of these is given)")
+    group.addoption(
+        f"--{PLUGIN_PREFIX}target",
+        dest="attncheck_target",
+        action="append",
+        metavar="TARGET",
+        help=f"built-in name, registered entry point or module.path:attr (repeatable; env {ENV_TARGET})",
+    )
+    add_verify_options(group.addoption, PLUGIN_PREFIX)
+
+
+def requested_settings(config: Any) -> VerifySettings:
+    """The verify settings this session's options and ``ATTNCHECK_TARGET`` ask for."""
+    targets = list(config.getoption("attncheck_target") or [])
+    if not targets and os.environ.get(ENV_TARGET):
+        targets = [s.strip() for s in os.environ[ENV_TARGET].split(",") if s.strip()]
+    return VerifySettings.from_options(lambda dest: config.getoption(f"attncheck_{dest}"), targets)
+
+
+def activate(config: Any) -> None:
+    """Register the suite for this session unless it already is (by this hook, the conftest, or the CLI)."""
+    if config.pluginmanager.has_plugin(PLUGIN_NAME):
+        return
+    from attncheck.properties.plugin import AttncheckPlugin
+
+    config.pluginmanager.register(AttncheckPlugin(config, requested_settings(config)), PLUGIN_NAME)
+
+
+def pytest_configure(config: Any) -> None:
+    if requested_settings(config).requested():
+        activate(config)

@@ -1,0 +1,220 @@
+"""``attncheck``: verify attention implementations, list targets, compare benchmark histories.
+
+``attncheck verify`` is a thin front over pytest: it runs the property tests of this package through the
+attncheck pytest plugin (one source of truth, not two runners), shows progress, and renders the report.
+Exit codes: 0 no property failed, 1 some property failed, 2 usage error (bad target, bad flag, bad file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import sys
+from pathlib import Path
+from typing import Any
+
+from attncheck.errors import UsageError
+from attncheck.properties.options import VerifySettings, add_verify_options
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def verify(args: argparse.Namespace) -> int:
+    import pytest
+
+    from attncheck.properties.plugin import AttncheckPlugin
+    from attncheck.properties.render import markdown, render_table, write_atomic, write_json
+    from attncheck.properties.targets import resolve_targets
+
+    settings = VerifySettings.from_options(lambda dest: getattr(args, dest), args.targets)
+    if args.list_checks:
+        return list_checks()
+    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
+        if path and Path(path).is_dir():
+            raise UsageError(f"{flag} {path}: is a directory")
+    for path in settings.known_failures:
+        if not Path(path).is_file():
+            raise UsageError(f"--known-failures {path}: no such file")
+    if settings.max_examples is not None and settings.max_examples < 1:
+        raise UsageError("--max-examples must be at least 1")
+    if args.jobs is not None and args.jobs < 1:
+        raise UsageError("--jobs must be at least 1")
+    settings.json = None  # written below, once, by this process
+    resolved = resolve_targets(settings)
+
+    ini = Path(__file__).parent / "properties" / "verify.ini"  # not the configuration of the project around us
+    pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "attncheck.properties"]
+    pytest_args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "ignore", *settings.pytest_args()]
+    if args.jobs and args.jobs > 1:
+        # pytest-xdist's workers rebuild the run from these options; this process keeps the resolved targets.
+        pytest_args += ["-n", str(args.jobs), "-q", "--no-header", "--no-summary", "-p", "no:randomly"]
+    else:
+        pytest_args += ["-p", "no:terminal"]
+    if args.seed is not None:
+        pytest_args += ["--hypothesis-seed", str(args.seed)]
+
+    collector = _Collector(quiet=args.quiet)
+    suite: dict[str, AttncheckPlugin] = {}
+
+    class _Suite:
+        """Hands the resolved targets to the plugin: they are not turned back into strings and resolved again."""
+
+        @pytest.hookimpl(tryfirst=True)  # before the entry point's plugin, which would resolve the targets again
+        def pytest_configure(self, config: Any) -> None:
+            from attncheck._pytestplugin import PLUGIN_NAME
+
+            suite["plugin"] = AttncheckPlugin(config, settings, resolved)
+            config.pluginmanager.register(suite["plugin"], PLUGIN_NAME)
+
+    with contextlib.redirect_stdout(io.StringIO()) if args.jobs and args.jobs > 1 else contextlib.nullcontext():
+        code = pytest.main(pytest_args, plugins=[_Suite(), collector])
+    plugin = suite.get("plugin")
+    if plugin is None or code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
+        raise UsageError(collector.error or f"the property run did not start (pytest exit code {int(code)})")
+    if code == pytest.ExitCode.INTERRUPTED:
+        raise UsageError(collector.error or "the property run was interrupted (collection error)")
+    report = plugin.report
+    sys.stdout.write(render_table(report, color=sys.stdout.isatty()))
+    if args.json:
+        write_json(report, args.json)
+        print(f"report written to {args.json}")
+    if args.markdown:
+        write_atomic(args.markdown, markdown(report.to_json()).encode())
+        print(f"markdown matrix written to {args.markdown}")
+    return EXIT_FAILED if report.failed() else EXIT_OK
+
+
+def list_checks() -> int:
+    """Every check of the catalog with its property, as ``property::check`` (the form --known-failures accepts)."""
+    from attncheck.properties.catalog import checks
+
+    for prop, found in checks().items():
+        for check in sorted(found, key=lambda c: c.__name__):
+            doc = (check.__doc__ or "").strip().splitlines()
+            print(f"{prop}::{check.__name__}" + (f"  # {doc[0]}" if doc else ""))
+    return EXIT_OK
+
+
+class _Collector:
+    """In-process pytest plugin of the CLI: keeps the config and shows a progress bar on stderr."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet = quiet
+        self.config: Any = None
+        self.progress: Any = None
+        self.task: Any = None
+        self.error = ""
+
+    def pytest_configure(self, config: Any) -> None:
+        self.config = config
+
+    def pytest_collectreport(self, report: Any) -> None:
+        if report.failed:
+            self.error = (
+                f"collection failed in {report.nodeid or 'properties'}: {str(report.longrepr).splitlines()[-1]}"
+            )
+
+    def pytest_collection_finish(self, session: Any) -> None:
+        if not self.quiet and session.items:
+            self._start(len(session.items))
+
+    def _start(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(file=sys.stderr),
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("verifying", total=total)
+
+    def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
+        if self.progress is None and not self.quiet:  # the controller collects nothing: each worker collects all
+            self._start(len(ids))
+
+    def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, description=nodeid.split("::")[-1])
+
+    def pytest_runtest_logfinish(self, nodeid: str, location: Any) -> None:
+        if self.progress is not None:
+            self.progress.advance(self.task)
+
+    def pytest_unconfigure(self, config: Any) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+
+def targets_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    from attncheck.properties.targets import availability
+
+    table = Table(title="attncheck targets (built-in and registered under the entry-point group attncheck.targets)")
+    for column in ("name", "available", "description"):
+        table.add_column(column)
+    for name, description, reason in availability():
+        # escape(): an install hint such as pip install 'attncheck[hf]' is text, not rich markup
+        available = "[green]yes[/]" if reason is None else f"[yellow]no[/]: {escape(reason)}"
+        table.add_row(escape(name), available, escape(description))
+    Console(force_terminal=sys.stdout.isatty(), width=160).print(table)
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="attncheck", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    v = sub.add_parser("verify", help="check attention implementations against the property catalog")
+    v.add_argument(
+        "targets",
+        nargs="*",
+        metavar="TARGET",
+        help="built-in or registered name (see `attncheck targets`) or module.path:attr; default: reference torch-sdpa",
+    )
+    caps = v.add_argument_group("capability declarations (the same fields as attncheck.declare(...) in Python)")
+    add_verify_options(v.add_argument, add_capability=caps.add_argument)
+    v.add_argument(
+        "--markdown", metavar="PATH", help="write the properties x targets matrix as markdown (for CI comments)"
+    )
+    v.add_argument("--seed", type=int, help="Hypothesis seed (ignored by the derandomized ci profile)")
+    v.add_argument("-j", "--jobs", type=int, metavar="N", help="spread the checks over N processes (pytest-xdist)")
+    v.add_argument("--list-checks", action="store_true", help="list every check as property::check and exit")
+    v.add_argument("-q", "--quiet", action="store_true", help="no progress display")
+    v.set_defaults(func=verify)
+
+    t = sub.add_parser("targets", help="list the built-in targets and whether each is available here")
+    t.set_defaults(func=targets_command)
+
+    b = sub.add_parser("bench", help="compare benchmark histories")
+    from attncheck.benchmarks.cli import register
+
+    register(b.add_subparsers(dest="bench_command", required=True))
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"attncheck: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("attncheck: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

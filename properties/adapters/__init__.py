@@ -1,0 +1,124 @@
+"""Built-in adapters for third-party attention implementations (shared/DESIGN.md, "The target contract").
+
+:data:`BUILTINS` names each built-in target's factory by its import path (one module per library:
+:mod:`.pytorch`, :mod:`.huggingface`, :mod:`.jax`, :mod:`.cuda`), so nothing is imported until a target is
+asked for; a factory returns a :class:`Target` whose function takes the contract's tensors (BHLD, or BLHD where
+the capabilities say so) and keyword arguments. A missing library or device raises :class:`TargetUnavailable`
+with a one-line reason. Other distributions add targets under the entry-point group ``attncheck.targets``.
+
+The adapters translate conventions (layout, mask polarity, argument names) and nothing else: where a library
+departs from the contract, its capabilities declare it (and a comment says why), or the properties report it.
+Observed on CPU with torch 2.13.0, transformers 5.24.0 and jax 0.10.2 (tests/test_adapters.py pins the
+conventions and the declared divergences; the property suite finds the rest):
+
+===================  =========================  ============================================================
+target               fully masked rows (-inf)   divergences (declared: D; found by the properties: P)
+===================  =========================  ============================================================
+torch-mha            NaN (explicit softmax)     P: NaN dK, dV from fully masked rows (BUGS.md #2)
+torch-mha-noweights  zeros (torch SDPA)
+flex-attention       zeros (documented, D)      D: no backward on CPU; eager only (compile: ~17 s a shape)
+hf-eager             NaN                        D: float32 softmax for float64 inputs; P: #2, and float16
+                                                q . k overflows before the scaling (#10)
+hf-sdpa              zeros (torch SDPA)         P: is_causal dropped when L == 1 (decoding shortcut, #4)
+jax                  bool: uniform, float: NaN  D: float32 softmax for float64; jitted half types fail on
+                                                CPU (they raise, or abort the process)
+===================  =========================  ============================================================
+
+Every one lets NaN or inf in masked-out *values* reach the output (0 * NaN in P V), as torch SDPA does: declared
+as a known failure of ``test_masked_keys_nonfinite_irrelevant``, like ``SDPA_KNOWN``.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+# name -> (one-line description, "module:factory"); the factories are imported only when the target is resolved.
+BUILTINS: dict[str, tuple[str, str]] = {
+    "reference": (
+        "attncheck's reference, equation (1) with -inf masking (reference/attention.py)",
+        "attncheck.properties.adapters.pytorch:reference_target",
+    ),
+    "torch-sdpa": (
+        "torch.nn.functional.scaled_dot_product_attention, default dispatch",
+        "attncheck.properties.adapters.pytorch:torch_sdpa_target",
+    ),
+    "torch-sdpa-math": (
+        "torch SDPA forced to the MATH backend",
+        "attncheck.properties.adapters.pytorch:torch_sdpa_math_target",
+    ),
+    "torch-sdpa-flash": (
+        "torch SDPA forced to the FLASH_ATTENTION backend (CPU flash kernel; CUDA flash on GPU)",
+        "attncheck.properties.adapters.pytorch:torch_sdpa_flash_target",
+    ),
+    "torch-mha": (
+        "torch.nn.MultiheadAttention called as mha(q, k, v) (need_weights=True: explicit softmax)",
+        "attncheck.properties.adapters.pytorch:torch_mha_target",
+    ),
+    "torch-mha-noweights": (
+        "torch.nn.MultiheadAttention with need_weights=False, as nn.Transformer layers call it",
+        "attncheck.properties.adapters.pytorch:torch_mha_noweights_target",
+    ),
+    "flex-attention": (
+        "torch.nn.attention.flex_attention, eager (bool masks and causal as a BlockMask)",
+        "attncheck.properties.adapters.pytorch:flex_attention_target",
+    ),
+    "hf-eager": (
+        "transformers eager_attention_forward (Llama): matmul, additive mask, float32 softmax",
+        "attncheck.properties.adapters.huggingface:hf_eager_target",
+    ),
+    "hf-sdpa": (
+        "transformers sdpa_attention_forward: torch SDPA behind HF's GQA and causal shortcuts",
+        "attncheck.properties.adapters.huggingface:hf_sdpa_target",
+    ),
+    "jax": (
+        "jax.nn.dot_product_attention (XLA, jitted), through numpy on the host",
+        "attncheck.properties.adapters.jax:jax_target",
+    ),
+    "torch-sdpa-cuda": (
+        "torch.nn.functional.scaled_dot_product_attention on CUDA, default dispatch",
+        "attncheck.properties.adapters.cuda:torch_sdpa_cuda_target",
+    ),
+    "flash-attn": (
+        "FlashAttention flash_attn_func (CUDA; fp16/bf16; causal bottom-right since 2.1; no masks)",
+        "attncheck.properties.adapters.cuda:flash_attn_target",
+    ),
+    "xformers": (
+        "xformers.ops.memory_efficient_attention (CUDA; additive tensor bias; LowerTriangularMask)",
+        "attncheck.properties.adapters.cuda:xformers_target",
+    ),
+}
+DEFAULT_TARGETS = ("reference", "torch-sdpa")
+
+HALF_AND_SINGLE = ("float32", "bfloat16", "float16")  # every dtype but float64
+
+
+def masked_values_leak(library: str) -> dict[str, str]:
+    """Known failure shared with torch SDPA: masked weights are exactly 0, but 0 * NaN = NaN in P V."""
+    return {
+        "test_masked_keys_nonfinite_irrelevant": f"{library}: NaN or inf in masked-out values reaches the output "
+        "(0 * NaN in P V; pytorch/pytorch#101967)"
+    }
+
+
+# torch SDPA (every CPU backend) lets NaN or inf in the key or value of a fully masked key column leak into the
+# output: its masked weights are exactly zero but 0 * NaN = NaN in P V (pytorch/pytorch#101967 class).
+SDPA_KNOWN = masked_values_leak("torch SDPA")
+
+
+def as_4d(mask: Tensor | None) -> Tensor | None:
+    """Prepend broadcast dimensions to a mask, for interfaces that take only 4-D masks."""
+    if mask is None:
+        return None
+    return mask[(None,) * (4 - mask.dim())]  # (..., L, S) -> (1.., ..., L, S), 4-D
+
+
+def require_cuda(library: str) -> None:
+    import torch
+
+    from attncheck.errors import TargetUnavailable
+
+    if not torch.cuda.is_available():
+        raise TargetUnavailable(f"{library} needs a CUDA device (torch.cuda.is_available() is False)")

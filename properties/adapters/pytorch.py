@@ -1,0 +1,198 @@
+"""Built-in targets of PyTorch itself: the reference, torch SDPA (default dispatch and forced backends),
+nn.MultiheadAttention and FlexAttention. Conventions observed with torch 2.13.0 on CPU (tests/test_adapters.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from attncheck.errors import TargetUnavailable
+from attncheck.properties.adapters import SDPA_KNOWN, masked_values_leak
+from attncheck.properties.targets import Capabilities, Target
+from attncheck.reference.attention import merge_masks
+
+
+def reference_target() -> Target:
+    from attncheck.reference.attention import scaled_dot_product_attention
+
+    caps = Capabilities(dropout=True, masked_rows="zeros")
+    return Target(
+        "reference", scaled_dot_product_attention, caps, "attncheck.reference.attention.scaled_dot_product_attention"
+    )
+
+
+def torch_sdpa_target() -> Target:
+    fn = torch.nn.functional.scaled_dot_product_attention
+    caps = Capabilities(dropout=True, known_failures=SDPA_KNOWN)
+    return Target("torch-sdpa", fn, caps, f"torch {torch.__version__} SDPA, default dispatch")
+
+
+def _sdpa_backend(backend_name: str, caps: Capabilities) -> Target:
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    backend = getattr(SDPBackend, backend_name)
+
+    def forced(query: Tensor, key: Tensor, value: Tensor, **kwargs: Any) -> Tensor:
+        with sdpa_kernel(backend):  # forced: raises "No available kernel" instead of falling back
+            return torch.nn.functional.scaled_dot_product_attention(query, key, value, **kwargs)
+
+    name = f"torch-sdpa-{backend_name.lower().replace('_attention', '')}"
+    return Target(name, forced, caps, f"torch {torch.__version__} SDPA forced to SDPBackend.{backend_name}")
+
+
+def torch_sdpa_math_target() -> Target:
+    return _sdpa_backend("MATH", Capabilities(dropout=True, known_failures=SDPA_KNOWN))
+
+
+def torch_sdpa_flash_target() -> Target:
+    # The CPU flash kernel takes 4-D inputs with Ev == E, a contiguous last dimension and no dropout only
+    # (otherwise it raises "No available kernel": a refusal, declared, not a wrong result).
+    caps = Capabilities(value_dim=False, strided_inputs=("transposed", "expanded"), known_failures=SDPA_KNOWN)
+    return _sdpa_backend("FLASH_ATTENTION", caps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# torch.nn.MultiheadAttention
+
+# The module projects its inputs: with identity projections x @ I, a NaN or inf in one entry of a key or value
+# becomes NaN in every feature of that position (NaN * 0 = NaN), hence in every head; and 0 * NaN in P V leaks
+# as in torch SDPA.
+MHA_KNOWN = {
+    "test_masked_keys_nonfinite_irrelevant": "nn.MultiheadAttention: the in-projection x @ W spreads a non-finite "
+    "key or value entry to every head of that position, and 0 * NaN in P V leaks (pytorch/pytorch#101967)",
+}
+
+
+def _identity_mha(
+    h: int, d_k: int, dtype: torch.dtype, device: torch.device, dropout_p: float
+) -> torch.nn.MultiheadAttention:
+    """nn.MultiheadAttention(h * d_k, h) with W_q = W_k = W_v = W_o = I and zero biases, so it is bare attention."""
+    d_model = h * d_k
+    mha = torch.nn.utils.skip_init(
+        torch.nn.MultiheadAttention, d_model, h, dropout=dropout_p, batch_first=True, device=device, dtype=dtype
+    )
+    with torch.no_grad():
+        eye = torch.eye(d_model, dtype=dtype, device=device)  # (d_model, d_model)
+        mha.in_proj_weight.copy_(torch.cat([eye, eye, eye]))  # (3 d_model, d_model): packed W_q, W_k, W_v
+        mha.in_proj_bias.zero_()
+        mha.out_proj.weight.copy_(eye)
+        mha.out_proj.bias.zero_()
+    mha.requires_grad_(False)  # gradients flow to the inputs only
+    return mha.train(dropout_p > 0)  # eval unless dropout is asked for: MHA drops only in training mode
+
+
+def _heads_to_model(x: Tensor) -> Tensor:
+    """Concatenate the heads into MHA's model dimension (head h holds features h*d_k .. (h+1)*d_k - 1)."""
+    B, H, N, D = x.shape
+    return x.transpose(1, 2).reshape(B, N, H * D)  # (B, H, N, D) -> (B, N, H, D) -> (B, N, H*D)
+
+
+def _mha_mask(
+    attn_mask: Tensor | None, is_causal: bool, B: int, H: int, L: int, S: int, device: torch.device
+) -> tuple[Tensor | None, bool]:
+    """(attn_mask in MHA's convention, is_causal hint): bool True = NOT allowed, float additive; (L, S) or (B*H, L, S).
+
+    MHA has no causal flag of its own: ``is_causal`` is a hint that ``attn_mask`` *is* the causal mask, so the
+    top-left causal mask is built here; the hint is passed only when the mask is exactly that.
+    """
+    mask = merge_masks(attn_mask, is_causal, L, S, "top-left", device)  # (..., L, S)
+    if mask is None:
+        return None, False
+    if mask.dim() <= 2:
+        mask = mask.expand(L, S)  # (L, S), shared by every batch element and head
+    else:
+        mask = mask.expand(B, H, L, S).reshape(B * H, L, S)  # (B, H, L, S) -> (B*H, L, S), batch-major as MHA
+    if mask.dtype == torch.bool:
+        mask = ~mask  # MHA polarity: True = the key may NOT be attended to
+    return mask, is_causal and attn_mask is None
+
+
+def _mha(name: str, need_weights: bool) -> Target:
+    def mha(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        is_causal: bool = False,
+    ) -> Tensor:
+        B, H, L, d_k = query.shape
+        S = key.size(-2)
+        module = _identity_mha(H, d_k, query.dtype, query.device, dropout_p)
+        # Keep identity: self-attention (query is key is value) may take MHA's fast path in eval mode.
+        x_q = _heads_to_model(query)  # (B, L, H*d_k)
+        x_k = x_q if key is query else _heads_to_model(key)  # (B, S, H*d_k)
+        x_v = x_k if value is key else _heads_to_model(value)  # (B, S, H*d_k)
+        mask, hint = _mha_mask(attn_mask, is_causal, B, H, L, S, query.device)
+        out, _ = module(x_q, x_k, x_v, attn_mask=mask, need_weights=need_weights, is_causal=hint)
+        return out.view(B, L, H, d_k).transpose(1, 2)  # (B, L, H*d_k) -> (B, L, H, d_k) -> (B, H, L, d_k)
+
+    caps = Capabilities(gqa=False, scale=False, dropout=True, value_dim=False, known_failures=MHA_KNOWN)
+    path = "explicit softmax, need_weights=True" if need_weights else "torch SDPA inside, need_weights=False"
+    return Target(name, mha, caps, f"torch {torch.__version__} nn.MultiheadAttention, identity projections ({path})")
+
+
+# Self-attention calls (query is key is value) in eval mode, without autograd and with an even head count take
+# MHA's fast path, torch._native_multi_head_attention; every other call runs F.multi_head_attention_forward.
+def torch_mha_target() -> Target:
+    return _mha("torch-mha", need_weights=True)
+
+
+def torch_mha_noweights_target() -> Target:
+    return _mha("torch-mha-noweights", need_weights=False)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FlexAttention
+
+
+def flex_attention_target() -> Target:
+    try:
+        from torch.nn.attention.flex_attention import and_masks, create_block_mask, flex_attention
+    except ImportError:
+        raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
+
+    def flex(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,
+    ) -> Tensor:
+        B, Hq, L, _ = query.shape
+        S = key.size(-2)
+        score_mod = None
+        mask_mods = []
+        if attn_mask is not None:
+            mask = attn_mask.expand(B, Hq, L, S)  # (B, Hq, L, S), stride 0 over broadcast dimensions
+            if mask.dtype == torch.bool:
+
+                def admissible(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                    return mask[b, h, q_idx, kv_idx]
+
+                mask_mods.append(admissible)
+            else:
+
+                def add_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                    return score + mask[b, h, q_idx, kv_idx]
+
+                score_mod = add_bias
+        if is_causal:
+
+            def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return kv_idx <= q_idx  # top-left, the causal mask_mod of the FlexAttention docs
+
+            mask_mods.append(causal)
+        block_mask = create_block_mask(and_masks(*mask_mods), B, Hq, L, S, device=query.device) if mask_mods else None
+        return flex_attention(
+            query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa
+        )
+
+    # Eager (no torch.compile): it runs on CPU at tens to hundreds of ms per call; compiling costs ~17 s per new
+    # shape on CPU, too much for property tests. CPU backward raises NotImplementedError, hence grad=False.
+    caps = Capabilities(grad=False, masked_rows="zeros", known_failures=masked_values_leak("flex_attention"))
+    return Target("flex-attention", flex, caps, f"torch {torch.__version__} flex_attention, eager")

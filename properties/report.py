@@ -1,0 +1,213 @@
+"""The report of a verification run: one :class:`CheckResult` per check and target, aggregated per property.
+
+Results arrive as pytest test reports (from this process or from pytest-xdist workers, see
+:mod:`attncheck.properties.plugin`), so the report is the same whether the run was serial or spread over
+processes. Rendering lives in :mod:`attncheck.properties.render`.
+"""
+
+from __future__ import annotations
+
+import ast
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from attncheck.errors import PropertyFailure, TargetError
+from attncheck.properties.catalog import PROPERTIES
+from attncheck.properties.known_failures import KnownFailure
+from attncheck.properties.problems import Problem
+from attncheck.properties.targets import Target
+
+# Status of a property (docs/design.md, "Verdicts"): passed needs at least one check that called the target.
+PASSED, FAILED, SKIPPED, KNOWN = "passed", "failed", "skipped", "known-failure"
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check of one property on one target."""
+
+    target: str
+    property: str
+    check: str
+    status: str  # passed | failed | skipped | xfailed | xpassed
+    duration: float
+    message: str = ""
+    counterexample: dict[str, Any] | None = None
+    repro: str = ""
+    observations: list[tuple[str, str]] = field(default_factory=list)  # (what, value) seen during the check
+
+    @property
+    def key(self) -> str:
+        """The check's name in the form a known-failures file accepts: ``target::property::check``."""
+        return f"{self.target}::{self.property}::{self.check}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CheckResult:
+        data = dict(data)
+        data["observations"] = [tuple(pair) for pair in data.get("observations", [])]
+        return cls(**data)
+
+
+@dataclass
+class Report:
+    targets: list[Target]
+    settings: dict[str, Any]  # every restriction of the run (profile, seed, dtypes, device, properties, checks)
+    known: list[KnownFailure] = field(default_factory=list)
+    results: list[CheckResult] = field(default_factory=list)
+    started: float = field(default_factory=time.time)
+
+    def _results_of(self, target: str, prop: str) -> list[CheckResult]:
+        # Sorted by check name: the same order whatever order the checks ran in (serial or pytest-xdist).
+        return sorted((r for r in self.results if r.target == target and r.property == prop), key=lambda r: r.check)
+
+    def properties_of(self, target: str) -> list[dict[str, Any]]:
+        """Per-property aggregate for ``target``: failed if a check failed, passed if one passed, else
+        known-failure if a check is a known failure, else skipped (not applicable)."""
+        rows = []
+        for name in PROPERTIES:
+            results = self._results_of(target, name)
+            if not results:
+                continue
+            failed = [r for r in results if r.status == "failed"]
+            passed = [r for r in results if r.status in ("passed", "xpassed")]
+            known = [r for r in results if r.status == "xfailed"]
+            status = FAILED if failed else PASSED if passed else KNOWN if known else SKIPPED
+            first = failed[0] if failed else None
+            message = first.message if first else "; ".join(sorted({r.message for r in results if r.message}))
+            rows.append(
+                {
+                    "name": name,
+                    "status": status,
+                    "message": message,
+                    "counterexample": first.counterexample if first else None,
+                    "repro": first.repro if first else "",
+                    "duration": round(sum(r.duration for r in results), 3),
+                    "known_failures": [{"check": r.key, "reason": r.message} for r in known],
+                    "checks_ran": len(results) - len([r for r in results if r.status == "skipped"]),
+                    "checks_passed": len(passed),
+                    "checks_skipped": len([r for r in results if r.status == "skipped"]),
+                    "checks": [
+                        {
+                            "name": r.check,
+                            "status": r.status,
+                            "message": r.message,
+                            "counterexample": r.counterexample,
+                            "duration": round(r.duration, 3),
+                        }
+                        for r in results
+                    ],
+                }
+            )
+        return rows
+
+    def observations_of(self, target: str) -> dict[str, list[str]]:
+        seen: dict[str, set[str]] = {}
+        for r in self.results:
+            if r.target == target:
+                for what, value in r.observations:
+                    seen.setdefault(what, set()).add(value)
+        return {what: sorted(values) for what, values in sorted(seen.items())}
+
+    def unmatched_known_failures(self) -> list[KnownFailure]:
+        """Known-failure entries that matched nothing (as array-api-tests warns on stale xfail ids): the entry's
+        check ran, or its target is not in the run, and no result matches it. Checks that this run did not
+        select (``--property``, ``--check``) do not count."""
+        ran = {r.check for r in self.results}
+        names = {t.name for t in self.targets}
+        return [
+            k
+            for k in self.known
+            if (k.check in ran or (k.target is not None and k.target not in names))
+            and not any(k.matches(r.target, r.property, r.check) for r in self.results)
+        ]
+
+    def failed(self) -> bool:
+        return any(r.status == "failed" for r in self.results)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "targets": [
+                {
+                    "name": t.name,
+                    "description": t.description,
+                    "device": t.device,
+                    "capabilities": t.caps.to_dict(),
+                    "observations": self.observations_of(t.name),
+                    "properties": self.properties_of(t.name),
+                }
+                for t in self.targets
+            ],
+            "versions": versions(),
+            "settings": self.settings,
+            "warnings": [
+                f"known-failure entry {k.text!r} ({k.source}) matches no check of this run"
+                for k in self.unmatched_known_failures()
+            ],
+            "wall_time_s": round(time.time() - self.started, 2),
+        }
+
+
+def versions() -> dict[str, str]:
+    import hypothesis
+    import numpy
+    import torch
+
+    out = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "hypothesis": hypothesis.__version__,
+        "numpy": numpy.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        from importlib.metadata import version
+
+        out["attncheck"] = version("attncheck")
+    except Exception:
+        out["attncheck"] = "checkout"
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# From an exception to a result
+
+
+def failure_details(exc: BaseException) -> BaseException:
+    """The most informative exception inside what Hypothesis raised (it may wrap several in a group)."""
+    if isinstance(exc, BaseExceptionGroup):
+        for sub in exc.exceptions:
+            found = failure_details(sub)
+            if isinstance(found, PropertyFailure | TargetError):
+                return found
+        return exc.exceptions[0]
+    return exc
+
+
+def problem_from_notes(exc: BaseException) -> Problem | None:
+    """The drawn :class:`Problem` from Hypothesis' notes ("Draw 1 (problem): Problem(...)"), parsed without eval.
+
+    Used when the failure is not a PropertyFailure (the target raised, hung or returned the wrong shape), so
+    the report still shows the minimal counterexample.
+    """
+    for note in getattr(exc, "__notes__", []):
+        _, found, text = note.partition("(problem): ")
+        if not found:
+            continue
+        try:
+            call = ast.parse(text.strip(), mode="eval").body
+            if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Problem":
+                return Problem(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords if kw.arg})
+        except (SyntaxError, ValueError, TypeError):
+            return None
+    return None
+
+
+def one_line(exc: BaseException) -> str:
+    if isinstance(exc, PropertyFailure):
+        return exc.summary
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
