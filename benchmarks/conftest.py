@@ -19,8 +19,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, BenchSize, Gemm, measure_gemm
-from properties.targets import BUILTINS
+from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, BenchSize, Gemm, measure_gemm
+from attncheck.properties.adapters import BUILTINS
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,7 +1,7 @@
 """A/B self-test of ``attncheck bench compare``: a pytest plugin that makes one target deliberately slower.
 
     python -m pytest benchmarks --benchmark-json a.json
-    python -m pytest benchmarks -p benchmarks.slowdown --slowdown 20 --benchmark-json b.json
+    python -m pytest benchmarks -p attncheck.benchmarks.slowdown --slowdown 20 --benchmark-json b.json
     attncheck bench compare a.json b.json          # torch-sdpa should come out "slower", the rest not
 
 Every benchmarked call of the target (default ``torch-sdpa``) is followed by a busy wait of ``--slowdown`` percent
@@ -19,8 +19,8 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from benchmarks.workloads import Shape
-from properties.targets import Target
+from attncheck.benchmarks.workloads import Shape
+from attncheck.properties.targets import Target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,7 +29,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    import benchmarks.test_attention as bench
+    import attncheck.benchmarks.test_attention as bench
 
     fraction = config.getoption("--slowdown") / 100
     name = config.getoption("--slowdown-target")

@@ -40,8 +40,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from benchmarks.workloads import BenchSize, Gemm, Shape, flops
-from properties.targets import Capabilities, Target, TargetUnavailable, resolve
+from attncheck.benchmarks.workloads import BenchSize, Gemm, Shape, flops
+from attncheck.errors import TargetUnavailable
+from attncheck.properties.targets import Capabilities, Target, resolve
 
 SYNC_EVENT_TOLERANCE = 0.9  # synchronised wall time below 0.9 x CUDA-event time means a missing synchronisation
 

@@ -19,18 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from benchmarks import cli
-from benchmarks.compare import (
-    FASTER,
-    NOISY,
-    SLOWER,
-    UNCHANGED,
-    RunFormatError,
-    compare_runs,
-    load_run,
-    machine_differences,
-)
-from properties.render import write_atomic
+from attncheck.benchmarks import cli
+from attncheck.benchmarks.statistics import FASTER, NOISY, SLOWER, UNCHANGED, compare_runs
+from attncheck.benchmarks.storage import load_run, machine_differences
+from attncheck.errors import BenchmarkDataError
+from attncheck.properties.render import write_atomic
 
 BASELINES = Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"
 NAME = "test_attention[torch-sdpa-cpu-float32-fwd-causal-B1H4L1024D128]"
@@ -315,7 +308,7 @@ def test_load_run_names_the_file_in_every_error(tmp_path: Path) -> None:
     doc = run_doc({NAME: rounds(1e-3)})
     doc["benchmarks"][0]["stats"]["data"] = [0.0] * 5  # a timer too coarse for the benchmark
     path = write_json(tmp_path / "bad.json", doc)
-    with pytest.raises(RunFormatError, match=r"bad\.json.*median time is 0"):
+    with pytest.raises(BenchmarkDataError, match=r"bad\.json.*median time is 0"):
         load_run(path)
 
 
@@ -358,7 +351,7 @@ def test_standalone_module_entry_point(tmp_path: Path) -> None:
     cand = write_run(tmp_path / "cand.json", {NAME: rounds(1.2e-3, seed=2)})
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
-        [sys.executable, "-m", "benchmarks.cli", "compare", str(base), str(cand)],
+        [sys.executable, "-m", "attncheck.benchmarks.cli", "compare", str(base), str(cand)],
         cwd=root,
         capture_output=True,
         text=True,

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from benchmarks.compare import load_run
-from benchmarks.history import change_points, load_history, plot_name, trends
+from attncheck.benchmarks.report import plot_name
+from attncheck.benchmarks.statistics import change_points, trends
+from attncheck.benchmarks.storage import load_history, load_run
 from tests.test_bench_compare import NAME, assert_one_line_error, recorded_baselines, rounds, run_cli, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

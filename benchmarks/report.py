@@ -1,0 +1,283 @@
+"""Rendering of ``attncheck bench compare`` and ``attncheck bench history``: rich tables on the terminal, markdown
+and JSON reports, PNG plots.
+
+Nothing here computes a statistic (:mod:`attncheck.benchmarks.statistics` does) or reads a run
+(:mod:`attncheck.benchmarks.storage` does). Every file is written through
+:func:`attncheck.properties.render.write_atomic`: a reader sees the old file or the complete new one, never a
+partial write. Tables and reports list benchmarks slower first, then too noisy, faster, unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import itertools
+import json
+import os
+import re
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from attncheck.benchmarks.statistics import (
+    FASTER,
+    NOISY,
+    RESAMPLES,
+    SEED,
+    SLOWER,
+    UNCHANGED,
+    Comparison,
+    Result,
+    Trend,
+)
+from attncheck.benchmarks.storage import Run, machine_differences, run_label
+from attncheck.properties.render import write_atomic
+
+STATUS_ORDER = {SLOWER: 0, NOISY: 1, FASTER: 2, UNCHANGED: 3}
+STYLE = {SLOWER: "bold red", FASTER: "green", NOISY: "yellow"}
+
+
+def time_unit(seconds: float) -> tuple[float, str]:
+    """(scale, unit) that shows ``seconds`` with an integer part of 1-3 digits: s, ms, µs or ns."""
+    for scale, unit in ((1.0, "s"), (1e-3, "ms"), (1e-6, "µs")):
+        if seconds >= scale:
+            return scale, unit
+    return 1e-9, "ns"
+
+
+def format_seconds(seconds: float) -> str:
+    """A time with 3 significant digits and a unit: 1.23 s, 45.6 ms, 789 µs, 12.0 ns."""
+    scale, unit = time_unit(seconds)
+    return f"{seconds / scale:.3g} {unit}"
+
+
+def _in_report_order(comparison: Comparison) -> list[Result]:
+    """The results slower first, then too noisy, faster, unchanged; the largest ratio first within each."""
+    return sorted(comparison.results, key=lambda r: (STATUS_ORDER[r.status], -r.ratio))
+
+
+# --- terminal -------------------------------------------------------------------------------------------------
+
+
+def make_console() -> Console:
+    """Rich console for stdout; 160 columns instead of rich's 80 when stdout is not a terminal (CI logs, pipes)
+    and COLUMNS is unset, so that benchmark names are not folded."""
+    console = Console(highlight=False, markup=False)  # benchmark names hold [brackets], never markup
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console.width = 160
+    return console
+
+
+def print_comparison(console: Console, comparison: Comparison, notes: Sequence[str]) -> None:
+    """The notes (busy machine...), a rich table of the comparison (slower first, then too noisy, faster,
+    unchanged), and a summary line."""
+    c = comparison
+    for note in notes:
+        console.print(f"note: {note}", style="yellow")
+    table = Table(title=f"{c.baseline} -> {c.candidate}", title_justify="left")
+    table.add_column("benchmark", overflow="fold")
+    for column in ("baseline", "candidate", "ratio"):
+        table.add_column(column, justify="right")
+    table.add_column(f"{1 - c.alpha:.0%} CI", justify="center")
+    table.add_column("p", justify="right")
+    table.add_column("result")
+    table.add_column("why")
+    for r in _in_report_order(c):
+        table.add_row(
+            r.name,
+            format_seconds(r.baseline_median),
+            format_seconds(r.candidate_median),
+            f"{r.ratio:.3f}",
+            f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+            f"{r.p_value:.2g}",
+            r.status,
+            r.reason,
+            style=STYLE.get(r.status),
+        )
+    console.print(table)
+    for title, names in (("only in the baseline", c.only_in_baseline), ("only in the candidate", c.only_in_candidate)):
+        if names:
+            console.print(f"{len(names)} {title}: " + ", ".join(names))
+    summary = ", ".join(f"{n} {status}" for status, n in c.counts().items())
+    verdict = "REGRESSION (exit 1)" if c.exit_code else "no significant regression"
+    console.print(
+        f"{summary}; threshold {c.threshold:.0%}, alpha {c.alpha:g}: {verdict}",
+        style="bold red" if c.exit_code else None,
+    )
+
+
+def print_history(console: Console, runs: Sequence[Run], results: Sequence[Trend]) -> None:
+    """Rich trend table: one row per benchmark, change points as "x1.30 at <label> (run i/n)"."""
+    if any(machine_differences(runs[0].machine_info, r.machine_info) for r in runs[1:]):
+        console.print("note: the runs come from different machines; a change point may be a machine change")
+    table = Table(title=f"{len(runs)} runs, {run_label(runs[0])} .. {run_label(runs[-1])}", title_justify="left")
+    table.add_column("benchmark", overflow="fold")
+    for column in ("runs", "first", "last", "best", "change"):
+        table.add_column(column, justify="right")
+    table.add_column("change points")
+    for t in results:
+        medians = t.medians
+        points = ", ".join(
+            f"x{cp.ratio:.2f} at {run_label(runs[cp.index])} (run {cp.index + 1}/{len(runs)}, p={cp.p_value:.1g})"
+            for cp in t.change_points
+        )
+        table.add_row(
+            t.name,
+            str(len(t.positions)),
+            format_seconds(medians[0]),
+            format_seconds(medians[-1]),
+            format_seconds(medians.min()),
+            f"{t.change:+.1%}",
+            points or "-",
+            style="yellow" if t.change_points else None,
+        )
+    console.print(table)
+
+
+# --- report files ---------------------------------------------------------------------------------------------
+
+
+def to_markdown(comparison: Comparison, notes: list[str]) -> str:
+    """The comparison as a GitHub-flavoured markdown report (slower first), with the notes (busy machine...)."""
+    c = comparison
+    counts = c.counts()
+    lines = [
+        "# attncheck bench compare",
+        "",
+        f"Baseline `{c.baseline}`, candidate `{c.candidate}`; threshold {c.threshold:.0%}, alpha {c.alpha:g} "
+        f"({1 - c.alpha:.0%} bootstrap CI of the ratio of medians, Mann-Whitney U on the raw rounds).",
+        "",
+        *[f"> note: {note}\n" for note in notes],
+        ", ".join(f"**{n}** {status}" for status, n in counts.items())
+        + f" -> {'REGRESSION' if c.exit_code else 'no regression'}",
+        "",
+        "| benchmark | baseline | candidate | ratio | CI | p | result | why |",
+        "|---|---:|---:|---:|---|---:|---|---|",
+    ]
+    for r in _in_report_order(c):
+        lines.append(
+            f"| `{r.name}` | {format_seconds(r.baseline_median)} | {format_seconds(r.candidate_median)} "
+            f"| {r.ratio:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.p_value:.2g} | {r.status} | {r.reason} |"
+        )
+    for title, names in (("Only in the baseline", c.only_in_baseline), ("Only in the candidate", c.only_in_candidate)):
+        if names:
+            lines += ["", f"{title} ({len(names)}):", ""] + [f"- `{n}`" for n in names]
+    return "\n".join(lines) + "\n"
+
+
+def to_json(comparison: Comparison, machine_mismatch: list[str], notes: list[str]) -> dict[str, Any]:
+    """The comparison as a JSON-ready dict (times in seconds)."""
+    c = comparison
+    return {
+        "baseline": str(c.baseline),
+        "candidate": str(c.candidate),
+        "threshold": c.threshold,
+        "alpha": c.alpha,
+        "resamples": RESAMPLES,
+        "seed": SEED,
+        "machine_mismatch": machine_mismatch,
+        "notes": notes,
+        "summary": c.counts(),
+        "exit_code": c.exit_code,
+        "benchmarks": [
+            {
+                "fullname": r.fullname,
+                "name": r.name,
+                "status": r.status,
+                "reason": r.reason,
+                "ratio": r.ratio,
+                "ci": [r.ci_low, r.ci_high],
+                "p_value": r.p_value,
+                "baseline_median_s": r.baseline_median,
+                "candidate_median_s": r.candidate_median,
+                "baseline_rounds": r.baseline_rounds,
+                "candidate_rounds": r.candidate_rounds,
+            }
+            for r in c.results
+        ],
+        "only_in_baseline": c.only_in_baseline,
+        "only_in_candidate": c.only_in_candidate,
+    }
+
+
+def write_comparison(
+    comparison: Comparison,
+    machine_mismatch: list[str],
+    notes: list[str],
+    markdown: Path | None = None,
+    json_path: Path | None = None,
+) -> None:
+    """Write the markdown and/or JSON report, each atomically; both are rendered before either is written."""
+    outputs = []
+    if markdown:
+        outputs.append((markdown, to_markdown(comparison, notes).encode()))
+    if json_path:
+        report = to_json(comparison, machine_mismatch, notes)
+        outputs.append((json_path, (json.dumps(report, indent=2) + "\n").encode()))
+    for path, data in outputs:
+        write_atomic(path, data)
+
+
+# --- plots ----------------------------------------------------------------------------------------------------
+
+
+def plot_name(t: Trend) -> str:
+    """A file name for the benchmark's plot: a readable slug plus a hash of the fullname (unique)."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", t.name).strip("_")[:100]
+    return f"{slug}-{hashlib.sha1(t.fullname.encode()).hexdigest()[:8]}.png"
+
+
+def plot_trend(t: Trend, runs: Sequence[Run], path: str | os.PathLike[str]) -> None:
+    """PNG of one benchmark: median per run, the rounds' interquartile range as a band, the piecewise-constant
+    levels between change points, and the change points as dashed lines; written atomically.
+
+    Uses matplotlib's Agg canvas directly (no pyplot), so no global backend state is touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    medians = t.medians
+    scale, unit = time_unit(float(medians.min()))
+    x = np.array(t.positions)
+    # Quartiles by numpy's default (linear) interpolation: Hyndman & Fan 1996, definition 7.
+    q1 = np.array([np.percentile(r, 25) for r in t.rounds]) / scale
+    q3 = np.array([np.percentile(r, 75) for r in t.rounds]) / scale
+    fig = Figure(figsize=(max(6.0, 0.35 * len(runs) + 3), 4.0), layout="constrained")
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.fill_between(x, q1, q3, alpha=0.25, color="tab:blue", label="rounds IQR", step=None)
+    ax.plot(x, medians / scale, "o-", color="tab:blue", markersize=3, label="median")
+    edges = [0, *[t.positions.index(cp.index) for cp in t.change_points], len(t.positions)]
+    for i, (a, b) in enumerate(itertools.pairwise(edges)):
+        # Each segment's level: the pooled median of its rounds, as statistics.change_points measures steps.
+        level = np.median(np.concatenate(t.rounds[a:b])) / scale
+        label = "level between change points" if i == 0 else "_nolegend_"
+        ax.hlines(level, x[a] - 0.4, x[b - 1] + 0.4, color="tab:orange", linewidth=2, label=label)
+    for i, cp in enumerate(t.change_points):
+        ax.axvline(
+            cp.index - 0.5,
+            color="tab:red",
+            linestyle="--",
+            linewidth=1,
+            label="change point" if i == 0 else "_nolegend_",
+        )
+        ax.text(cp.index - 0.45, 0.97, f"x{cp.ratio:.2f}", transform=ax.get_xaxis_transform(), ha="left", va="top")
+    ax.set_xticks(range(len(runs)), [run_label(r) for r in runs], rotation=60, ha="right", fontsize=7)
+    ax.set_xlim(-0.5, len(runs) - 0.5)
+    ax.set_ylabel(f"time per call ({unit})")
+    ax.set_title(t.name, fontsize=8)
+    ax.legend(loc="best", fontsize=7)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100)
+    write_atomic(path, buffer.getvalue())
+
+
+def write_plots(directory: Path, runs: Sequence[Run], results: Sequence[Trend]) -> None:
+    """One PNG per benchmark (:func:`plot_trend`) into ``directory``, created if absent, named by :func:`plot_name`."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for t in results:
+        plot_trend(t, runs, directory / plot_name(t))

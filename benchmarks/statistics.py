@@ -1,0 +1,330 @@
+"""Statistics of ``attncheck bench compare`` and ``attncheck bench history``: what got slower, what got faster, what
+is noise, and where a history changed level. Pure computation on raw rounds: no file is read or written here
+(:mod:`attncheck.benchmarks.storage` reads the runs, :mod:`attncheck.benchmarks.report` renders the results).
+
+Comparing two runs
+==================
+
+Benchmarks present in only one run are listed, not errors. Per benchmark:
+
+ratio
+    median(candidate rounds) / median(baseline rounds). Medians, not means: round times are right-skewed
+    (preemption, page faults, cache misses add time and nothing removes it), and a few slow rounds must not decide.
+confidence interval (CI)
+    percentile bootstrap of that ratio at level 1 - alpha, resampling both samples independently
+    (:data:`RESAMPLES` resamples, seeded per benchmark from its name, so a result does not depend on which other
+    benchmarks the files hold).
+p-value
+    two-sided Mann-Whitney U on the raw rounds (``scipy.stats.mannwhitneyu``): a rank test, so no normality is
+    assumed and an outlier weighs one rank; exact for small samples without ties.
+
+Classification, with the threshold t defining the band [1 / (1 + t), 1 + t] (symmetric in log time: +10% slower
+and "10% faster", x 1/1.1, are the same distance from 1):
+
+========== ============================================================================================
+slower     the whole CI lies above 1 + t **and** p < alpha: significantly slower by more than the threshold
+faster     the whole CI lies below 1 / (1 + t) **and** p < alpha
+unchanged  the whole CI lies inside the band (a significant shift smaller than t is real but, by the
+           threshold's definition, does not matter)
+too noisy  anything else: the CI straddles an edge of the band; or it lies beyond the band while the rank test
+           is not significant (the percentile bootstrap is too narrow for small samples; the exact rank test
+           is not); or fewer than :data:`MIN_ROUNDS` rounds on either side
+========== ============================================================================================
+
+Exit status: 1 when any benchmark is *slower*, else 0 (too noisy is reported, never fails the run).
+
+Why a test *and* a threshold, and these defaults. asv flags a change when the ratio exceeds a factor (1.1 by
+default) and Mann-Whitney U gives p < 0.002. The rounds of one run are not independent samples of "the machine":
+between two runs the CPU frequency, the other tenants and the memory layout change, and on shared CI machines A/A
+ratios from 0.6 to 1.5 have been seen. No within-run test can see that drift, so the decision is driven by the
+practical threshold, and the test only guards against the bootstrap's small-sample optimism. Requiring the whole
+CI beyond the threshold (not just the point estimate, as asv does) is stricter: with a true ratio of 1 and
+independent rounds, a 99% CI that excludes even 1.1 is a far rarer event than alpha, which keeps the family-wise
+false-alarm rate of a grid of hundreds of benchmarks low without a Bonferroni correction. The price is that a true
+change close to the threshold comes out "too noisy" rather than "slower": more rounds narrow the CI.
+
+* ``threshold`` 10%: asv's factor 1.1;
+* ``alpha`` 0.01, not asv's 0.002: pytest-benchmark's minimum is 5 rounds, and the exact two-sided Mann-Whitney
+  p-value of 5 v 5 rounds cannot go below 2 / C(10, 5) = 0.0079, so at 0.002 a benchmark needs 7 rounds per side
+  (2 / C(14, 7) = 0.0006) before it can ever be flagged. (Under the null hypothesis all C(m + n, m) orderings
+  of the m + n rounds are equally likely, Mann & Whitney 1947, so the most extreme one has probability
+  1 / C(m + n, m) per side; asv's ``is_different`` runs the test only when 1 / C(m + n, m) < its threshold.)
+
+Change points of a history
+==========================
+
+Runs are ordered as :func:`attncheck.benchmarks.storage.order_runs` does.
+
+Binary segmentation of the piecewise-constant fit: in a segment of runs, the split is placed where the sum of
+absolute deviations of the log run-medians from each side's median is smallest (an L1 fit, so one outlier run
+does not attract the split), and it is kept only if
+
+* the pooled raw rounds of the two sides differ by Mann-Whitney U at p < alpha / m, m the number of split
+  positions examined in the segment (Bonferroni: the best of m splits is being tested), and
+* the step between the sides' pooled medians exceeds the threshold (default 10%, as in ``bench compare``).
+
+Each kept split recurses into its two sides. Pooling the rounds of several runs ignores that rounds of one run
+share that run's conditions, which makes the p-value optimistic; the threshold is what protects against
+run-to-run drift, exactly as in ``bench compare`` (see above). Finally each change point's ratio and p-value are
+recomputed between the two *adjacent* final segments.
+
+A change at the last run is found like any other (the latest run regressed), and is indistinguishable from a
+one-off slow run until more runs arrive. A one-run excursion inside the history (slower at one run, back at
+the next) is usually not reported, since the L1 fit does not split for a single point; near the end of the
+history, where a segment of one or two runs is all there is, it can be (as a step up and a step down).
+
+References
+==========
+
+* asv: ``asv/commands/compare.py`` (``--factor`` 1.1) and ``asv/statistics.py`` (``is_different``: Mann-Whitney
+  U at ``p_threshold=0.002``); ``asv/step_detect.py`` (L1 piecewise-constant fit).
+* H. B. Mann, D. R. Whitney, "On a test of whether one of two random variables is stochastically larger than the
+  other", Ann. Math. Statist. 18(1), 50-60 (1947).
+* B. Efron, R. J. Tibshirani, *An Introduction to the Bootstrap*, Chapman & Hall (1993): §8.3 (two-sample
+  problem), ch. 13 (percentile confidence intervals).
+* A. J. Scott, M. Knott, "A cluster analysis method for grouping means in the analysis of variance",
+  Biometrics 30(3), 507-512 (1974); L. Yu. Vostrikova, "Detecting 'disorder' in multidimensional random processes",
+  Soviet Math. Dokl. 24, 55-59 (1981): binary segmentation.
+* F. Friedrich et al., "Complexity penalized M-estimation: fast computation", J. Comput. Graph. Statist. 17(1),
+  201-224 (2008): the L1 (median) fit of a piecewise-constant signal, as cited by asv's ``step_detect.py``.
+* O. J. Dunn, "Multiple comparisons among means", J. Amer. Statist. Assoc. 56(293), 52-64 (1961): Bonferroni.
+* R. J. Hyndman, Y. Fan, "Sample quantiles in statistical packages", Amer. Statist. 50(4), 361-365 (1996):
+  definition 7, numpy's default quantile.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from attncheck.benchmarks.storage import Run
+
+DEFAULT_THRESHOLD = 0.10  # fraction: +10%, asv compare's default --factor 1.1
+DEFAULT_ALPHA = 0.01
+MIN_ROUNDS = 5  # pytest-benchmark's default min_rounds; below it a benchmark is "too noisy"
+RESAMPLES = 5000  # bootstrap resamples; the 0.5% tails of a 99% CI rest on 25 resamples each
+SEED = 0  # base seed of the bootstrap, combined with a CRC32 of each benchmark's fullname
+
+SLOWER, FASTER, UNCHANGED, NOISY = "slower", "faster", "unchanged", "too noisy"
+
+
+# --- comparing two runs ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Result:
+    """The comparison of one benchmark."""
+
+    fullname: str
+    name: str
+    status: str  # SLOWER, FASTER, UNCHANGED or NOISY
+    ratio: float  # candidate median / baseline median
+    ci_low: float  # bootstrap CI of the ratio at level 1 - alpha
+    ci_high: float
+    p_value: float  # two-sided Mann-Whitney U
+    baseline_median: float  # seconds
+    candidate_median: float
+    baseline_rounds: int
+    candidate_rounds: int
+    reason: str  # why this status, one phrase
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """All results of comparing a candidate run with a baseline run."""
+
+    baseline: Path
+    candidate: Path
+    threshold: float
+    alpha: float
+    results: list[Result]  # in the baseline's order
+    only_in_baseline: list[str]  # fullnames
+    only_in_candidate: list[str]
+
+    @property
+    def exit_code(self) -> int:
+        """1 when any benchmark is significantly slower beyond the threshold, else 0."""
+        return int(any(r.status == SLOWER for r in self.results))
+
+    def counts(self) -> dict[str, int]:
+        return {status: sum(r.status == status for r in self.results) for status in (SLOWER, FASTER, UNCHANGED, NOISY)}
+
+
+def bootstrap_ratio_ci(
+    baseline: np.ndarray, candidate: np.ndarray, level: float, rng: np.random.Generator
+) -> tuple[float, float]:
+    """Percentile bootstrap CI of median(candidate) / median(baseline), both samples resampled independently."""
+    # Two-sample bootstrap (Efron & Tibshirani 1993, §8.3): each sample is resampled with replacement at its own
+    # size, and the statistic, median(cand*) / median(base*), is recomputed on every pair of resamples.
+    base = np.median(baseline[rng.integers(0, baseline.size, (RESAMPLES, baseline.size))], axis=1)  # (RESAMPLES,)
+    cand = np.median(candidate[rng.integers(0, candidate.size, (RESAMPLES, candidate.size))], axis=1)
+    # Percentile interval (Efron & Tibshirani 1993, ch. 13): the (1 - level) / 2 and (1 + level) / 2 quantiles of
+    # the bootstrap distribution (numpy's default quantile: Hyndman & Fan 1996, definition 7).
+    tail = (1 - level) / 2
+    low, high = np.quantile(cand / base, [tail, 1 - tail])
+    return float(low), float(high)
+
+
+def rank_test(baseline: np.ndarray, candidate: np.ndarray) -> tuple[float, float]:
+    """(median(candidate) / median(baseline), two-sided Mann-Whitney U p-value of the two samples)."""
+    from scipy.stats import mannwhitneyu  # here: importing scipy.stats costs `attncheck verify` ~0.5 s of start-up
+
+    ratio = float(np.median(candidate) / np.median(baseline))
+    # Mann & Whitney 1947, as asv's statistics.is_different uses it. scipy's method="auto": the exact null
+    # distribution of U when a sample has at most 8 values and there are no ties, else the normal approximation
+    # with tie and continuity corrections.
+    return ratio, float(mannwhitneyu(candidate, baseline, alternative="two-sided").pvalue)
+
+
+def classify(
+    ci: tuple[float, float], p_value: float, rounds: tuple[int, int], threshold: float, alpha: float
+) -> tuple[str, str]:
+    """(status, reason) from the CI of the ratio, the rank test and the sample sizes; see the module docstring."""
+    low, high = ci
+    # The band [1 / (1 + t), 1 + t] is symmetric in log time; asv compare uses the same pair, ratio > factor and
+    # ratio < 1 / factor, with factor = 1 + t.
+    upper, lower = 1 + threshold, 1 / (1 + threshold)
+    band = f"±{threshold:.0%}"
+    if min(rounds) < MIN_ROUNDS:
+        return NOISY, f"only {min(rounds)} rounds on one side (< {MIN_ROUNDS})"
+    if lower <= low and high <= upper:
+        return UNCHANGED, f"CI within {band}"
+    if low > upper or high < lower:
+        status, side = (SLOWER, f"above +{threshold:.0%}") if low > upper else (FASTER, f"below -{threshold:.0%}")
+        if p_value < alpha:
+            return status, f"CI {side}, p < {alpha:g}"
+        return NOISY, f"CI {side} but rank test p = {p_value:.2g} >= {alpha:g}"
+    return NOISY, f"CI straddles the {band} band"
+
+
+def compare_samples(
+    fullname: str, baseline: np.ndarray, candidate: np.ndarray, alpha: float
+) -> tuple[float, tuple[float, float], float]:
+    """(ratio of medians, its bootstrap CI at 1 - alpha, two-sided Mann-Whitney p) of one benchmark."""
+    rng = np.random.default_rng([SEED, zlib.crc32(fullname.encode())])
+    ratio, p_value = rank_test(baseline, candidate)
+    return ratio, bootstrap_ratio_ci(baseline, candidate, 1 - alpha, rng), p_value
+
+
+def compare_runs(
+    baseline: Run, candidate: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA
+) -> Comparison:
+    """Compare every benchmark present in both runs (matched by fullname)."""
+    results = []
+    for fullname, base in baseline.benchmarks.items():
+        cand = candidate.benchmarks.get(fullname)
+        if cand is None:
+            continue
+        ratio, ci, p_value = compare_samples(fullname, base.rounds, cand.rounds, alpha)
+        sizes = (base.rounds.size, cand.rounds.size)
+        status, reason = classify(ci, p_value, sizes, threshold, alpha)
+        results.append(
+            Result(fullname, base.name, status, ratio, *ci, p_value, base.median, cand.median, *sizes, reason)
+        )
+    return Comparison(
+        baseline.path,
+        candidate.path,
+        threshold,
+        alpha,
+        results,
+        [f for f in baseline.benchmarks if f not in candidate.benchmarks],
+        [f for f in candidate.benchmarks if f not in baseline.benchmarks],
+    )
+
+
+# --- trends and change points of a history --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChangePoint:
+    index: int  # position (in the ordered runs) of the first run at the new level
+    ratio: float  # pooled median after / before, between the adjacent segments
+    p_value: float  # Mann-Whitney U between the adjacent segments' pooled rounds
+
+
+@dataclass(frozen=True)
+class Trend:
+    """One benchmark across the runs that contain it."""
+
+    fullname: str
+    name: str
+    positions: list[int]  # indices into the ordered runs
+    rounds: list[np.ndarray]  # raw rounds (seconds) of each of those runs
+    change_points: list[ChangePoint]
+
+    @property
+    def medians(self) -> np.ndarray:
+        return np.array([np.median(r) for r in self.rounds])
+
+    @property
+    def change(self) -> float:
+        """Last median / first median - 1."""
+        medians = self.medians
+        return float(medians[-1] / medians[0] - 1)
+
+
+def _l1_cost(levels: np.ndarray) -> float:
+    # The L1 cost of fitting one constant, sum |y_i - mu| at its minimiser mu = median(y): the Laplace-noise
+    # fit of asv's step_detect (Friedrich et al. 2008), unweighted.
+    return float(np.abs(levels - np.median(levels)).sum())
+
+
+def _best_split(levels: np.ndarray) -> int:
+    """Split k (1 <= k < n) of the L1 piecewise-constant fit with two pieces."""
+    # One step of binary segmentation (Scott & Knott 1974): the split that minimises the summed cost of the pieces.
+    costs = [_l1_cost(levels[:k]) + _l1_cost(levels[k:]) for k in range(1, levels.size)]
+    return 1 + int(np.argmin(costs))
+
+
+def _step(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> tuple[float, float]:
+    """(pooled median ratio after / before, Mann-Whitney p) between two groups of runs."""
+    return rank_test(np.concatenate(before), np.concatenate(after))
+
+
+def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float) -> list[int]:
+    """Indices (into ``rounds``) of the first run after each change; see the module docstring."""
+    levels = np.log([np.median(r) for r in rounds])
+    found: list[int] = []
+    segments = [(0, len(rounds))]
+    # Binary segmentation (Scott & Knott 1974; Vostrikova 1981): split at the best single change point, keep the
+    # split if it is significant, recurse into both sides.
+    while segments:
+        lo, hi = segments.pop()
+        if hi - lo < 2:
+            continue
+        k = lo + _best_split(levels[lo:hi])
+        ratio, p_value = _step(rounds[lo:k], rounds[k:hi])
+        # Bonferroni (Dunn 1961): the best of hi - lo - 1 candidate splits is tested, so at alpha / (hi - lo - 1).
+        # The step must leave the band of classify(): |log ratio| > log(1 + threshold).
+        if p_value < alpha / (hi - lo - 1) and abs(np.log(ratio)) > np.log1p(threshold):
+            found.append(k)
+            segments += [(lo, k), (k, hi)]
+    return sorted(found)
+
+
+def trend(
+    fullname: str, name: str, positions: list[int], rounds: list[np.ndarray], threshold: float, alpha: float
+) -> Trend:
+    """The trend of one benchmark, its change points measured between adjacent final segments."""
+    splits = change_points(rounds, threshold, alpha)
+    edges = [0, *splits, len(rounds)]
+    points = []
+    for i, k in enumerate(splits):
+        ratio, p_value = _step(rounds[edges[i] : k], rounds[k : edges[i + 2]])
+        points.append(ChangePoint(positions[k], ratio, p_value))
+    return Trend(fullname, name, positions, rounds, points)
+
+
+def trends(runs: Sequence[Run], threshold: float, alpha: float) -> list[Trend]:
+    """One :class:`Trend` per benchmark, in order of first appearance."""
+    series: dict[str, tuple[str, list[int], list[np.ndarray]]] = {}
+    for position, run in enumerate(runs):
+        for fullname, bench in run.benchmarks.items():
+            entry = series.setdefault(fullname, (bench.name, [], []))
+            entry[1].append(position)
+            entry[2].append(bench.rounds)
+    return [trend(f, name, pos, rounds, threshold, alpha) for f, (name, pos, rounds) in series.items()]
