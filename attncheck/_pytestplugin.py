@@ -39,11 +39,18 @@ def requested_settings(config: Any) -> VerifySettings:
 
 def activate(config: Any) -> None:
     """Register the suite for this session unless it already is (by this hook, the conftest, or the CLI)."""
-    if config.pluginmanager.has_plugin(PLUGIN_NAME):
-        return
+    import pytest
+
+    from attncheck.errors import UsageError
     from attncheck.properties.plugin import AttncheckPlugin
 
-    config.pluginmanager.register(AttncheckPlugin(config, requested_settings(config)), PLUGIN_NAME)
+    if any(isinstance(plugin, AttncheckPlugin) for plugin in config.pluginmanager.get_plugins()):
+        return
+    try:
+        suite = AttncheckPlugin(requested_settings(config))
+    except UsageError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    config.pluginmanager.register(suite, PLUGIN_NAME)
 
 
 def pytest_configure(config: Any) -> None:

@@ -41,36 +41,23 @@ def verify(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise UsageError("--jobs must be at least 1")
     settings.json = None  # written below, once, by this process
-    resolved = resolve_targets(settings)
 
     ini = Path(__file__).parent / "properties" / "verify.ini"  # not the configuration of the project around us
     pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "attncheck.properties"]
     pytest_args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "ignore", *settings.pytest_args()]
     if args.jobs and args.jobs > 1:
         # pytest-xdist's workers rebuild the run from these options; this process keeps the resolved targets.
-        pytest_args += ["-n", str(args.jobs), "-q", "--no-header", "--no-summary", "-p", "no:randomly"]
+        pytest_args += ["-n", str(args.jobs), "-q", "--no-header", "--no-summary"]
     else:
         pytest_args += ["-p", "no:terminal"]
     if args.seed is not None:
         pytest_args += ["--hypothesis-seed", str(args.seed)]
 
+    plugin = AttncheckPlugin(settings, resolve_targets(settings))  # resolved and validated once, here
     collector = _Collector(quiet=args.quiet)
-    suite: dict[str, AttncheckPlugin] = {}
-
-    class _Suite:
-        """Hands the resolved targets to the plugin: they are not turned back into strings and resolved again."""
-
-        @pytest.hookimpl(tryfirst=True)  # before the entry point's plugin, which would resolve the targets again
-        def pytest_configure(self, config: Any) -> None:
-            from attncheck._pytestplugin import PLUGIN_NAME
-
-            suite["plugin"] = AttncheckPlugin(config, settings, resolved)
-            config.pluginmanager.register(suite["plugin"], PLUGIN_NAME)
-
     with contextlib.redirect_stdout(io.StringIO()) if args.jobs and args.jobs > 1 else contextlib.nullcontext():
-        code = pytest.main(pytest_args, plugins=[_Suite(), collector])
-    plugin = suite.get("plugin")
-    if plugin is None or code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
+        code = pytest.main(pytest_args, plugins=[plugin, collector])
+    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         raise UsageError(collector.error or f"the property run did not start (pytest exit code {int(code)})")
     if code == pytest.ExitCode.INTERRUPTED:
         raise UsageError(collector.error or "the property run was interrupted (collection error)")

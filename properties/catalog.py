@@ -1,6 +1,6 @@
 """The property catalog: stable names, Hypothesis profiles, and the lookup of each property's checks.
 
-A *property* (a stable name in reports and JSON, shared/DESIGN.md "Property catalog") is made of one or more
+A *property* (a stable name in reports and JSON, docs/design.md "Property catalog") is made of one or more
 *checks*, ordinary pytest + Hypothesis test functions in ``properties/test_*.py`` tagged with :func:`prop`.
 """
 
@@ -51,7 +51,7 @@ _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
         "suppress_health_check": _SLOW_OK,
     },
     # Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget, so the search
-    # climbs toward the worst case (useful above ~1000 examples, shared/ANCHORS.md).
+    # climbs toward the worst case (useful above ~1000 examples, docs/design.md, "Anchors").
     "thorough": {"max_examples": 1000, "deadline": None, "suppress_health_check": _SLOW_OK},
 }
 

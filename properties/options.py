@@ -153,14 +153,15 @@ class VerifySettings:
             ("check", self.checks),
             ("known-failures", self.known_failures),
         ):
-            for value in values:
-                args += [f"--{PLUGIN_PREFIX}{flag}", value]
-        for flag, value in (
+            for item in values:
+                args += [f"--{PLUGIN_PREFIX}{flag}", item]
+        optional: tuple[tuple[str, object], ...] = (
             ("profile", self.profile),
             ("max-examples", self.max_examples),
             ("timeout", self.timeout),
             ("json", self.json),
-        ):
+        )
+        for flag, value in optional:
             if value is not None:
                 args += [f"--{PLUGIN_PREFIX}{flag}", str(value)]
         if self.device != "cpu":

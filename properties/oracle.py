@@ -3,7 +3,7 @@
 The oracle is equation (1) of the reference (reference/attention.py) evaluated in float64 on the *same*
 inputs the target received (upcast exactly: every float16/bfloat16/float32 value is a float64 value).
 
-Tolerance (shared/DESIGN.md, "Oracle and tolerance"): a target in dtype T may differ from the oracle by
+Tolerance (docs/design.md, "Oracle and tolerance"): a target in dtype T may differ from the oracle by
 
     budget = k * error(naive attention computed in T vs the oracle) + floor(T) * max(1, max|V|)
 
@@ -101,7 +101,7 @@ def budget(
 ) -> Budget:
     """The tolerance for a target in ``dtype`` given the naive same-dtype result and the float64 reference.
 
-    Entries where the naive result overflowed (e.g. float16 Q K^T beyond 65504, BUGS.md #10) do not inflate
+    Entries where the naive result overflowed (e.g. float16 Q K^T beyond 65504, docs/bugs.md #10) do not inflate
     the budget: they are left out of the naive error, and the property ``numerical_range`` checks finiteness.
     """
     naive_error = _max_abs_finite(naive.double(), reference)

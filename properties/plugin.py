@@ -34,38 +34,36 @@ USER_PROPERTY = "attncheck"  # the key of the result in a test report's user_pro
 class AttncheckPlugin:
     """One verification run: its settings, targets, known failures and report."""
 
-    def __init__(self, config: pytest.Config, settings: VerifySettings, targets: list[Target] | None = None):
-        config.addinivalue_line("markers", "attncheck_property(name): a check of the named attncheck property")
-        try:
-            self.targets = targets if targets is not None else resolve_targets(settings)
-            self.profile = settings.profile or os.environ.get(ENV_PROFILE) or ("ci" if os.environ.get("CI") else "dev")
-            if self.profile not in PROFILE_NAMES:
-                raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
-            catalog = check_catalog()
-            for kind, names, known in (
-                ("property", settings.properties, PROPERTIES),
-                ("check", settings.checks, catalog),
-            ):
-                unknown = sorted(set(names) - set(known))
-                if unknown:
-                    raise UsageError(f"unknown {kind} {unknown[0]!r}; see `attncheck verify --list-checks`")
-            known_entries = known_failures.read_files(settings.known_failures, catalog)
-            for target in self.targets:
-                known_entries += known_failures.declared(target.name, target.caps.known_failures, catalog)
-        except UsageError as exc:
-            raise pytest.UsageError(str(exc)) from None
+    def __init__(self, settings: VerifySettings, targets: list[Target] | None = None):
+        """Resolve and validate the run (raises :class:`~attncheck.errors.UsageError`, a one-line message)."""
+        self.targets = targets if targets is not None else resolve_targets(settings)
+        self.profile = settings.profile or os.environ.get(ENV_PROFILE) or ("ci" if os.environ.get("CI") else "dev")
+        if self.profile not in PROFILE_NAMES:
+            raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
+        catalog = check_catalog()
+        for kind, names, known in (("property", settings.properties, PROPERTIES), ("check", settings.checks, catalog)):
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                raise UsageError(f"unknown {kind} {unknown[0]!r}; see `attncheck verify --list-checks`")
+        entries = known_failures.read_files(settings.known_failures, catalog)
+        for target in self.targets:
+            entries += known_failures.declared(target.name, target.caps.known_failures, catalog)
         self.settings = settings
         self.hypothesis = profile_settings(self.profile, settings.max_examples)
         run_settings = {
             "profile": self.profile,
             "max_examples": self.hypothesis.max_examples,
-            "seed": config.getoption("hypothesis_seed", None),
+            "seed": None,
             "device": settings.device,
             "dtypes": settings.dtypes or "all declared",
             "properties": settings.properties or "all",
             "checks": settings.checks or "all",
         }
-        self.report = Report(self.targets, run_settings, known_entries)
+        self.report = Report(self.targets, run_settings, entries)
+
+    def pytest_configure(self, config: pytest.Config) -> None:
+        config.addinivalue_line("markers", "attncheck_property(name): a check of the named attncheck property")
+        self.report.settings["seed"] = config.getoption("hypothesis_seed", None)
 
     # -- collection ---------------------------------------------------------------------------------------------
 
@@ -152,7 +150,7 @@ class AttncheckPlugin:
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         """Collect results here, where pytest-xdist delivers its workers' reports too."""
         for key, value in report.user_properties:
-            if key == USER_PROPERTY:
+            if key == USER_PROPERTY and isinstance(value, dict):
                 self.report.results.append(CheckResult.from_dict(value))
 
     # -- reporting ----------------------------------------------------------------------------------------------

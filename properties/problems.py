@@ -28,7 +28,7 @@ DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.
 # fully_masked_rows and numerical_range, which draw every dtype the target declares.
 PRECISE = ("float64", "float32")
 # Sizes just past the block sizes of tiled kernels (16, 32, 64, 128) catch unmasked or dropped tail tiles
-# (shared/BUGS.md #23).
+# (docs/bugs.md #23).
 BLOCK_EDGES = (16, 17, 33, 65, 129)
 
 

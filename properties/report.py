@@ -37,7 +37,6 @@ class CheckResult:
     repro: str = ""
     observations: list[tuple[str, str]] = field(default_factory=list)  # (what, value) seen during the check
 
-    @property
     def key(self) -> str:
         """The check's name in the form a known-failures file accepts: ``target::property::check``."""
         return f"{self.target}::{self.property}::{self.check}"
@@ -86,7 +85,7 @@ class Report:
                     "counterexample": first.counterexample if first else None,
                     "repro": first.repro if first else "",
                     "duration": round(sum(r.duration for r in results), 3),
-                    "known_failures": [{"check": r.key, "reason": r.message} for r in known],
+                    "known_failures": [{"check": r.key(), "reason": r.message} for r in known],
                     "checks_ran": len(results) - len([r for r in results if r.status == "skipped"]),
                     "checks_passed": len(passed),
                     "checks_skipped": len([r for r in results if r.status == "skipped"]),

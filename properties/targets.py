@@ -1,7 +1,7 @@
 """Targets: attention implementations under test, their declared capabilities, and the built-in registry.
 
 A target is a callable in the convention of ``torch.nn.functional.scaled_dot_product_attention``
-(shared/DESIGN.md, "The target contract")::
+(docs/design.md, "The target contract")::
 
     f(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False)
     query (B, Hq, L, E)   key (B, Hkv, S, E)   value (B, Hkv, S, Ev)   ->   (B, Hq, L, Ev)

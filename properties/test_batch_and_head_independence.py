@@ -1,8 +1,8 @@
 """batch_and_head_independence: batch elements and heads are separate problems.
 
 A slice of the batch or of the heads gives the same result as the whole (nothing crosses batch elements or
-heads, shared/BUGS.md #13), and grouped-query attention equals explicit ``repeat_interleave`` of K and V
-(query head h reads kv head h // (Hq / Hkv), not h % Hkv: shared/BUGS.md #12).
+heads, docs/bugs.md #13), and grouped-query attention equals explicit ``repeat_interleave`` of K and V
+(query head h reads kv head h // (Hq / Hkv), not h % Hkv: docs/bugs.md #12).
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ Softmax over an empty set is undefined, so the output of a fully masked row is i
 suite observes the convention (zeros, NaN, the mean of V as a uniform softmax would give, or other) and
 reports it; it fails a target only if (a) the target declared a convention it does not keep, or (b) the
 masked rows affect the *other* rows: their outputs must match the oracle and their gradients must be
-finite (NaN from a masked row must not poison dK and dV of the batch; shared/BUGS.md #1, #2, #24).
+finite (NaN from a masked row must not poison dK and dV of the batch; docs/bugs.md #1, #2, #24).
 """
 
 from __future__ import annotations

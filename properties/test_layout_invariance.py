@@ -1,7 +1,7 @@
 """layout_invariance: memory layout is not semantics.
 
 Transposed (BLHD storage), sliced (stride 2) and expanded (stride 0 over the batch) inputs, and a stride-0
-expanded mask, give the same result as contiguous copies (shared/BUGS.md #14).
+expanded mask, give the same result as contiguous copies (docs/bugs.md #14).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 A boolean mask (True = takes part) equals the additive mask 0 / -inf; an all-True mask equals no mask; keys
 that no query may see are irrelevant, whatever their contents; and a mask broadcast over batch or heads
-equals the same mask materialised to (B, Hq, L, S) (shared/BUGS.md #3, #13, #16).
+equals the same mask materialised to (B, Hq, L, S) (docs/bugs.md #3, #13, #16).
 """
 
 from __future__ import annotations
@@ -104,7 +104,7 @@ def test_masked_keys_irrelevant(target: Target, data: st.DataObject) -> None:
 @prop("mask_semantics")
 @given(data=st.data())
 def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -> None:
-    """NaN and inf in keys and values that no query may see do not reach the output (BUGS.md #3)."""
+    """NaN and inf in keys and values that no query may see do not reach the output (docs/bugs.md #3)."""
     _check_masked_keys_overwritten(target, data, float("nan"), float("inf"))
 
 

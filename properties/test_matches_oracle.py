@@ -36,7 +36,7 @@ def test_gradients_match_oracle(target: Target, data: st.DataObject) -> None:
     g = torch.Generator().manual_seed(p.seed + 1)
     d_out = torch.randn(p.B, p.L, p.Hq, p.Ev, generator=g, dtype=torch.float64).transpose(1, 2)  # (B, Hq, L, Ev)
     if data.draw(st.booleans(), label="contiguous dO"):
-        d_out = d_out.contiguous()  # else strided: a wrong backward for non-contiguous dO (BUGS.md #15)
+        d_out = d_out.contiguous()  # else strided: a wrong backward for non-contiguous dO (docs/bugs.md #15)
     align = target.caps.causal or "top-left"
 
     def gradients(dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:

@@ -3,7 +3,7 @@
 Under the declared alignment (top-left: query i sees keys j <= i; bottom-right: j <= i + S - L), the keys
 and values past row t's horizon and the queries after t are overwritten with large values; outputs up to t
 must not move, and the gradient of output t with respect to any of them must be exactly zero. For L != S
-this is what separates the two alignments (shared/BUGS.md #4, #5). The decoder-level version of this
+this is what separates the two alignments (docs/bugs.md #4, #5). The decoder-level version of this
 property is in test_model.py.
 """
 

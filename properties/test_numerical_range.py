@@ -1,7 +1,7 @@
 """numerical_range: finite output wherever the oracle is finite.
 
 Logits far beyond exp's range (|s| >> 88 in float32) are harmless once the row maximum is subtracted
-(shared/BUGS.md #11); a half-precision q . k that overflows 65504 *before* scaling must not overflow when
+(docs/bugs.md #11); a half-precision q . k that overflows 65504 *before* scaling must not overflow when
 the scaled logit is representable (#10); a finite "minus infinity" such as finfo.min must not overflow when
 added to a score (#9).
 """

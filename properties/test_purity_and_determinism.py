@@ -1,6 +1,6 @@
 """purity_and_determinism: attention is a pure, deterministic function of its inputs.
 
-Inputs are unchanged after forward and backward (shared/BUGS.md #20); repeated calls are bitwise identical,
+Inputs are unchanged after forward and backward (docs/bugs.md #20); repeated calls are bitwise identical,
 also with another call in between (no stale state, #22) and in the backward pass (#19); with dropout_p = 0 the
 output does not depend on the random number generator (dropout left on, #17).
 """

@@ -1,4 +1,4 @@
-"""Built-in adapters for third-party attention implementations (shared/DESIGN.md, "The target contract").
+"""Built-in adapters for third-party attention implementations (docs/design.md, "The target contract").
 
 :data:`BUILTINS` names each built-in target's factory by its import path (one module per library:
 :mod:`.pytorch`, :mod:`.huggingface`, :mod:`.jax`, :mod:`.cuda`), so nothing is imported until a target is
@@ -14,7 +14,7 @@ conventions and the declared divergences; the property suite finds the rest):
 ===================  =========================  ============================================================
 target               fully masked rows (-inf)   divergences (declared: D; found by the properties: P)
 ===================  =========================  ============================================================
-torch-mha            NaN (explicit softmax)     P: NaN dK, dV from fully masked rows (BUGS.md #2)
+torch-mha            NaN (explicit softmax)     P: NaN dK, dV from fully masked rows (docs/bugs.md #2)
 torch-mha-noweights  zeros (torch SDPA)
 flex-attention       zeros (documented, D)      D: no backward on CPU; eager only (compile: ~17 s a shape)
 hf-eager             NaN                        D: float32 softmax for float64 inputs; P: #2, and float16

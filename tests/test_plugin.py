@@ -1,0 +1,161 @@
+"""The pytest plugin is a good citizen: inert in other projects, the same report serial or on pytest-xdist, and
+one known-failures mechanism whose every printed form works."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+UNRELATED = """
+import sys
+from hypothesis import given, settings, strategies as st
+
+calls = []
+
+@given(st.integers())
+def test_counts(x):
+    calls.append(x)
+
+def test_report():
+    s = settings.default
+    print("SETTINGS", s.max_examples, repr(s.database), s.derandomize, settings.get_current_profile_name())
+    print("TORCH", "torch" in sys.modules, "ATTNCHECK", "attncheck._pytestplugin" in sys.modules)
+    print("CALLS", len(calls))
+"""
+
+
+def run(args: list[str], cwd: Path, ci: bool, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("ATTNCHECK_", "HYPOTHESIS_"))}
+    env.pop("CI", None)
+    if ci:
+        env["CI"] = "true"
+    env["PYTHONPATH"] = str(ROOT)  # tests.fixtures importable; the attncheck package as installed
+    return subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def _lines(out: str, tag: str) -> str:
+    return next(line[line.index(tag) :] for line in out.splitlines() if tag in line)
+
+
+@pytest.mark.parametrize("ci", [False, True], ids=["local", "CI=true"])
+def test_unrelated_hypothesis_project_keeps_its_settings(tmp_path: Path, ci: bool) -> None:
+    """With attncheck installed, another project's Hypothesis tests run exactly as without it."""
+    (tmp_path / "test_unrelated.py").write_text(UNRELATED)
+    pytest_args = ["-m", "pytest", "-q", "-s", "-p", "no:cacheprovider", "test_unrelated.py"]
+    with_plugin = run(pytest_args, tmp_path, ci)
+    without = run([*pytest_args, "-p", "no:attncheck"], tmp_path, ci)
+    assert with_plugin.returncode == 0 and without.returncode == 0, with_plugin.stdout + with_plugin.stderr
+    assert _lines(with_plugin.stdout, "SETTINGS") == _lines(without.stdout, "SETTINGS")
+    assert _lines(with_plugin.stdout, "CALLS") == _lines(without.stdout, "CALLS") == "CALLS 100"
+    # the plugin was loaded (so the comparison means something) and imported no torch
+    assert _lines(with_plugin.stdout, "TORCH") == "TORCH False ATTNCHECK True", with_plugin.stdout
+    settings_line = _lines(with_plugin.stdout, "SETTINGS")
+    assert settings_line.startswith("SETTINGS 100 ") and "attncheck" not in settings_line
+    assert ("ci" in settings_line.split()[-1]) == ci  # Hypothesis's own ci profile under CI, its default otherwise
+    help_text = run(["-m", "pytest", "--help"], tmp_path, ci).stdout
+    assert "--attncheck-target" in help_text and "--attncheck-dtype" in help_text
+
+
+def _verdicts(path: Path) -> dict[str, dict[str, str]]:
+    data = json.loads(path.read_text())
+    return {t["name"]: {p["name"]: p["status"] for p in t["properties"]} for t in data["targets"]}
+
+
+def test_xdist_gives_the_serial_verdicts(tmp_path: Path) -> None:
+    """`attncheck verify --jobs 2` and `pytest -n 2` report what a serial run does (derandomized ci profile)."""
+    common = ["--max-examples", "4", "--property", "mask_semantics", "--property", "no_future_leakage"]
+    serial = run(["-m", "attncheck", "verify", *common, "-q", "--json", str(tmp_path / "serial.json")], ROOT, ci=True)
+    jobs = run(
+        ["-m", "attncheck", "verify", *common, "-q", "-j", "2", "--json", str(tmp_path / "jobs.json")], ROOT, True
+    )
+    plugin_args = ["--attncheck-max-examples", "4", "--attncheck-property", "mask_semantics"]
+    plugin_args += ["--attncheck-property", "no_future_leakage", "--attncheck-json", str(tmp_path / "xdist.json")]
+    xdist = run(
+        ["-m", "pytest", "-n", "2", "-q", "-p", "no:cacheprovider", "--pyargs", "attncheck.properties", *plugin_args],
+        tmp_path,
+        True,
+    )
+    assert serial.returncode == jobs.returncode == xdist.returncode == 0, (serial.stderr, jobs.stderr, xdist.stdout)
+    expected = _verdicts(tmp_path / "serial.json")
+    assert set(expected) == {"reference", "torch-sdpa"} and all(expected.values())
+    assert _verdicts(tmp_path / "jobs.json") == expected
+    assert _verdicts(tmp_path / "xdist.json") == expected
+    checks = {
+        t["name"]: [c["name"] for p in t["properties"] for c in p["checks"]]
+        for t in json.loads((tmp_path / "xdist.json").read_text())["targets"]
+    }
+    serial_checks = {
+        t["name"]: [c["name"] for p in t["properties"] for c in p["checks"]]
+        for t in json.loads((tmp_path / "serial.json").read_text())["targets"]
+    }
+    assert checks == serial_checks
+
+
+SDPA = "torch.nn.functional:scaled_dot_product_attention"  # undeclared: NaN in masked values reaches the output
+CHECK = "test_masked_keys_nonfinite_irrelevant"
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [CHECK, f"mask_semantics::{CHECK}", f"{SDPA}::{CHECK}", f"{SDPA}::mask_semantics::{CHECK}"],
+    ids=["check", "property::check", "target::check", "target::property::check"],
+)
+def test_every_printed_form_of_a_known_failure_works(tmp_path: Path, entry: str) -> None:
+    known = tmp_path / "known.txt"
+    known.write_text(f"{entry}  # 0 * NaN in P V\n")
+    args = [
+        "-m",
+        "attncheck",
+        "verify",
+        SDPA,
+        "--check",
+        CHECK,
+        "--max-examples",
+        "5",
+        "-q",
+        "--json",
+        str(tmp_path / "r.json"),
+    ]
+    without = run(args, ROOT, ci=True)
+    assert without.returncode == 1, without.stdout  # the deviation is real without the entry
+    result = run([*args, "--known-failures", str(known)], ROOT, ci=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    row = json.loads((tmp_path / "r.json").read_text())["targets"][0]["properties"][0]
+    assert row["status"] == "known-failure", row  # its only check is a known failure: not "skipped"
+    printed = row["known_failures"][0]["check"]
+    assert printed == f"{SDPA}::mask_semantics::{CHECK}" and printed in result.stdout  # the form the file accepts
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("test_masked_keys_nonfinite_irelevant", "did you mean 'test_masked_keys_nonfinite_irrelevant'"),
+        ("test_made_up_check", "unknown check 'test_made_up_check'"),
+        (f"numerical_range::{CHECK}", "belongs to property 'mask_semantics'"),
+    ],
+)
+def test_a_bad_known_failure_entry_is_a_usage_error(tmp_path: Path, line: str, message: str) -> None:
+    known = tmp_path / "known.txt"
+    known.write_text(f"# accepted deviations\n{line}  # reason\n")
+    result = run(["-m", "attncheck", "verify", "--known-failures", str(known)], ROOT, ci=True)
+    assert result.returncode == 2 and message in result.stderr and f"{known}:2" in result.stderr, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_an_entry_that_matches_nothing_is_a_warning(tmp_path: Path) -> None:
+    known = tmp_path / "known.txt"
+    known.write_text(f"no-such-target::{CHECK}  # stale\n")
+    args = ["-m", "attncheck", "verify", "reference", "--check", CHECK, "--max-examples", "2", "-q"]
+    result = run([*args, "--known-failures", str(known), "--json", str(tmp_path / "r.json")], ROOT, ci=True)
+    assert result.returncode == 0, result.stderr
+    warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
+    assert len(warnings) == 1 and "no-such-target" in warnings[0] and "matches no check" in result.stdout
