@@ -9,7 +9,7 @@ Two entry points:
   read directly (property ``rows_sum_to_one`` does).
 * :func:`scaled_dot_product_attention` exposes the same math in the target
   convention of ``torch.nn.functional.scaled_dot_product_attention`` (see
-  shared/DESIGN.md, "The target contract"), so the reference is itself a target.
+  docs/design.md, "The target contract"), so the reference is itself a target.
 
 Masking convention (pinned):
 
@@ -17,7 +17,7 @@ Masking convention (pinned):
 * a float mask is an additive bias ``B`` on the scaled scores;
 * masked scores are set to ``-inf`` (never a finite "large negative" such as
   -1e9, which overflows in half precision and lets masked keys revive when all
-  admissible scores are lower still, shared/BUGS.md #9);
+  admissible scores are lower still, docs/bugs.md #9);
 * a row with *no* admissible key (fully masked) has all-zero weights and hence a
   zero output, with finite (zero) gradients. Softmax is undefined there; zeros
   are the convention of PyTorch's safe softmax (pytorch/pytorch#131863) and of
@@ -122,10 +122,10 @@ def attention(
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))  # (..., L, S); masked keys get -inf
         else:
-            scores = scores + mask  # additive bias B, added after the scale (not multiplied by it, BUGS.md #8)
+            scores = scores + mask  # additive bias B, added after the scale (not multiplied by it, docs/bugs.md #8)
             scores = scores.masked_fill(mask == float("-inf"), float("-inf"))  # -inf + NaN score stays masked
     # Rows with no admissible key: softmax(-inf, ..., -inf) is 0/0. Softmax a row of zeros instead (finite
-    # forward and backward), then zero the row, so neither the output nor any gradient is NaN (BUGS.md #1, #2).
+    # forward and backward), then zero the row, so neither the output nor any gradient is NaN (docs/bugs.md #1, #2).
     admissible = scores != float("-inf")  # (..., L, S)
     admissible_row = admissible.any(dim=-1, keepdim=True)  # (..., L, S) -> (..., L, 1)
     scores = scores.masked_fill(~admissible_row, 0.0)  # (..., L, S)
@@ -134,7 +134,7 @@ def attention(
         keep = torch.rand(p_attn.shape, generator=generator, device=p_attn.device) >= dropout_p  # (..., L, S)
         p_attn = p_attn * keep / (1.0 - dropout_p)  # inverted dropout keeps the expectation
     # A masked key has weight exactly 0, but 0 * inf = NaN in the product: the values of keys that no query
-    # may see are zeroed so that non-finite values there cannot leak into the output (BUGS.md #3). Read from
+    # may see are zeroed so that non-finite values there cannot leak into the output (docs/bugs.md #3). Read from
     # the scores before fully masked rows were refilled with zeros, or such a row would "see" every key.
     key_seen = admissible.any(dim=-2).unsqueeze(-1)  # (..., L, S) -> (..., S) -> (..., S, 1)
     value = value.masked_fill(~key_seen, 0.0)  # (..., S, d_v)
@@ -163,7 +163,7 @@ def scaled_dot_product_attention(
         key, value = expand_kv_heads(key, value, query.size(-3))  # (..., Hkv, S, E) -> (..., Hq, S, E)
     mask = merge_masks(attn_mask, is_causal, query.size(-2), key.size(-2), "top-left", query.device)  # (..., L, S)
     # Half precision: compute scores, softmax and P V in float32 and round once at the end, as PyTorch's math
-    # backend does. In float16 the raw q . k overflows 65504 before any scaling (shared/BUGS.md #10).
+    # backend does. In float16 the raw q . k overflows 65504 before any scaling (docs/bugs.md #10).
     compute = torch.float32 if query.dtype in (torch.float16, torch.bfloat16) else query.dtype
     if mask is not None and mask.dtype != torch.bool:
         mask = mask.to(compute)

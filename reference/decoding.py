@@ -4,7 +4,7 @@ Both paths share one step, :func:`next_log_probs`: given the target prefix ys (B
 the cache does not hold yet (all T without a cache, the last one with a cache that is kept in step) under a
 bottom-right aligned causal mask and returns the log-probabilities of token T + 1. Without a cache that is the
 decoder mask of section 3.2.3 over the whole prefix; with one it is the prefill/offset rule of a KV cache
-(shared/BUGS.md #5). :func:`step_log_probs` teacher-forces a given target through either path and
+(docs/bugs.md #5). :func:`step_log_probs` teacher-forces a given target through either path and
 :func:`cached_vs_full` returns both, so tests and properties compare the two on the same tokens (no
 argmax ties involved). The model should be in eval mode (dropout off); nothing here builds autograd graphs.
 """
