@@ -38,7 +38,15 @@ class TargetUnavailable(AttncheckError):
 
 
 class TargetError(AttncheckError, AssertionError):
-    """The target misbehaved as a program: it raised, hung, or returned something of the wrong kind."""
+    """The target misbehaved as a program: it raised, hung, or returned something of the wrong kind.
+
+    ``kind`` is ``"raised"`` or ``"hung"`` (reported with status *error*: no answer to judge) or ``"returned"``
+    (a wrong kind of answer: wrong shape, dtype, device or type; status *failed*).
+    """
+
+    def __init__(self, message: str, kind: str = "returned"):
+        super().__init__(message)
+        self.kind = kind
 
 
 class PropertyFailure(AttncheckError, AssertionError):

@@ -109,23 +109,35 @@ def budget(
     return Budget(k * naive_error + floor, naive_error, k, floor, dtype)
 
 
+def precision(dtype: torch.dtype, compute: torch.dtype | None) -> torch.dtype:
+    """The precision a target computes in: its compute dtype where that is coarser than the input's (a float64
+    call computed in float32), else the input dtype (half types computed in float32 still round to the input)."""
+    if compute is None or torch.finfo(compute).eps <= torch.finfo(dtype).eps:
+        return dtype
+    return compute
+
+
 def output_budget(
     query: Tensor,
     key: Tensor,
     value: Tensor,
     reference: Tensor,
     alignment: str = "top-left",
+    compute: torch.dtype | None = None,
     **kwargs: object,
 ) -> Budget:
-    """Budget for the forward output: naive = the reference computed in the inputs' dtype."""
-    naive = oracle(query, key, value, alignment=alignment, dtype=query.dtype, **kwargs)  # type: ignore[arg-type]
+    """Budget for the forward output: naive = the reference computed in the target's precision (the inputs' dtype,
+    or a coarser declared or observed compute dtype), rounded to the inputs' dtype."""
+    work = precision(query.dtype, compute)
+    naive = oracle(query, key, value, alignment=alignment, dtype=work, **kwargs)  # type: ignore[arg-type]
+    naive = naive.to(query.dtype)
     value_scale = float(value.double().abs().max()) if value.numel() else 1.0
     logits = max_logit(query, key, kwargs.get("scale"))
     mask = kwargs.get("attn_mask")
     if isinstance(mask, Tensor) and mask.dtype != torch.bool and mask.numel():
         finite = mask[torch.isfinite(mask)]
         logits += float(finite.abs().max()) if finite.numel() else 0.0  # the bias moves the logits too
-    return budget(naive, reference, value_scale, query.dtype, logit_scale=logits)
+    return budget(naive, reference, value_scale, work, logit_scale=logits)
 
 
 def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:
@@ -139,8 +151,15 @@ def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:
 
 
 def expect(
-    query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None, alignment: str, **kwargs: object
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    alignment: str,
+    compute: torch.dtype | None = None,
+    **kwargs: object,
 ) -> tuple[Tensor, Budget]:
-    """(float64 oracle output, output budget) for one call in the inputs' dtype."""
+    """(float64 oracle output, output budget) for one call in the inputs' dtype, computed at ``compute``."""
     reference = oracle(query, key, value, attn_mask, alignment=alignment, **kwargs)  # type: ignore[arg-type]
-    return reference, output_budget(query, key, value, reference, alignment, attn_mask=attn_mask, **kwargs)
+    tol = output_budget(query, key, value, reference, alignment, compute, attn_mask=attn_mask, **kwargs)
+    return reference, tol

@@ -20,15 +20,17 @@ from typing import Any
 
 import pytest
 
-from attncheck.errors import UsageError
+from attncheck.errors import TargetError, UsageError
 from attncheck.properties import known_failures
 from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings
 from attncheck.properties.checks import drain_observations
 from attncheck.properties.options import ENV_PROFILE, PROFILE_NAMES, VerifySettings
+from attncheck.properties.probe import probe
 from attncheck.properties.report import CheckResult, Report, failure_details, one_line, problem_from_notes, versions
 from attncheck.properties.targets import Target, resolve_targets
 
 USER_PROPERTY = "attncheck"  # the key of the result in a test report's user_properties
+CALLS_BEFORE = pytest.StashKey[int]()  # the target's call count when the check started
 
 
 class AttncheckPlugin:
@@ -37,6 +39,8 @@ class AttncheckPlugin:
     def __init__(self, settings: VerifySettings, targets: list[Target] | None = None):
         """Resolve and validate the run (raises :class:`~attncheck.errors.UsageError`, a one-line message)."""
         self.targets = targets if targets is not None else resolve_targets(settings)
+        for target in self.targets:
+            target.findings = probe(target)  # root causes, once; the run goes on without the failing cases
         self.profile = settings.profile or os.environ.get(ENV_PROFILE) or ("ci" if os.environ.get("CI") else "dev")
         if self.profile not in PROFILE_NAMES:
             raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
@@ -82,11 +86,14 @@ class AttncheckPlugin:
 
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         props, names = set(self.settings.properties), set(self.settings.checks)
-        if props or names:
+        blocked = {t.name for t in self.targets if any(f.blocks_all for f in t.findings)}
+        if props or names or blocked:
             keep = [
                 i
                 for i in items
-                if (not props or _property_of(i) in props) and (not names or getattr(i, "originalname", None) in names)
+                if (not props or _property_of(i) in props)
+                and (not names or getattr(i, "originalname", None) in names)
+                and getattr(_target_of(i), "name", None) not in blocked
             ]
             config.hook.pytest_deselected(items=[i for i in items if i not in keep])
             items[:] = keep
@@ -104,8 +111,10 @@ class AttncheckPlugin:
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
-        if _target_of(item) is None:
+        target = _target_of(item)
+        if target is None:
             return (yield)
+        item.stash[CALLS_BEFORE] = target.calls
         with check_settings(item.obj, self.hypothesis):  # type: ignore[attr-defined]
             return (yield)
 
@@ -124,8 +133,9 @@ class AttncheckPlugin:
             longrepr = report.longrepr
             message = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
         elif report.failed:
-            status = "failed"
             exc = failure_details(call.excinfo.value) if call.excinfo else None
+            # the target raised or hung: no answer to judge (status error), unlike a wrong answer (failed)
+            status = "error" if isinstance(exc, TargetError) and exc.kind in ("raised", "hung") else "failed"
             message = one_line(exc) if exc else "failed"
             problem = getattr(exc, "problem", None) or (problem_from_notes(exc) if exc else None)
             if problem is not None:
@@ -143,6 +153,7 @@ class AttncheckPlugin:
             counterexample,
             repro,
             observed,
+            target.calls - item.stash.get(CALLS_BEFORE, target.calls),
         )
         report.user_properties.append((USER_PROPERTY, result.to_dict()))
         return report

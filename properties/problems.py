@@ -205,6 +205,7 @@ def problems(
     layouts: tuple[LayoutKind, ...] = ("contiguous", "transposed", "sliced", "expanded"),
     magnitudes: st.SearchStrategy[float] = st.sampled_from((1.0, 1.0, 1e-3, 10.0)),
     max_len: int | None = None,
+    min_keys: int = 1,
     custom_scale: bool = True,
     gqa: bool = True,
 ) -> Problem:
@@ -219,6 +220,11 @@ def problems(
     S = draw(lengths)
     if max_len is not None:
         L, S = min(L, max_len), min(S, max_len)
+    S = max(S, min_keys)
+    if caps.lengths == "equal":  # self-attention only
+        L = S = max(L, min_keys)
+    elif caps.lengths == "q<=k":
+        L = min(L, S)
     E = draw(head_dims)
     Ev = draw(head_dims) if caps.value_dim else E
     B = draw(st.integers(1, 3))

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from attncheck.properties.problems import format_counterexample
@@ -18,8 +19,22 @@ from attncheck.properties.problems import format_counterexample
 if TYPE_CHECKING:
     from attncheck.properties.report import Report
 
-STYLE = {"passed": "green", "failed": "bold red", "skipped": "yellow", "known-failure": "yellow"}
-LABEL = {"passed": "passed", "failed": "FAILED", "skipped": "skipped", "known-failure": "known failure"}
+STYLE = {
+    "passed": "green",
+    "failed": "bold red",
+    "error": "bold red",
+    "blocked": "bold red",
+    "skipped": "yellow",
+    "known-failure": "yellow",
+}
+LABEL = {
+    "passed": "passed",
+    "failed": "FAILED",
+    "error": "ERROR",
+    "blocked": "BLOCKED",
+    "skipped": "skipped",
+    "known-failure": "known failure",
+}
 
 
 def _label(row: dict[str, Any]) -> str:
@@ -60,16 +75,25 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
     for t in data["targets"]:
+        for cause in t["root_causes"]:  # each root cause once, before what it explains
+            console.rule(f"[bold red]{escape(t['name'])}: root cause, found by the first probe: {escape(cause['case'])}")
+            console.print(cause["message"], markup=False)
+            console.print(f"fix: {cause['fix']}", markup=False)
+            console.print("reproduce with:", markup=False)
+            console.print(cause["repro"], markup=False)
+    for t in data["targets"]:
         for row in t["properties"]:
-            if row["status"] != "failed":
-                continue
-            console.rule(f"[bold red]{t['name']}: {row['name']} FAILED")
-            console.print(row["message"], markup=False)
-            if row["counterexample"]:
-                console.print(f"minimal counterexample: {format_counterexample(row['counterexample'])}", markup=False)
-            if row["repro"]:
-                console.print("reproduce with:", markup=False)
-                console.print(row["repro"], markup=False)
+            for check in row["checks"]:  # every failing check with its own counterexample and repro
+                if check["status"] not in ("failed", "error"):
+                    continue
+                console.rule(f"[bold red]{escape(t['name'])}::{row['name']}::{check['name']} {LABEL[check['status']]}")
+                console.print(check["message"], markup=False)
+                if check["counterexample"]:
+                    example = format_counterexample(check["counterexample"])
+                    console.print(f"minimal counterexample: {example}", markup=False)
+                if check["repro"]:
+                    console.print("reproduce with:", markup=False)
+                    console.print(check["repro"], markup=False)
     return out.getvalue()
 
 
@@ -110,7 +134,7 @@ def markdown(data: dict[str, Any]) -> str:
             if row is None:
                 cells.append("-")
                 continue
-            cells.append(f"**{_label(row)}**" if row["status"] == "failed" else _label(row))
+            cells.append(f"**{_label(row)}**" if row["status"] in ("failed", "error", "blocked") else _label(row))
         lines.append(f"| {prop} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

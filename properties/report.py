@@ -20,7 +20,7 @@ from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Target
 
 # Status of a property (docs/design.md, "Verdicts"): passed needs at least one check that called the target.
-PASSED, FAILED, SKIPPED, KNOWN = "passed", "failed", "skipped", "known-failure"
+PASSED, FAILED, ERROR, SKIPPED, KNOWN, BLOCKED = "passed", "failed", "error", "skipped", "known-failure", "blocked"
 
 
 @dataclass
@@ -30,12 +30,13 @@ class CheckResult:
     target: str
     property: str
     check: str
-    status: str  # passed | failed | skipped | xfailed | xpassed
+    status: str  # passed | failed | error | skipped | xfailed | xpassed
     duration: float
     message: str = ""
     counterexample: dict[str, Any] | None = None
     repro: str = ""
     observations: list[tuple[str, str]] = field(default_factory=list)  # (what, value) seen during the check
+    target_calls: int = 0  # calls of the target that returned an answer during the check
 
     def key(self) -> str:
         """The check's name in the form a known-failures file accepts: ``target::property::check``."""
@@ -64,19 +65,37 @@ class Report:
         return sorted((r for r in self.results if r.target == target and r.property == prop), key=lambda r: r.check)
 
     def properties_of(self, target: str) -> list[dict[str, Any]]:
-        """Per-property aggregate for ``target``: failed if a check failed, passed if one passed, else
-        known-failure if a check is a known failure, else skipped (not applicable)."""
+        """Per-property aggregate for ``target``: failed if a check failed, else error if the target raised or
+        hung in one, else passed if a check that called the target passed, else known-failure if a check is a
+        known failure, else skipped (not applicable, or no check called the target)."""
         rows = []
+        found = next((t for t in self.targets if t.name == target), None)
+        blocking = [f for f in (found.findings if found else []) if f.blocks_all]
         for name in PROPERTIES:
             results = self._results_of(target, name)
+            if (
+                blocking
+                and not results
+                and (self.settings["properties"] == "all" or name in self.settings["properties"])
+            ):
+                rows.append(_blocked_row(name, blocking[0]))
+                continue
             if not results:
                 continue
-            failed = [r for r in results if r.status == "failed"]
+            failed = [r for r in results if r.status == FAILED]
+            errors = [r for r in results if r.status == ERROR]
             passed = [r for r in results if r.status in ("passed", "xpassed")]
+            judged = [r for r in passed if r.target_calls > 0]
             known = [r for r in results if r.status == "xfailed"]
-            status = FAILED if failed else PASSED if passed else KNOWN if known else SKIPPED
-            first = failed[0] if failed else None
-            message = first.message if first else "; ".join(sorted({r.message for r in results if r.message}))
+            skipped = [r for r in results if r.status == "skipped"]
+            status = FAILED if failed else ERROR if errors else PASSED if judged else KNOWN if known else SKIPPED
+            first = next(iter(failed + errors), None)
+            if first is not None:
+                message = first.message
+            elif passed and not judged and not known:
+                message = "no check called the target: " + "; ".join(sorted({r.message for r in skipped}))
+            else:
+                message = "; ".join(sorted({r.message for r in results if r.message}))
             rows.append(
                 {
                     "name": name,
@@ -86,15 +105,17 @@ class Report:
                     "repro": first.repro if first else "",
                     "duration": round(sum(r.duration for r in results), 3),
                     "known_failures": [{"check": r.key(), "reason": r.message} for r in known],
-                    "checks_ran": len(results) - len([r for r in results if r.status == "skipped"]),
+                    "checks_run": len(results) - len(skipped),
                     "checks_passed": len(passed),
-                    "checks_skipped": len([r for r in results if r.status == "skipped"]),
+                    "checks_skipped": len(skipped),
                     "checks": [
                         {
                             "name": r.check,
                             "status": r.status,
                             "message": r.message,
                             "counterexample": r.counterexample,
+                            "repro": r.repro,
+                            "target_calls": r.target_calls,
                             "duration": round(r.duration, 3),
                         }
                         for r in results
@@ -105,6 +126,10 @@ class Report:
 
     def observations_of(self, target: str) -> dict[str, list[str]]:
         seen: dict[str, set[str]] = {}
+        for t in self.targets:
+            if t.name == target:
+                for dtype, coarser in t.observed_precision.items():
+                    seen.setdefault("compute precision", set()).add(f"{dtype} inputs at about {coarser} precision")
         for r in self.results:
             if r.target == target:
                 for what, value in r.observations:
@@ -125,7 +150,8 @@ class Report:
         ]
 
     def failed(self) -> bool:
-        return any(r.status == "failed" for r in self.results)
+        """Whether the run found something: a root cause, a wrong answer, or a target that raised or hung."""
+        return any(t.findings for t in self.targets) or any(r.status in (FAILED, ERROR) for r in self.results)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -134,7 +160,8 @@ class Report:
                     "name": t.name,
                     "description": t.description,
                     "device": t.device,
-                    "capabilities": t.caps.to_dict(),
+                    "capabilities": (t.declared or t.caps).to_dict(),
+                    "root_causes": [f.to_dict() for f in t.findings],
                     "observations": self.observations_of(t.name),
                     "properties": self.properties_of(t.name),
                 }
@@ -148,6 +175,23 @@ class Report:
             ],
             "wall_time_s": round(time.time() - self.started, 2),
         }
+
+
+def _blocked_row(name: str, finding: Any) -> dict[str, Any]:
+    """A property that could not run: the first probe's plain call does not work."""
+    return {
+        "name": name,
+        "status": BLOCKED,
+        "message": f"blocked by the {finding.case}: {finding.message}",
+        "counterexample": None,
+        "repro": finding.repro,
+        "duration": 0.0,
+        "known_failures": [],
+        "checks_run": 0,
+        "checks_passed": 0,
+        "checks_skipped": 0,
+        "checks": [],
+    }
 
 
 def versions() -> dict[str, str]:

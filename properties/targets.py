@@ -42,6 +42,8 @@ from attncheck.properties.options import VerifySettings
 Layout = Literal["BHLD", "BLHD"]
 Alignment = Literal["top-left", "bottom-right"]
 RowConvention = Literal["zeros", "nan", "uniform"]
+MaskedValues = Literal["observed", "ignored"]
+Lengths = Literal["any", "equal", "q<=k"]
 
 ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 # transposed: BLHD storage seen as BHLD; sliced: last-dim stride 2; expanded: stride 0 over the batch
@@ -58,6 +60,7 @@ class Capabilities:
 
     masks: frozenset[str] = frozenset({"bool", "float"})  # kinds of attn_mask accepted; empty = no mask support
     causal: Alignment | None = "top-left"  # alignment of is_causal when L != S; None = no is_causal
+    lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
     gqa: bool = True  # enable_gqa (Hq a multiple of Hkv, head h reads kv head h // (Hq / Hkv))
     scale: bool = True  # the scale= argument is honoured
     dropout: bool = False  # dropout_p > 0 is supported (property dropout_statistics)
@@ -68,6 +71,13 @@ class Capabilities:
     layout: Layout = "BHLD"  # BHLD = (batch, heads, length, dim); BLHD = (batch, length, heads, dim)
     strided_inputs: tuple[str, ...] = STRIDED  # non-contiguous inputs accepted (a kernel may refuse, not miscompute)
     masked_rows: RowConvention | None = None  # declared output for rows with no admissible key; None = any
+    # NaN/inf written into keys and values that no query may see: "observed" (reported, as torch SDPA lets
+    # 0 x NaN reach the output) or "ignored" (declared: such values never reach the output)
+    masked_values: MaskedValues = "observed"
+    # the dtype the target computes in where coarser than its inputs (e.g. "float32": softmax(x.float()) called in
+    # float64); None = the input dtype. matches_oracle judges precision against it; structural properties
+    # budget with it (or with the precision the probe observes when undeclared).
+    compute_dtype: str | None = None
     arg_names: Mapping[str, str] = field(default_factory=dict)  # contract name -> the target's keyword
     known_failures: Mapping[str, str] = field(default_factory=dict)  # check name -> reason (accepted, xfail)
 
@@ -79,6 +89,8 @@ class Capabilities:
         bad = set(self.dtypes) - set(ALL_DTYPES)
         if bad:
             raise ValueError(f"dtypes: unknown {sorted(bad)}; known: {ALL_DTYPES}")
+        if self.compute_dtype is not None and self.compute_dtype not in ALL_DTYPES:
+            raise ValueError(f"compute_dtype: unknown {self.compute_dtype!r}; known: {ALL_DTYPES}")
         bad = set(self.strided_inputs) - set(STRIDED)
         if bad:
             raise ValueError(f"strided_inputs: unknown {sorted(bad)}; known: {STRIDED}")
@@ -105,6 +117,7 @@ class Capabilities:
             f"layout={self.layout}",
             f"masks={masks}",
             f"causal={self.causal or 'no'}",
+            f"lengths={self.lengths}",
             f"gqa={'yes' if self.gqa else 'no'}",
             f"scale={'yes' if self.scale else 'no'}",
             f"grad={'yes' if self.grad else 'no'}",
@@ -113,6 +126,8 @@ class Capabilities:
             f"dtypes={','.join(self.dtypes)}",
             f"strided={','.join(self.strided_inputs) or 'none'}",
             f"masked_rows={self.masked_rows or 'any'}",
+            f"masked_values={self.masked_values}",
+            f"compute_dtype={self.compute_dtype or 'input'}",
         ]
         if self.arg_names:
             parts.append("args=" + ",".join(f"{k}->{v}" for k, v in self.arg_names.items()))
@@ -140,6 +155,11 @@ class Target:
     description: str = ""
     timeout: float = 60.0  # seconds per call; a call that takes longer fails the property as hung
     device: str = "cpu"  # where the properties build their tensors
+    calls: int = field(default=0, init=False, repr=False)  # completed calls (a check that made none judged nothing)
+    # input dtype -> the coarser dtype the first probe saw it computed in (undeclared reduced precision)
+    observed_precision: dict[str, str] = field(default_factory=dict, init=False, repr=False)
+    findings: list[Any] = field(default_factory=list, init=False, repr=False)  # the first probe's root causes
+    declared: Capabilities | None = field(default=None, init=False, repr=False)  # caps before the probe narrowed them
     _hung: str | None = field(default=None, init=False, repr=False)
 
     def __call__(
@@ -184,12 +204,23 @@ class Target:
             raise TargetError(f"target {self.name!r} returned dtype {out.dtype}, expected {query.dtype} (the input's)")
         if out.device != query.device:
             raise TargetError(f"target {self.name!r} returned a tensor on {out.device}, expected {query.device}")
+        self.calls += 1
         return out
+
+    def precision(self, dtype: torch.dtype, judged: bool = False) -> torch.dtype:
+        """The precision this target computes ``dtype`` inputs in: declared (``compute_dtype``), else, for the
+        structural properties, what the first probe observed; ``judged=True`` (matches_oracle) ignores the
+        observation, so an undeclared reduced precision is one matches_oracle finding."""
+        from attncheck.properties.oracle import precision
+
+        name = str(dtype).removeprefix("torch.")
+        compute = self.caps.compute_dtype or (None if judged else self.observed_precision.get(name))
+        return precision(dtype, getattr(torch, compute) if compute else None)
 
     def _call_with_timeout(self, query: Tensor, key: Tensor, value: Tensor, kwargs: dict[str, Any]) -> Any:
         """Run one call in a worker thread; a call that outlives ``timeout`` marks the target hung."""
         if self._hung:
-            raise TargetError(self._hung)
+            raise TargetError(self._hung, "hung")
         result: dict[str, Any] = {}
         grad_enabled = torch.is_grad_enabled()  # grad mode is thread-local: carry the caller's over
 
@@ -208,11 +239,11 @@ class Target:
                 f"target {self.name!r} did not return within {self.timeout:g} s (hung); "
                 "it is not called again in this run"
             )
-            raise TargetError(self._hung)
+            raise TargetError(self._hung, "hung")
         if "exc" in result:
             exc = result["exc"]
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-            raise TargetError(f"target {self.name!r} raised {type(exc).__name__}: {first_line}") from exc
+            raise TargetError(f"target {self.name!r} raised {type(exc).__name__}: {first_line}", "raised") from exc
         return result["out"]
 
 
@@ -346,6 +377,16 @@ def parse_capability(text: str) -> dict[str, Any]:
     elif key == "layout":
         if raw not in ("BHLD", "BLHD"):
             raise TargetSpecError(f"bad capability {text!r}: layout takes BHLD or BLHD")
+    elif key == "compute_dtype":
+        value = None if raw in ("", "input", "none") else raw
+        if value not in (None, *ALL_DTYPES):
+            raise TargetSpecError(f"bad capability {text!r}: compute_dtype takes one of {', '.join(ALL_DTYPES)}")
+    elif key == "lengths":
+        if raw not in ("any", "equal", "q<=k"):
+            raise TargetSpecError(f"bad capability {text!r}: lengths takes any, equal or q<=k")
+    elif key == "masked_values":
+        if raw not in ("observed", "ignored"):
+            raise TargetSpecError(f"bad capability {text!r}: masked_values takes observed or ignored")
     elif key == "masked_rows":
         value = None if raw in ("any", "none") else raw
         if value not in (None, "zeros", "nan", "uniform"):

@@ -66,7 +66,7 @@ def test_fully_masked_rows(target: Target, data: st.DataObject) -> None:
             f"fully masked rows return {convention}, but the target declares {caps.masked_rows}",
             p,
         )
-    ref, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    ref, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
     live = ~dead.unsqueeze(-1)  # (B, Hq, L, 1)
     assert_close(out, ref, tol, "rows with admissible keys, beside fully masked rows, vs the oracle", p, where=live)
     if caps.grad and bool(live.any()):

@@ -27,7 +27,7 @@ def test_strided_inputs_equal_contiguous(target: Target, data: st.DataObject) ->
     contiguous_mask = None if mask is None else mask.contiguous()
     out_c = target(q.contiguous(), k.contiguous(), v.contiguous(), **p.call_kwargs(contiguous_mask))
     align = target.caps.causal or "top-left"
-    _, tol = expect(q, k, v, mask, align, is_causal=p.is_causal, scale=p.scale)
+    _, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     assert_close(out, out_c, tol, f"output for {p.layout} inputs vs contiguous copies", p)
 
 
@@ -42,5 +42,5 @@ def test_expanded_mask_equals_contiguous(target: Target, data: st.DataObject) ->
     expanded = mask.expand(p.B, p.Hq, p.L, p.S)  # broadcast shape -> (B, Hq, L, S), stride 0 where broadcast
     out = target(q, k, v, **p.call_kwargs(expanded))
     out_c = target(q, k, v, **p.call_kwargs(expanded.contiguous()))
-    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    _, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
     assert_close(out, out_c, tol, f"output with a stride-0 expanded {p.mask_shape} mask vs its contiguous copy", p)

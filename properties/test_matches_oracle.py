@@ -21,8 +21,11 @@ def test_forward_matches_oracle(target: Target, data: st.DataObject) -> None:
     p = data.draw(problems(target.caps), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask))
-    ref, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
-    err = assert_close(out, ref, tol, "output vs float64 oracle", p)
+    align = target.caps.causal or "top-left"
+    ref, tol = expect(
+        q, k, v, mask, align, target.precision(q.dtype, judged=True), is_causal=p.is_causal, scale=p.scale
+    )
+    err = assert_close(out, ref, tol, _what("output", target, q.dtype), p)
     hypothesis_target(err / tol.value, label="error / budget")
 
 
@@ -49,8 +52,21 @@ def test_gradients_match_oracle(target: Target, data: st.DataObject) -> None:
 
     got = gradients(None)
     ref = gradients(torch.float64)
-    naive = gradients(q.dtype)
+    work = target.precision(q.dtype, judged=True)
+    naive = gradients(work)
     for name, g_got, g_ref, g_naive in zip(("dQ", "dK", "dV"), got, ref, naive, strict=True):
         scale = float(g_ref.abs().max()) if g_ref.numel() else 1.0
-        tol = budget(g_naive, g_ref, scale, q.dtype, k=K_GRAD, logit_scale=max_logit(q, k, p.scale))
-        assert_close(g_got, g_ref, tol, f"gradient {name} vs float64 oracle", p)
+        tol = budget(g_naive.to(q.dtype), g_ref, scale, work, k=K_GRAD, logit_scale=max_logit(q, k, p.scale))
+        assert_close(g_got, g_ref, tol, _what(f"gradient {name}", target, q.dtype), p)
+
+
+def _what(quantity: str, target: Target, dtype: torch.dtype) -> str:
+    """What is compared; where the probe saw a coarser precision than declared, the message says so first."""
+    name = str(dtype).removeprefix("torch.")
+    seen = target.observed_precision.get(name)
+    if seen is None:
+        return f"{quantity} vs float64 oracle"
+    return (
+        f"{name} inputs computed at about {seen} precision (declare --cap compute_dtype={seen} if by design): "
+        f"{quantity} vs float64 oracle"
+    )

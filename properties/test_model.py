@@ -61,8 +61,9 @@ def _dtype(target: Target) -> torch.dtype:
 
 
 def _tol(target: Target) -> float:
-    """Model outputs are O(1): allow reordering error of a few layers in the model's dtype."""
-    return 1e-9 if _dtype(target) == torch.float64 else 2e-4
+    """Model outputs are O(1): allow reordering error of a few layers at the precision the attention computes in
+    (a float64 model whose attention computes in float32, declared or observed, gets the float32 allowance)."""
+    return 1e-9 if target.precision(_dtype(target)) == torch.float64 else 2e-4
 
 
 def _tokens(B: int, S: int, seed: int, device: str) -> torch.Tensor:
@@ -119,6 +120,7 @@ def test_encoder_with_pe_is_not_equivariant(target: Target, sizes: tuple[int, in
 @given(sizes=sizes, data=st.data())
 def test_decoder_is_causal(target: Target, sizes: tuple[int, int, int], data: st.DataObject) -> None:
     """Decoder log-probabilities at t do not depend on target tokens after t (section 3.2.3)."""
+    require(target.caps.lengths != "equal", "encoder-decoder attention has L != S; target declares L == S only")
     B, L, seed = sizes
     t = data.draw(st.integers(0, L - 2), label="t")
     model = _model(target, seed, positional_encoding=True)
@@ -170,6 +172,7 @@ def test_kv_cache_equals_full_recomputation(
     target: Target, sizes: tuple[int, int, int], data: st.DataObject, gqa: bool
 ) -> None:
     """Incremental decoding with a key/value cache (prefill, then one token at a time) equals full recomputation."""
+    require(target.caps.lengths != "equal", "cached decoding attends L new queries to S > L keys; target: L == S")
     B, T, seed = sizes
     prefill = data.draw(st.integers(1, T), label="prefill")
     use_gqa = gqa and target.caps.gqa

@@ -42,7 +42,7 @@ def test_future_perturbation(target: Target, data: st.DataObject) -> None:
     k2[..., n:, :] = (torch.randn(k2[..., n:, :].shape, generator=g) * 30).to(k.dtype)
     v2[..., n:, :] = (torch.randn(v2[..., n:, :].shape, generator=g) * 1e3).to(v.dtype)
     after = target(q2, k2, v2, **p.call_kwargs(mask))
-    _, tol = expect(q, k, v, mask, align, is_causal=True, scale=p.scale)
+    _, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=True, scale=p.scale)
     assert_close(
         after[..., : t + 1, :],
         before[..., : t + 1, :],

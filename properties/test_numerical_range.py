@@ -28,7 +28,9 @@ def test_huge_logits_finite_and_accurate(target: Target, data: st.DataObject) ->
     p = data.draw(problems(target.caps, magnitudes=st.sampled_from((30.0, 100.0)), masked_rows=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask))
-    ref, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
+    ref, tol = expect(
+        q, k, v, mask, target.caps.causal or "top-left", target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale
+    )
     assert_close(out, ref, tol, "output for logits far beyond exp's range vs the float64 oracle", p)
 
 
@@ -73,5 +75,5 @@ def test_finite_min_bias_does_not_overflow(target: Target, data: st.DataObject) 
     assert mask is not None
     finite_min = mask.masked_fill(mask == float("-inf"), torch.finfo(q.dtype).min)  # (..., L, S)
     out = target(q, k, v, **p.call_kwargs(finite_min))
-    ref, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    ref, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
     assert_close(out, ref, tol, "output with finfo.min (instead of -inf) on masked keys vs the -inf oracle", p)

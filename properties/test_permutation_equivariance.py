@@ -39,7 +39,7 @@ def test_query_permutation_equivariance(target: Target, data: st.DataObject) -> 
     perm = _permutation(p.L, p.seed + 3).to(q.device)
     out = target(q, k, v, **p.call_kwargs(mask))
     out_perm = target(q.index_select(-2, perm), k, v, **p.call_kwargs(_permute_mask(mask, p, perm, -2)))
-    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    _, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
     assert_close(out_perm, out.index_select(-2, perm), tol, "f(permuted queries) vs permuted f(queries)", p)
 
 
@@ -54,5 +54,5 @@ def test_key_permutation_invariance(target: Target, data: st.DataObject) -> None
     out_perm = target(
         q, k.index_select(-2, perm), v.index_select(-2, perm), **p.call_kwargs(_permute_mask(mask, p, perm, -1))
     )
-    _, tol = expect(q, k, v, mask, "top-left", scale=p.scale)
+    _, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
     assert_close(out_perm, out, tol, "f(Q, permuted K and V) vs f(Q, K, V)", p)

@@ -50,6 +50,7 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
     adm = p.admissible(mask, caps.causal or "top-left").to(weights.device)  # (B, Hq, L, S)
     row_live = adm.any(-1)  # (B, Hq, L)
     q, k, _, _ = p.tensors(target.device)
+    work = target.precision(q.dtype)
     naive = oracle(
         q,
         k,
@@ -58,9 +59,9 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
         alignment=caps.causal or "top-left",
         is_causal=p.is_causal,
         scale=p.scale,
-        dtype=q.dtype,
-    )[..., : p.S]  # (B, Hq, L, S) in the inputs' dtype
-    tol = budget(naive, ref, 1.0, q.dtype, logit_scale=max_logit(q, k, p.scale))
+        dtype=work,
+    )[..., : p.S].to(q.dtype)  # (B, Hq, L, S) at the target's precision, in the inputs' dtype
+    tol = budget(naive, ref, 1.0, work, logit_scale=max_logit(q, k, p.scale))
     w = weights.double()
     check(bool((w[adm.expand_as(w)] >= -tol.value).all()), f"negative attention weight {float(w.min()):.3g}", p)
     masked = w.masked_select(~adm.expand_as(w) & row_live.unsqueeze(-1).expand_as(w))
@@ -71,7 +72,7 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
         p,
     )
     sums = w.sum(-1)  # (B, Hq, L)
-    row_tol = budget(naive.double().sum(-1), ref.sum(-1), 1.0, q.dtype, logit_scale=max_logit(q, k, p.scale))
+    row_tol = budget(naive.double().sum(-1), ref.sum(-1), 1.0, work, logit_scale=max_logit(q, k, p.scale))
     assert_close(sums, torch.ones_like(sums), row_tol, "attention weight row sums vs 1", p, where=row_live)
 
 
@@ -87,5 +88,6 @@ def test_ones_in_ones_out(target: Target, data: st.DataObject) -> None:
     # The only error allowed is rounding: of the logits (a logsumexp-form kernel computes exp(s - lse), whose
     # relative error grows with |s|) and of the S-term sum (floor x sqrt(S), random-walk accumulation).
     logits = max_logit(q, k, p.scale)
-    tol = budget(ones.to(q.dtype), ones, 1.0, q.dtype, logit_scale=logits).value * max(1.0, p.S**0.5)
+    work = target.precision(q.dtype)
+    tol = budget(ones.to(q.dtype), ones, 1.0, work, logit_scale=logits).value * max(1.0, p.S**0.5)
     assert_close(out, ones, tol, "output for V = ones", p, where=live.to(out.device))

@@ -30,7 +30,7 @@ def test_row_shift_invariance(target: Target, data: st.DataObject, shift: float)
     shifted = base + c  # (B, Hq, L, S): -inf stays -inf
     out = target(q, k, v, **p.call_kwargs(base))
     out_shifted = target(q, k, v, **p.call_kwargs(shifted))
-    _, tol = expect(q, k, v, shifted, "top-left", scale=p.scale)
+    _, tol = expect(q, k, v, shifted, "top-left", target.precision(q.dtype), scale=p.scale)
     assert_close(out_shifted, out, tol, f"output with every score row shifted by up to {shift:g}", p)
 
 
@@ -47,7 +47,7 @@ def test_linear_in_values(target: Target, data: st.DataObject, a: float, b: floa
         a * target(q, k, v1, **p.call_kwargs(mask)).double() + b * target(q, k, v2, **p.call_kwargs(mask)).double()
     )
     align = target.caps.causal or "top-left"
-    _, tol = expect(q, k, combo, mask, align, is_causal=p.is_causal, scale=p.scale)
+    _, tol = expect(q, k, combo, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     scale = abs(a) + abs(b)  # each of the two outputs carries its own rounding
     assert_close(out, expected, tol.value * scale, f"f(a V1 + b V2) vs a f(V1) + b f(V2) (a={a}, b={b})", p)
 
@@ -65,7 +65,9 @@ def test_output_in_convex_hull(target: Target, data: st.DataObject) -> None:
     hi = torch.where(sel, vq, float("-inf")).amax(-2)  # (B, Hq, L, Ev)
     lo = torch.where(sel, vq, float("inf")).amin(-2)  # (B, Hq, L, Ev)
     live = adm.any(-1, keepdim=True)  # (B, Hq, L, 1)
-    _, tol = expect(q, k, v, mask, target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
+    _, tol = expect(
+        q, k, v, mask, target.caps.causal or "top-left", target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale
+    )
     over = torch.where(live, torch.maximum(out - hi, lo - out), torch.zeros_like(out)).nan_to_num(float("inf"))
     worst = float(over.max()) if over.numel() else 0.0
     check(

@@ -143,7 +143,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 
 def make_target():
-    caps = Capabilities(known_failures={"test_masked_keys_nonfinite_irrelevant": "torch SDPA inside"})
+    caps = Capabilities(dropout=True)
     return Target("stub-flash", scaled_dot_product_attention, caps, "stubkernels: torch SDPA under another name")
 
 

@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, SDPA_KNOWN, as_4d, masked_values_leak
+from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d
 from attncheck.properties.targets import Capabilities, Target
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -55,10 +55,7 @@ def hf_eager_target() -> Target:
 
     # Masks are additive only (a bool mask would be *added*); no is_causal (callers build the mask).
     # float64 is not declared: the softmax runs in float32 (dtype=torch.float32), ~1e-7 from the float64 oracle.
-    known = masked_values_leak("eager_attention_forward")
-    caps = Capabilities(
-        masks=frozenset({"float"}), causal=None, dropout=True, dtypes=HALF_AND_SINGLE, known_failures=known
-    )
+    caps = Capabilities(masks=frozenset({"float"}), causal=None, dropout=True, dtypes=HALF_AND_SINGLE)
     return Target("hf-eager", hf_eager, caps, f"transformers {transformers.__version__} eager_attention_forward")
 
 
@@ -91,5 +88,5 @@ def hf_sdpa_target() -> Target:
 
     # is_causal is top-left (SDPA's) except that sdpa_attention_forward drops it when L == 1 (the decoding step:
     # the one query then sees every key, as bottom-right would). Not declarable; the properties report it.
-    caps = Capabilities(dropout=True, known_failures=SDPA_KNOWN)
+    caps = Capabilities(dropout=True)
     return Target("hf-sdpa", hf_sdpa, caps, f"transformers {transformers.__version__} sdpa_attention_forward")

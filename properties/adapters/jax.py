@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d, masked_values_leak
+from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d
 from attncheck.properties.targets import Capabilities, Target
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -71,9 +71,6 @@ def jax_target() -> Target:
     # ynn_emitter.cc, e.g. batch 1, head dim 1, L = S = 64). The library's eager fallback avoids them but costs
     # ~1 s per new shape. Bool-masked scores become -0.7 * finfo.max, not -inf: fully masked rows are uniform.
     dtypes = ("float32",) if backend == "cpu" else HALF_AND_SINGLE
-    known = masked_values_leak("jax.nn.dot_product_attention")
-    caps = Capabilities(
-        grad=False, value_dim=False, dtypes=dtypes, devices=("cpu",), layout="BLHD", known_failures=known
-    )
+    caps = Capabilities(grad=False, value_dim=False, dtypes=dtypes, devices=("cpu",), layout="BLHD")
     description = f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention) on the {backend} backend"
     return Target("jax", jax_attention, caps, description)

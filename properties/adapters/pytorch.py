@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import SDPA_KNOWN, masked_values_leak
 from attncheck.properties.targets import Capabilities, Target
 from attncheck.reference.attention import merge_masks
 
@@ -25,7 +24,7 @@ def reference_target() -> Target:
 
 def torch_sdpa_target() -> Target:
     fn = torch.nn.functional.scaled_dot_product_attention
-    caps = Capabilities(dropout=True, known_failures=SDPA_KNOWN)
+    caps = Capabilities(dropout=True)
     return Target("torch-sdpa", fn, caps, f"torch {torch.__version__} SDPA, default dispatch")
 
 
@@ -43,13 +42,13 @@ def _sdpa_backend(backend_name: str, caps: Capabilities) -> Target:
 
 
 def torch_sdpa_math_target() -> Target:
-    return _sdpa_backend("MATH", Capabilities(dropout=True, known_failures=SDPA_KNOWN))
+    return _sdpa_backend("MATH", Capabilities(dropout=True))
 
 
 def torch_sdpa_flash_target() -> Target:
     # The CPU flash kernel takes 4-D inputs with Ev == E, a contiguous last dimension and no dropout only
     # (otherwise it raises "No available kernel": a refusal, declared, not a wrong result).
-    caps = Capabilities(value_dim=False, strided_inputs=("transposed", "expanded"), known_failures=SDPA_KNOWN)
+    caps = Capabilities(value_dim=False, strided_inputs=("transposed", "expanded"))
     return _sdpa_backend("FLASH_ATTENTION", caps)
 
 
@@ -57,12 +56,8 @@ def torch_sdpa_flash_target() -> Target:
 # torch.nn.MultiheadAttention
 
 # The module projects its inputs: with identity projections x @ I, a NaN or inf in one entry of a key or value
-# becomes NaN in every feature of that position (NaN * 0 = NaN), hence in every head; and 0 * NaN in P V leaks
-# as in torch SDPA.
-MHA_KNOWN = {
-    "test_masked_keys_nonfinite_irrelevant": "nn.MultiheadAttention: the in-projection x @ W spreads a non-finite "
-    "key or value entry to every head of that position, and 0 * NaN in P V leaks (pytorch/pytorch#101967)",
-}
+# becomes NaN in every feature of that position (NaN * 0 = NaN), hence in every head; and 0 * NaN in P V reaches
+# the output as in torch SDPA (observed, like every library's masked values).
 
 
 def _identity_mha(
@@ -129,7 +124,7 @@ def _mha(name: str, need_weights: bool) -> Target:
         out, _ = module(x_q, x_k, x_v, attn_mask=mask, need_weights=need_weights, is_causal=hint)
         return out.view(B, L, H, d_k).transpose(1, 2)  # (B, L, H*d_k) -> (B, L, H, d_k) -> (B, H, L, d_k)
 
-    caps = Capabilities(gqa=False, scale=False, dropout=True, value_dim=False, known_failures=MHA_KNOWN)
+    caps = Capabilities(gqa=False, scale=False, dropout=True, value_dim=False)
     path = "explicit softmax, need_weights=True" if need_weights else "torch SDPA inside, need_weights=False"
     return Target(name, mha, caps, f"torch {torch.__version__} nn.MultiheadAttention, identity projections ({path})")
 
@@ -194,5 +189,5 @@ def flex_attention_target() -> Target:
 
     # Eager (no torch.compile): it runs on CPU at tens to hundreds of ms per call; compiling costs ~17 s per new
     # shape on CPU, too much for property tests. CPU backward raises NotImplementedError, hence grad=False.
-    caps = Capabilities(grad=False, masked_rows="zeros", known_failures=masked_values_leak("flex_attention"))
+    caps = Capabilities(grad=False, masked_rows="zeros")
     return Target("flex-attention", flex, caps, f"torch {torch.__version__} flex_attention, eager")

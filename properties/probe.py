@@ -1,0 +1,204 @@
+"""The first probe: a few basic calls before the catalog runs, so that one root cause is reported once.
+
+A library that raises on float64, returns float32 for float16, refuses L != S or has no GQA would otherwise fail
+ten properties with the same message (docs/design.md, "Verdicts"). The probe calls the target on the basic
+cases its capabilities declare (the plain call, each dtype, L != S both ways, each mask kind, is_causal, GQA,
+``scale=``, Ev != E, the backward pass). Each basic case that does not hold is a :class:`Finding`: reported
+once, with the minimal call and the declaration that would describe the target, and the run goes on without
+that case (the capability is narrowed), so the properties judge the rest. When the plain call itself does not
+work, nothing else can be judged: every property is *blocked* by it, in seconds instead of minutes.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from attncheck.errors import TargetError
+from attncheck.properties.oracle import oracle, output_budget
+from attncheck.properties.problems import Problem
+from attncheck.properties.targets import Capabilities, Target
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A basic case that does not hold: what was called, what happened, and what would describe the target."""
+
+    case: str  # e.g. "plain call", "dtype float64", "L != S", "bool masks"
+    message: str  # what was observed, one line
+    repro: str  # the minimal call
+    fix: str  # a declaration (verify flag / @declare field) that would describe the target, or advice
+    blocks_all: bool = False  # the plain call fails: no property can be judged
+    narrowed: dict[str, Any] = field(default_factory=dict)  # Capabilities fields the run continues with
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case": self.case,
+            "message": self.message,
+            "repro": self.repro,
+            "fix": self.fix,
+            "blocks_all": self.blocks_all,
+        }
+
+
+def _hint(error: TargetError, caps: Capabilities) -> str:
+    """The declaration that an undeclared convention would explain, read from the error (empty if none)."""
+    text = str(error)
+    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
+    if unexpected:
+        arg = unexpected.group(1)
+        flag = {"attn_mask": "--no-mask", "is_causal": "--causal none", "scale": "--no-scale"}.get(arg)
+        rename = f"--arg-name {arg}=THEIR_NAME"
+        return f"{rename} if it is named differently, or {flag} if it is not supported" if flag else rename
+    if "ndarray" in text or "numpy" in text:
+        return "return a torch.Tensor (torch.from_numpy(...)) from the target"
+    return ""
+
+
+class _Prober:
+    def __init__(self, target: Target) -> None:
+        self.target = target
+        self.caps = target.caps
+
+    def attempt(self, p: Problem, *, backward: bool = False) -> TargetError | None:
+        """Call the target on ``p`` (and run its backward pass); the error, or None if it worked."""
+        q, k, v, mask = p.tensors(self.target.device)
+        try:
+            if backward:
+                q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
+            out = self.target(q, k, v, **p.call_kwargs(mask))
+            if backward:
+                try:
+                    torch.autograd.grad(out, (q, k, v), torch.ones_like(out), allow_unused=True)
+                except Exception as exc:
+                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+                    return TargetError(f"backward raised {type(exc).__name__}: {first}", "raised")
+        except TargetError as exc:
+            return exc
+        return None
+
+    def expected_shape_hint(self, error: TargetError, p: Problem) -> str:
+        """A wrong shape that is the expected one in the other layout says which layout to declare."""
+        found = re.search(r"returned shape \(([\d, ]+)\)", str(error))
+        if not found:
+            return ""
+        shape = tuple(int(x) for x in found.group(1).split(","))
+        blhd = (p.B, p.L, p.Hq, p.Ev)
+        if self.caps.layout == "BHLD" and shape == blhd:
+            return "--layout BLHD (the output is (B, L, H, Ev))"
+        return ""
+
+
+def probe(target: Target) -> list[Finding]:
+    """Run the basic cases; narrow ``target.caps`` by every case that does not hold; return the findings."""
+    target.declared = target.caps
+    prober = _Prober(target)
+    caps = target.caps
+    order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in caps.dtypes]
+    findings: list[Finding] = []
+    base, first_error = None, None
+    for dtype in order:  # the plain call, in the first declared dtype that works
+        candidate = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, seed=1)
+        error = prober.attempt(candidate)
+        if error is None:
+            base = candidate
+            break
+        first_error = first_error or (candidate, error)
+        if error.kind == "hung":
+            break
+    if base is None:
+        assert first_error is not None
+        problem, error = first_error
+        hint = _hint(error, caps) or prober.expected_shape_hint(error, problem)
+        fix = hint or "check that the target follows the SDPA convention (see `attncheck verify --help`)"
+        return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
+
+    # (case, the call, the declaration that would describe a failure, the capabilities the run goes on with)
+    cases: list[tuple[str, Problem, str, dict[str, Any]]] = []
+    for other in caps.dtypes:
+        if other != base.dtype:  # those tried before the base (they failed) are tried again: one finding each
+            rest = tuple(d for d in caps.dtypes if d != other)
+            cases.append(
+                (f"dtype {other}", base.replace(dtype=other), f"--cap dtypes={','.join(rest)}", {"dtypes": rest})
+            )
+    if caps.lengths != "equal":
+        cases.append(
+            ("L < S", base.replace(L=2, S=5), "--cap lengths=equal (self-attention only)", {"lengths": "equal"})
+        )
+    if caps.lengths == "any":
+        cases.append(
+            ("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k (never more queries than keys)", {"lengths": "q<=k"})
+        )
+    for kind in sorted(caps.masks):
+        others = caps.masks - {kind}
+        cases.append(
+            (
+                f"{kind} masks",
+                base.replace(mask=kind),
+                f"--masks {','.join(sorted(others)) or 'none'}",
+                {"masks": others},
+            )
+        )
+    if caps.causal is not None:
+        cases.append(("is_causal", base.replace(is_causal=True), "--causal none", {"causal": None}))
+    if caps.gqa:
+        cases.append(("GQA", base.replace(Hq=4, Hkv=2), "--no-gqa", {"gqa": False}))
+    if caps.scale:
+        cases.append(("scale=", base.replace(scale=0.5), "--no-scale", {"scale": False}))
+    if caps.value_dim:
+        cases.append(("Ev != E", base.replace(Ev=6), "--same-value-dim", {"value_dim": False}))
+    if caps.grad:
+        cases.append(("backward", base, "--no-grad", {"grad": False}))
+
+    observe_precision(target)
+    for case, problem, fix, narrowed in cases:
+        if case == "L > S" and target.caps.lengths == "equal":
+            continue  # L < S failed already: the run is self-attention only
+        error = prober.attempt(problem, backward=case == "backward")
+        if error is None:
+            continue
+        hint = _hint(error, caps) or prober.expected_shape_hint(error, problem)
+        same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
+        if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once
+            earlier = findings[same]
+            findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, earlier.fix)
+        else:
+            findings.append(Finding(case, str(error), problem.repro(target.name), hint or fix, narrowed=narrowed))
+        current = target.caps  # several dtypes or mask kinds may fail: remove each from what is left
+        if "dtypes" in narrowed:
+            narrowed = {"dtypes": tuple(d for d in current.dtypes if d in narrowed["dtypes"])}
+        if "masks" in narrowed:
+            narrowed = {"masks": current.masks & narrowed["masks"]}
+        target.caps = current.replace(**narrowed)
+    return findings
+
+
+# Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;
+# bfloat16 or TF32-like float32 matmuls).
+COARSER = {"float64": ("float32",), "float32": ("bfloat16", "float16")}
+
+
+def observe_precision(target: Target) -> None:
+    """Record in ``target.observed_precision`` each input dtype that is computed at a coarser precision than its
+    own: the output's error on a benign call fits the budget of a coarser dtype and not its own. The structural
+    properties then budget with it; matches_oracle still judges the precision (undeclared, it is one finding)."""
+    for dtype in COARSER:
+        if dtype not in target.caps.dtypes or target.caps.compute_dtype:
+            continue
+        p = Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2)  # type: ignore[arg-type]
+        q, k, v, _ = p.tensors(target.device)
+        try:
+            out = target(q, k, v)
+        except TargetError:
+            continue  # the dtype cases below report it
+        ref = oracle(q, k, v)
+        err = float((out.double() - ref).abs().max())
+        if err <= output_budget(q, k, v, ref).value:
+            continue
+        for coarser in COARSER[dtype]:
+            if err <= output_budget(q, k, v, ref, compute=getattr(torch, coarser)).value:
+                target.observed_precision[dtype] = coarser
+                break

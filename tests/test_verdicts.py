@@ -1,0 +1,140 @@
+"""Verdicts that hold when a reviewer reads the target's code: one root cause once, precision judged once, a
+crash reported as an error, conventions observed rather than failed (docs/design.md, "Verdicts")."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+FIX = "tests.fixtures.cli_targets"
+
+
+def verify(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
+    out = tmp_path / "report.json"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
+    start = time.perf_counter()
+    result = subprocess.run(
+        [sys.executable, "-m", "attncheck", "verify", *args, "-q", "--json", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    elapsed = time.perf_counter() - start
+    data = json.loads(out.read_text()) if out.exists() else {}
+    return result, data, elapsed
+
+
+def statuses(data: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["status"] for p in data["targets"][0]["properties"]}
+
+
+def test_torch_sdpa_passes_with_no_declaration(tmp_path: Path) -> None:
+    """NaN in masked-out values reaching the output (0 x NaN in P V) is observed, not failed."""
+    result, data, _ = verify(
+        tmp_path,
+        "torch.nn.functional:scaled_dot_product_attention",
+        "--property",
+        "mask_semantics",
+        "--max-examples",
+        "10",
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    target = data["targets"][0]
+    assert statuses(data) == {"mask_semantics": "passed"}
+    assert target["observations"]["masked values"] == ["NaN/inf reaches the output"]
+
+
+def test_a_target_that_cannot_be_called_is_blocked_in_seconds(tmp_path: Path) -> None:
+    """One root cause, reported once: every property blocked by the first probe's plain call, nothing else run."""
+    result, data, elapsed = verify(tmp_path, f"{FIX}:raises")
+    assert result.returncode == 1
+    assert set(statuses(data).values()) == {"blocked"} and len(statuses(data)) == 14
+    causes = data["targets"][0]["root_causes"]
+    assert len(causes) == 1 and causes[0]["case"] == "plain call" and "kernel exploded" in causes[0]["message"]
+    assert result.stdout.count("kernel exploded") == 1  # said once, not once per property
+    assert elapsed < 60, f"diagnosis took {elapsed:.0f} s"
+
+
+def test_numpy_output_names_the_fix(tmp_path: Path) -> None:
+    result, data, _ = verify(tmp_path, f"{FIX}:returns_numpy")
+    assert result.returncode == 1
+    cause = data["targets"][0]["root_causes"][0]
+    assert "returned ndarray" in cause["message"] and "torch.Tensor" in cause["fix"]
+
+
+def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Path) -> None:
+    """A (q, k, v, mask) kernel: the missing attn_mask keyword behind both mask kinds is one finding naming
+    --arg-name / --no-mask; is_causal, scale and enable_gqa each name their own declaration."""
+    result, data, _ = verify(tmp_path, f"{FIX}:positional_mask", "--max-examples", "5", "--property", "matches_oracle")
+    assert result.returncode == 1
+    causes = {c["case"]: c for c in data["targets"][0]["root_causes"]}
+    assert causes["bool masks, float masks"]["fix"].startswith("--arg-name attn_mask=")
+    assert "--no-mask" in causes["bool masks, float masks"]["fix"]
+    assert "--causal none" in causes["is_causal"]["fix"] and "--no-scale" in causes["scale="]["fix"]
+    assert statuses(data) == {"matches_oracle": "passed"}  # the rest is judged, and is correct
+    declared, _, _ = verify(
+        tmp_path,
+        f"{FIX}:positional_mask",
+        "--max-examples",
+        "5",
+        "--property",
+        "matches_oracle",
+        "--arg-name",
+        "attn_mask=mask",
+        "--causal",
+        "none",
+        "--no-scale",
+        "--no-gqa",
+    )
+    assert declared.returncode == 0, declared.stdout
+
+
+def test_a_refused_dtype_is_one_root_cause_and_the_rest_is_judged(tmp_path: Path) -> None:
+    result, data, _ = verify(
+        tmp_path,
+        f"{FIX}:float64_refused",
+        "--max-examples",
+        "5",
+        "--property",
+        "matches_oracle",
+        "--property",
+        "permutation_equivariance",
+    )
+    assert result.returncode == 1
+    causes = data["targets"][0]["root_causes"]
+    assert [c["case"] for c in causes] == ["dtype float64"] and "--cap dtypes=" in causes[0]["fix"]
+    assert set(statuses(data).values()) == {"passed"}
+
+
+def test_float32_internal_precision_is_one_finding_not_structural(tmp_path: Path) -> None:
+    """softmax(x.float()) called in float64: structural properties pass at its observed precision; matches_oracle
+    alone says so, naming the declaration; declared, everything passes."""
+    structural = ["permutation_equivariance", "shift_and_linearity", "batch_and_head_independence", "model"]
+    props = [arg for name in ["matches_oracle", *structural] for arg in ("--property", name)]
+    result, data, _ = verify(tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props)
+    assert result.returncode == 1
+    got = statuses(data)
+    assert got["matches_oracle"] == "failed" and {got[name] for name in structural} == {"passed"}, got
+    message = next(row["message"] for row in data["targets"][0]["properties"] if row["name"] == "matches_oracle")
+    assert "float64 inputs computed at about float32 precision" in message and "compute_dtype=float32" in message
+    declared, data, _ = verify(
+        tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props, "--cap", "compute_dtype=float32"
+    )
+    assert declared.returncode == 0, declared.stdout
+
+
+def test_a_check_that_never_called_the_target_does_not_pass_a_property(tmp_path: Path) -> None:
+    """model with no boolean masks: only the PE and LayerNorm checks run, and they never call the target."""
+    result, data, _ = verify(tmp_path, f"{FIX}:good", "--property", "model", "--no-mask", "--max-examples", "3")
+    assert result.returncode == 0
+    row = data["targets"][0]["properties"][0]
+    assert row["status"] == "skipped" and "no check called the target" in row["message"], row
