@@ -14,7 +14,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.errors import PropertyFailure
+from attncheck.errors import PropertyFailure, TargetError
 from attncheck.properties.oracle import Budget
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Target
@@ -34,6 +34,30 @@ def drain_observations() -> list[tuple[str, str, str]]:
     taken = list(_OBSERVED)
     _OBSERVED.clear()
     return taken
+
+
+def target_grads(target: Target, out: Tensor, inputs: tuple[Tensor, ...], grad_out: Tensor) -> tuple[Tensor, ...]:
+    """Gradients of the target's ``out`` with respect to ``inputs`` (leaves) for the output gradient ``grad_out``.
+
+    A backward that raises is the target raising (status error, not a wrong answer). Some libraries' backward
+    works under ``.backward()`` but not under ``torch.autograd.grad``: then the gradients come from
+    ``.backward()`` and the difference is reported as an observation. Unused inputs get zero gradients.
+    """
+    try:
+        grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True, retain_graph=True)
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        try:
+            for x in inputs:
+                x.grad = None
+            out.backward(grad_out)
+            grads = tuple(x.grad for x in inputs)  # type: ignore[misc]
+        except Exception:
+            raise TargetError(
+                f"target {target.name!r}: backward raised {type(exc).__name__}: {first}", "raised"
+            ) from exc
+        observe(target, "backward", f"torch.autograd.grad raises {type(exc).__name__}, .backward() works")
+    return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
 
 
 def require(condition: bool, reason: str) -> None:
@@ -118,3 +142,46 @@ def assert_identical(got: Tensor, expected: Tensor, what: str, problem: Problem 
             problem,
             {"index": list(idx), "difference": float(diff.max()) if diff.numel() else 0.0},
         )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows with no admissible key (emptied by a mask, by the causal alignment with L > S, or by a window)
+
+
+def live_rows(p: Problem, mask: Tensor | None, alignment: str) -> Tensor:
+    """(B, Hq, L, 1) bool: query rows with at least one admissible key under ``alignment``."""
+    return p.admissible(mask, alignment).any(-1, keepdim=True)
+
+
+def _convention(rows: Tensor, v: Tensor, atol: float) -> str:
+    """Name what rows with no admissible key (n, Ev) return, given the values they could have seen (n, S, Ev)."""
+    if rows.numel() == 0:
+        return "none"
+    if rows.isnan().all():
+        return "nan"
+    if not torch.isfinite(rows).all():
+        return "non-finite"
+    if rows.abs().max() <= atol:
+        return "zeros"
+    if torch.allclose(rows, v.mean(-2), atol=atol * 10, rtol=1e-2):
+        return "uniform"
+    return "other"
+
+
+def judge_empty_rows(target: Target, out: Tensor, value: Tensor, live: Tensor, p: Problem) -> None:
+    """Observe the convention of the rows with no admissible key (zeros, NaN, uniform = the mean of V, other),
+    whatever emptied them, and fail only against a convention the target declared (docs/bugs.md #1)."""
+    dead = ~live.squeeze(-1)  # (B, Hq, L)
+    if not bool(dead.any()):
+        return
+    v_per_q = value.detach().double().repeat_interleave(p.Hq // p.Hkv, dim=1)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
+    seen = v_per_q.unsqueeze(2).expand(-1, -1, p.L, -1, -1)[dead.cpu()]  # (n, S, Ev)
+    eps = torch.finfo(out.dtype).eps
+    convention = _convention(out.detach().double()[dead], seen.to(out.device), atol=4 * eps)
+    observe(target, "fully masked rows", convention)
+    declared = target.caps.masked_rows
+    check(
+        declared is None or convention == declared,
+        f"rows with no admissible key return {convention}, but the target declares {declared}",
+        p,
+    )

@@ -76,7 +76,9 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
     for t in data["targets"]:
         for cause in t["root_causes"]:  # each root cause once, before what it explains
-            console.rule(f"[bold red]{escape(t['name'])}: root cause, found by the first probe: {escape(cause['case'])}")
+            console.rule(
+                f"[bold red]{escape(t['name'])}: root cause, found by the first probe: {escape(cause['case'])}"
+            )
             console.print(cause["message"], markup=False)
             console.print(f"fix: {cause['fix']}", markup=False)
             console.print("reproduce with:", markup=False)

@@ -14,25 +14,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
-from attncheck.properties.checks import assert_close, check, observe, require
+from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require, target_grads
 from attncheck.properties.oracle import expect
 from attncheck.properties.problems import problems
 from attncheck.properties.targets import Target
-
-
-def classify(rows: torch.Tensor, v: torch.Tensor, atol: float) -> str:
-    """Name the convention of fully masked output rows (n, Ev) given the values (n, S, Ev)."""
-    if rows.numel() == 0:
-        return "none"
-    if rows.isnan().all():
-        return "nan"
-    if not torch.isfinite(rows).all():
-        return "non-finite"
-    if rows.abs().max() <= atol:
-        return "zeros"
-    if torch.allclose(rows, v.mean(-2), atol=atol * 10, rtol=1e-2):
-        return "uniform"
-    return "other"
 
 
 @prop("fully_masked_rows")
@@ -49,37 +34,30 @@ def test_fully_masked_rows(target: Target, data: st.DataObject) -> None:
     )
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None
-    dead_rows = ~p.admissible(mask).any(-1)  # (B, Hq, L)
     lq, lk, lv = leaves = tuple(x.detach().clone().requires_grad_(caps.grad) for x in (q, k, v))
     out = target(lq, lk, lv, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
-    group = p.Hq // p.Hkv
-    v_per_q = v.double().repeat_interleave(group, dim=1)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
-    dead = dead_rows.to(out.device)
-    eps = torch.finfo(q.dtype).eps
-    convention = classify(
-        out.detach().double()[dead], v_per_q.unsqueeze(2).expand(-1, -1, p.L, -1, -1)[dead.cpu()], atol=4 * eps
-    )
-    observe(target, "fully masked rows", convention)
-    if caps.masked_rows is not None:
-        check(
-            convention == caps.masked_rows,
-            f"fully masked rows return {convention}, but the target declares {caps.masked_rows}",
-            p,
-        )
+    live = live_rows(p, mask, "top-left").to(out.device)  # (B, Hq, L, 1)
+    judge_empty_rows(target, out, v, live, p)
     ref, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
-    live = ~dead.unsqueeze(-1)  # (B, Hq, L, 1)
     assert_close(out, ref, tol, "rows with admissible keys, beside fully masked rows, vs the oracle", p, where=live)
     if caps.grad and bool(live.any()):
         g = torch.Generator().manual_seed(p.seed + 11)
         d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device) * live
-        grads = torch.autograd.grad(out, leaves, d_out, allow_unused=True)
+        grads = target_grads(target, out, leaves, d_out)
         for name, grad in zip(("dQ", "dK", "dV"), grads, strict=True):
-            if grad is None:
-                continue
             bad = ~torch.isfinite(grad)
+            if name == "dQ":  # one row per query: say whether the NaN is in the masked rows or beside them
+                in_live = int((bad & live).sum())
+                check(in_live == 0, f"gradient dQ of rows with admissible keys has {in_live} non-finite entries", p)
+                check(
+                    not bool(bad.any()),
+                    f"gradient dQ of the fully masked rows themselves has {int(bad.sum())} non-finite entries, with "
+                    "a zero output gradient there (in training they reach every parameter shared with other rows)",
+                    p,
+                )
             check(
                 not bool(bad.any()),
-                f"gradient {name} of the live rows has {int(bad.sum())} non-finite entries: the fully masked "
-                "rows poison the backward pass",
+                f"gradient {name} has {int(bad.sum())} non-finite entries, with a zero output gradient on the fully "
+                "masked rows: those rows poison the backward pass of the keys and values",
                 p,
             )

@@ -138,3 +138,19 @@ def test_a_check_that_never_called_the_target_does_not_pass_a_property(tmp_path:
     assert result.returncode == 0
     row = data["targets"][0]["properties"][0]
     assert row["status"] == "skipped" and "no check called the target" in row["message"], row
+
+
+def test_rows_emptied_by_the_causal_alignment_follow_the_masked_rows_convention(tmp_path: Path) -> None:
+    """Bottom-right causal with L > S: the first L - S queries see no key; returning the mean of V there is a
+    convention (observed), not a wrong answer, in every property that meets such rows."""
+    props = ["matches_oracle", "no_future_leakage", "numerical_range", "batch_and_head_independence"]
+    args = [arg for name in props for arg in ("--property", name)]
+    result, data, _ = verify(tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args)
+    assert result.returncode == 0, result.stdout
+    assert set(statuses(data).values()) == {"passed"}
+    assert "uniform" in data["targets"][0]["observations"]["fully masked rows"]
+    declared, data, _ = verify(
+        tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args, "--masked-rows", "zeros"
+    )
+    assert declared.returncode == 1  # a declared convention that is not kept is a failure
+    assert "return uniform, but the target declares zeros" in declared.stdout
