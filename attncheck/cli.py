@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from attncheck.errors import UsageError
-from attncheck.properties.options import VerifySettings, add_verify_options
+from attncheck.properties.options import VerifySettings, add_capability_options, add_verify_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -138,6 +138,33 @@ class _Collector:
             self.progress.stop()
 
 
+def probe_command(args: argparse.Namespace) -> int:
+    """Observe a target's conventions on small calls and print the declaration that matches them."""
+    from attncheck.properties.probe import declaration, observe_conventions, probe
+    from attncheck.properties.targets import resolve_targets
+
+    settings = VerifySettings.from_options(lambda dest: getattr(args, dest, None), [args.target])
+    settings.timeout = args.timeout
+    [target] = resolve_targets(settings)
+    findings = probe(target)
+    print(f"attncheck probe {target.name}: {target.description}")
+    for finding in findings:
+        print(f"  does not work: {finding.case}: {finding.message}")
+        print(f"      declare: {finding.fix}")
+    if any(f.blocks_all for f in findings):
+        print("  the plain call does not work: nothing more can be observed")
+        return EXIT_FAILED
+    for dtype, coarser in target.observed_precision.items():
+        print(f"  compute precision: {dtype} inputs computed at about {coarser} precision")
+    for what, value in observe_conventions(target).items():
+        print(f"  {what}: {value}")
+    python, flags = declaration(target)
+    print("declaration that matches what was observed:")
+    print(f"  {python}")
+    print(f"  attncheck verify {target.name} {flags}".rstrip())
+    return EXIT_OK
+
+
 def targets_command(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.markup import escape
@@ -177,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--list-checks", action="store_true", help="list every check as property::check and exit")
     v.add_argument("-q", "--quiet", action="store_true", help="no progress display")
     v.set_defaults(func=verify)
+
+    pr = sub.add_parser("probe", help="observe a target's conventions and print the matching declaration")
+    pr.add_argument("target", metavar="TARGET", help="built-in or registered name, or module.path:attr")
+    pr.add_argument("--timeout", type=float, metavar="S", help="seconds per call before it counts as hung (60)")
+    add_capability_options(pr.add_argument_group("what is already known (capability declarations)").add_argument)
+    pr.set_defaults(func=probe_command)
 
     t = sub.add_parser("targets", help="list the built-in targets and whether each is available here")
     t.set_defaults(func=targets_command)

@@ -77,8 +77,13 @@ def add_verify_options(
     """
     for flag, kwargs in _OPTIONS:
         addoption(f"--{prefix}{flag}", dest=_dest(flag, prefix), **kwargs)
+    add_capability_options(add_capability or addoption, prefix)
+
+
+def add_capability_options(addoption: Callable[..., Any], prefix: str = "") -> None:
+    """The capability declarations alone (``attncheck probe`` takes these and no run options)."""
     for flag, kwargs in _CAPABILITY_OPTIONS:
-        (add_capability or addoption)(f"--{prefix}{flag}", dest=_dest(flag, prefix), **kwargs)
+        addoption(f"--{prefix}{flag}", dest=_dest(flag, prefix), **kwargs)
 
 
 @dataclass

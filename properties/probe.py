@@ -50,7 +50,12 @@ def _hint(error: TargetError, caps: Capabilities) -> str:
     unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
     if unexpected:
         arg = unexpected.group(1)
-        flag = {"attn_mask": "--no-mask", "is_causal": "--causal none", "scale": "--no-scale"}.get(arg)
+        flag = {
+            "attn_mask": "--no-mask",
+            "is_causal": "--causal none",
+            "scale": "--no-scale",
+            "enable_gqa": "--no-gqa",
+        }.get(arg)
         rename = f"--arg-name {arg}=THEIR_NAME"
         return f"{rename} if it is named differently, or {flag} if it is not supported" if flag else rename
     if "ndarray" in text or "numpy" in text:
@@ -202,3 +207,135 @@ def observe_precision(target: Target) -> None:
             if err <= output_budget(q, k, v, ref, compute=getattr(torch, coarser)).value:
                 target.observed_precision[dtype] = coarser
                 break
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `attncheck probe`: observe a target's conventions and say how to declare them
+
+
+def _agrees(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor | None = None) -> bool:
+    """Within a float32-level tolerance of the reference (the probe asks which convention, not how precise), on
+    ``rows`` (B, H, L, 1) when given: rows with no admissible key follow their own convention."""
+    both = torch.isfinite(ref) & (True if rows is None else rows.expand_as(ref))
+    return bool(torch.isfinite(out[both]).all()) and float((out.double() - ref)[both].abs().max()) < 1e-4
+
+
+def observe_conventions(target: Target) -> dict[str, str]:
+    """Call the target on small cases and name the conventions it follows (after :func:`probe`)."""
+    caps, seen = target.caps, {}
+    base = Problem(
+        B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype="float32" if "float32" in caps.dtypes else caps.dtypes[0], seed=3
+    )  # type: ignore[arg-type]
+
+    def run(p: Problem, **kwargs: Any) -> torch.Tensor | None:
+        q, k, v, mask = p.tensors(target.device)
+        try:
+            return target(q, k, v, **{**p.call_kwargs(mask), **kwargs})
+        except TargetError:
+            return None
+
+    if caps.causal is not None:
+        verdicts = []
+        for L, S in ((2, 5), (5, 2)):
+            if (caps.lengths == "equal") or (caps.lengths == "q<=k" and L > S):
+                continue
+            p = base.replace(L=L, S=S, is_causal=True)
+            out = run(p)
+            q, k, v, _ = p.tensors(target.device)
+            if out is None:
+                continue
+            names = [
+                a
+                for a in ("top-left", "bottom-right")
+                if _agrees(out, oracle(q, k, v, is_causal=True, alignment=a), p.admissible(None, a).any(-1, True))
+            ]
+            if not names and _agrees(out, oracle(q, k, v)):
+                names = ["ignored (not causal)"]
+            verdicts.append(f"L{'<' if L < S else '>'}S: {names[0] if names else 'neither alignment'}")
+        if verdicts:
+            seen["causal alignment"] = "; ".join(verdicts)
+    p = base
+    q, k, v, _ = p.tensors(target.device)
+    plain = run(p)
+    if plain is not None and not _agrees(plain, oracle(q, k, v)) and _agrees(plain, oracle(q, k, v, is_causal=True)):
+        seen["without is_causal"] = "causal anyway (always causal)"
+    if caps.gqa:
+        p = base.replace(Hq=4, Hkv=2)
+        out = run(p)
+        q, k, v, _ = p.tensors(target.device)
+        if out is not None:
+            grouped = oracle(q, k, v)
+            interleaved = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1))  # head h reads kv head h % Hkv
+            seen["GQA head mapping"] = (
+                "grouped (h // (Hq/Hkv), as SDPA)"
+                if _agrees(out, grouped)
+                else "interleaved (h % Hkv, as einops '(r h)'; not declarable yet)"
+                if _agrees(out, interleaved)
+                else "neither grouped nor interleaved"
+            )
+    if caps.scale:
+        out = run(base, scale=0.5)
+        q, k, v, _ = base.tensors(target.device)
+        if out is not None:
+            seen["scale="] = (
+                "honoured"
+                if _agrees(out, oracle(q, k, v, scale=0.5))
+                else ("ignored (the default 1/sqrt(E) is used)" if _agrees(out, oracle(q, k, v)) else "neither")
+            )
+    for kind in sorted(caps.masks):
+        p = base.replace(mask=kind, mask_shape="BHLS", masked_rows=1)
+        q, k, v, _ = p.tensors(target.device)
+        out = run(p)
+        if out is not None:
+            row = out[..., :1, :].double()  # query 0 sees no key
+            group_v = v.double().mean(-2, keepdim=True)  # (B, H, 1, Ev)
+            seen[f"fully masked rows ({kind} mask)"] = (
+                "nan"
+                if bool(row.isnan().all())
+                else "zeros"
+                if float(row.abs().max()) < 1e-6
+                else "uniform (mean of V)"
+                if _agrees(row, group_v)
+                else "other"
+            )
+    return seen
+
+
+def declaration(target: Target) -> tuple[str, str]:
+    """The ``@declare(...)`` line and the verify flags for what differs from the default contract."""
+    default, caps = Capabilities(), target.caps
+    changed = {
+        f: getattr(caps, f)
+        for f in (
+            "masks",
+            "causal",
+            "lengths",
+            "gqa",
+            "scale",
+            "grad",
+            "value_dim",
+            "dtypes",
+            "layout",
+            "masked_rows",
+            "compute_dtype",
+            "arg_names",
+        )
+        if getattr(caps, f) != getattr(default, f)
+    }
+    if target.observed_precision and not caps.compute_dtype:
+        changed["compute_dtype"] = sorted(set(target.observed_precision.values()))[0]
+    python = ", ".join(f"{k}={tuple(sorted(v)) if isinstance(v, frozenset) else v!r}" for k, v in changed.items())
+    flags = []
+    for k, v in changed.items():
+        if isinstance(v, frozenset):
+            v = ",".join(sorted(v)) or "none"
+        elif isinstance(v, tuple):
+            v = ",".join(v)
+        elif isinstance(v, bool):
+            v = "yes" if v else "no"
+        elif isinstance(v, dict):
+            v = ",".join(f"{a}:{b}" for a, b in v.items())
+        elif v is None:
+            v = "none"
+        flags.append(f"--cap {k}={v}")
+    return f"@declare({python})", " ".join(flags)

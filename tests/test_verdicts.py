@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "tests.fixtures.cli_targets"
 
@@ -154,3 +156,51 @@ def test_rows_emptied_by_the_causal_alignment_follow_the_masked_rows_convention(
     )
     assert declared.returncode == 1  # a declared convention that is not kept is a failure
     assert "return uniform, but the target declares zeros" in declared.stdout
+
+
+def probe(target: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "attncheck", "probe", target],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "observed", "declared"),
+    [
+        ("float32_softmax", "float64 inputs computed at about float32 precision", "--cap compute_dtype=float32"),
+        ("bottom_right_uniform", "causal alignment: L<S: bottom-right; L>S: bottom-right", "--cap causal=bottom-right"),
+        ("blhd", "causal alignment: L<S: top-left", "--cap layout=BLHD"),
+        ("positional_mask", "unexpected keyword argument 'attn_mask'", "--cap masks=none --cap causal=none"),
+    ],
+)
+def test_probe_observes_conventions_and_prints_the_declaration(name: str, observed: str, declared: str) -> None:
+    result = probe(f"{FIX}:{name}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert observed in result.stdout and declared in result.stdout, result.stdout
+
+
+def test_the_probed_declaration_verifies(tmp_path: Path) -> None:
+    """What `attncheck probe` prints for a (q, k, v, mask) kernel is a declaration under which it passes."""
+    line = probe(f"{FIX}:positional_mask").stdout.strip().splitlines()[-1].split()
+    assert line[:3] == ["attncheck", "verify", f"{FIX}:positional_mask"]
+    flags = [*line[3:], "--arg-name", "attn_mask=mask", "--cap", "masks=bool,float"]  # the mask is positional
+    result, data, _ = verify(
+        tmp_path,
+        f"{FIX}:positional_mask",
+        *flags,
+        "--max-examples",
+        "5",
+        "--property",
+        "matches_oracle",
+        "--property",
+        "mask_semantics",
+    )
+    assert result.returncode == 0, result.stdout
+    assert set(statuses(data).values()) == {"passed"}
