@@ -163,3 +163,29 @@ def test_targets_lists_builtins() -> None:
     assert result.returncode == 0
     for name in ("reference", "torch-sdpa", "torch-sdpa-math"):
         assert name in result.stdout
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["verify"], ["targets"], ["probe"], ["bench"], ["bench", "compare"], ["bench", "history"]],
+    ids=lambda c: " ".join(c) or "attncheck",
+)
+def test_every_help_works(command: list[str]) -> None:
+    result = attncheck(*command, "--help")
+    assert result.returncode == 0 and "usage: attncheck" in result.stdout, result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_targets_prints_install_hints_as_text(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """rich must not eat `[hf]` in `pip install 'attncheck[hf]'` as markup."""
+    from attncheck import cli
+    from attncheck.properties import targets
+
+    rows = [("hf-eager", "transformers [eager]", "transformers is not installed: pip install 'attncheck[hf]'")]
+    monkeypatch.setattr(targets, "availability", lambda: rows)
+    assert cli.main(["targets"]) == 0
+    out = capsys.readouterr().out
+    assert "pip install 'attncheck[hf]'" in out.replace("\n", "") or "attncheck[hf]" in out, out
+    assert "transformers [eager]" in out
