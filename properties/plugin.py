@@ -66,7 +66,6 @@ class AttncheckPlugin:
         self.report = Report(self.targets, run_settings, entries)
 
     def pytest_configure(self, config: pytest.Config) -> None:
-        config.addinivalue_line("markers", "attncheck_property(name): a check of the named attncheck property")
         self.report.settings["seed"] = config.getoption("hypothesis_seed", None)
 
     # -- collection ---------------------------------------------------------------------------------------------

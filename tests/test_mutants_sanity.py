@@ -15,13 +15,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from properties.oracle import output_budget
-from properties.problems import Problem
-from properties.targets import Capabilities
-from reference.attention import scaled_dot_product_attention as reference
+from attncheck.properties.catalog import PROPERTIES
+from attncheck.properties.oracle import output_budget
+from attncheck.properties.problems import Problem
+from attncheck.properties.targets import Capabilities
+from attncheck.reference.attention import scaled_dot_product_attention as reference
 from tests import mutants as mutants_module
-from tests.mutants import CATALOG, MUTANTS, declared_caps
-from tests.variants import DROPOUT_VARIANTS, VARIANTS
+from tests.meta_call import Call, as_sdpa
+from tests.mutants import MUTANTS, mutant
+from tests.variants import DROPOUT_VARIANTS, VARIANTS, variant
 
 Fn = Callable[..., Tensor]
 
@@ -105,17 +107,13 @@ MASKED_ROW_PROBLEMS: dict[str, Problem] = {
 MASKED_ROW_PROBLEMS["online_all_blocks_masked"] = F64.replace(mask="bool", mask_shape="BHLS", masked_rows=1, S=33)
 
 
-def variant_caps(name: str) -> Capabilities:
-    return VARIANTS[name].__attncheck__  # type: ignore[attr-defined]
-
-
 def assert_convention(
     name: str, where: str, out: Tensor, ref: Tensor, p: Problem, mask: Tensor | None, v: Tensor
 ) -> None:
     """Rows with an admissible key match the reference; the others follow the declared convention."""
     rows = admissible_rows(p, mask).expand_as(out)  # (B, H, L, Ev)
     assert_matches(name, out[rows], ref[rows], f"{where}: rows with an admissible key")
-    convention = variant_caps(name).masked_rows
+    convention = VARIANTS[name].caps.masked_rows
     masked = out[~rows]
     if convention == "zeros":
         assert torch.equal(masked, torch.zeros_like(masked)), f"{name} {where}: fully masked rows are not zeros"
@@ -130,7 +128,7 @@ def assert_convention(
 @pytest.mark.parametrize("name", list(VARIANTS))
 def test_variant_matches_reference_float64(name: str) -> None:
     for where, p in VARIANT_PROBLEMS.items():
-        out, ref = run(VARIANTS[name], p)
+        out, ref = run(VARIANTS[name].fn, p)
         assert out.dtype == torch.float64, f"{name} {where}: dtype {out.dtype}"
         assert_matches(name, out, ref, where)
 
@@ -139,7 +137,7 @@ def test_variant_matches_reference_float64(name: str) -> None:
 def test_variant_fully_masked_rows_keep_declared_convention(name: str) -> None:
     for where, p in MASKED_ROW_PROBLEMS.items():
         q, k, v, mask = p.tensors()
-        out = VARIANTS[name](q, k, v, **p.call_kwargs(mask))
+        out = VARIANTS[name].fn(q, k, v, **p.call_kwargs(mask))
         ref = reference(q, k, v, **p.call_kwargs(mask))
         assert_convention(name, where, out, ref, p, mask, v)
 
@@ -156,7 +154,7 @@ def test_variant_gradients_match_reference(name: str) -> None:
         **{k: MASKED_ROW_PROBLEMS[k] for k in ("bool_BHLS_rows", "float_B11S_rows", "online_all_blocks_masked")},
     }
     for where, p in problems.items():
-        _, got = grads(VARIANTS[name], p)
+        _, got = grads(VARIANTS[name].fn, p)
         for label, g, r in zip(("dQ", "dK", "dV"), got, ref_grads(p), strict=True):
             assert torch.isfinite(g).all(), f"{name} {where}: {label} has non-finite entries"
             assert_matches(name, g, r, f"{where} {label}", atol=1e-9)
@@ -169,7 +167,7 @@ def test_variant_low_precision_within_budget(name: str, dtype: str) -> None:
         p = VARIANT_PROBLEMS[where].replace(dtype=dtype)
         q, k, v, mask = p.tensors()
         kwargs = p.call_kwargs(mask)
-        out = VARIANTS[name](q, k, v, **kwargs)
+        out = VARIANTS[name].fn(q, k, v, **kwargs)
         assert out.dtype == q.dtype, f"{name} {where}: returned {out.dtype} for {q.dtype} inputs"
         ref = reference(q.double(), k.double(), v.double(), **kwargs)
         b = output_budget(q, k, v, ref, **kwargs)
@@ -182,16 +180,16 @@ def test_variant_large_logits_finite(name: str) -> None:
     """Logits of several hundred (far beyond exp's float32 range) and fp16 dot products beyond 65504."""
     for dtype, magnitude, E in (("float32", 30.0, 16), ("float16", 100.0, 64), ("bfloat16", 100.0, 64)):
         p = F64.replace(dtype=dtype, magnitude=magnitude, E=E, Ev=4)
-        out, ref = run(VARIANTS[name], p)
+        out, ref = run(VARIANTS[name].fn, p)
         assert torch.isfinite(ref).all()
         assert torch.isfinite(out).all(), f"{name}: non-finite output for {dtype} logits of magnitude {magnitude}"
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS if n != "torch_sdpa"])
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if v.caps.masked_values == "ignored"])
 def test_variant_unseen_keys_nonfinite_irrelevant(name: str) -> None:
     """NaN and inf in the keys and values of padded keys (a (B, 1, 1, S) mask) change nothing.
 
-    torch_sdpa is left out: it declares this as a known failure (pytorch#101967).
+    Every variant that declares ``masked_values="ignored"``: all but torch_sdpa (pytorch#101967).
     """
     p = F64.replace(mask="bool", mask_shape="B11S", seed=11)
     q, k, v, mask = p.tensors()
@@ -201,7 +199,7 @@ def test_variant_unseen_keys_nonfinite_irrelevant(name: str) -> None:
     assert pad.any()
     k2 = k.masked_fill(pad.unsqueeze(-1), float("nan"))  # (B, Hkv, S, E)
     v2 = v.masked_fill(pad.unsqueeze(-1), float("inf"))  # (B, Hkv, S, Ev)
-    assert_matches(name, VARIANTS[name](q, k2, v2, attn_mask=mask), ref, "NaN/inf at padded keys")
+    assert_matches(name, VARIANTS[name].fn(q, k2, v2, attn_mask=mask), ref, "NaN/inf at padded keys")
 
 
 @pytest.mark.parametrize("name", DROPOUT_VARIANTS)
@@ -213,7 +211,7 @@ def test_variant_inverted_dropout(name: str) -> None:
     v = torch.eye(p.S, dtype=torch.float64).expand(p.B, p.Hkv, p.S, p.S)  # (B, Hkv, S, S)
     weights = reference(q, k, v)  # (B, H, L, S) = P
     torch.manual_seed(0)
-    dropped = VARIANTS[name](q, k, v, dropout_p=p_drop)
+    dropped = VARIANTS[name].fn(q, k, v, dropout_p=p_drop)
     kept = dropped != 0
     n, frac = kept.numel(), 1.0 - kept.double().mean().item()
     sd = (p_drop * (1 - p_drop) / n) ** 0.5
@@ -224,9 +222,9 @@ def test_variant_inverted_dropout(name: str) -> None:
 @pytest.mark.parametrize("name", [n for n in VARIANTS if n not in DROPOUT_VARIANTS])
 def test_variant_without_dropout_refuses_it(name: str) -> None:
     q, k, v, _ = F64.tensors()
-    assert not variant_caps(name).dropout
+    assert not VARIANTS[name].caps.dropout
     with pytest.raises(NotImplementedError):
-        VARIANTS[name](q, k, v, dropout_p=0.1)
+        VARIANTS[name].fn(q, k, v, dropout_p=0.1)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,14 +233,73 @@ def test_variant_without_dropout_refuses_it(name: str) -> None:
 
 def test_registry() -> None:
     assert len(MUTANTS) >= 24
-    for name, entry in MUTANTS.items():
-        fn, prop = entry[0], entry[1]
-        assert callable(fn), name
-        assert prop in CATALOG, f"{name}: {prop!r} is not a stable property name"
-        assert fn.__doc__ and ("BUGS.md" in fn.__doc__ or "Textbook" in fn.__doc__), f"{name}: docstring"
-        Capabilities(**declared_caps(name))  # declared fields exist
+    for name, m in MUTANTS.items():
+        assert m.name == name and m.fn is getattr(mutants_module, name), name  # the module name is the SDPA callable
+        assert m.property in PROPERTIES, f"{name}: {m.property!r} is not a stable property name"
+        assert m.fn.__doc__ and ("docs/bugs.md" in m.fn.__doc__ or "Textbook" in m.fn.__doc__), f"{name}: docstring"
+        assert m.fn.__attncheck__ is m.caps  # type: ignore[attr-defined]  # declared as attncheck verify reads it
+        assert m.target().name == f"mutant:{name}" and m.target().caps is m.caps
+    declared = {name: m.caps for name, m in MUTANTS.items() if m.caps != Capabilities()}
+    assert declared == {
+        "nan_masked_rows": Capabilities(masked_rows="zeros"),
+        "masked_value_nan_leak": Capabilities(masked_values="ignored"),
+        "dropout_not_rescaled": Capabilities(dropout=True),
+    }
     assert len(VARIANTS) >= 6
+    assert all(v.fn.__attncheck__ is v.caps for v in VARIANTS.values())  # type: ignore[attr-defined]
+    assert [n for n, v in VARIANTS.items() if v.caps.masked_values != "ignored"] == ["torch_sdpa"]
     assert set(DEMOS) == set(MUTANTS), f"demos missing: {set(MUTANTS) - set(DEMOS)}"
+
+
+def test_declarations_are_checked_when_decorating() -> None:
+    with pytest.raises(ValueError, match="unknown property 'no_such_property'"):
+        mutant("no_such_property")
+    with pytest.raises(TypeError, match="no_such_capability"):
+        mutant("matches_oracle", no_such_capability=True)
+    with pytest.raises(ValueError, match="dtypes"):
+        variant(dtypes=("float8",))
+
+    def no_scaling(c: Call) -> Tensor:
+        return c.query
+
+    with pytest.raises(ValueError, match="registered twice"):
+        mutant("scaling_variance")(no_scaling)
+    assert MUTANTS["no_scaling"].fn is mutants_module.no_scaling
+
+
+def test_as_sdpa_passes_the_contract_to_one_call() -> None:
+    calls: list[Call] = []
+
+    def body(c: Call) -> Tensor:
+        """Records its call."""
+        calls.append(c)
+        return c.query
+
+    fn = as_sdpa(body)
+    assert (fn.__name__, fn.__doc__) == ("body", "Records its call.")
+    q, k, v, _ = F64.replace(Hq=4, Hkv=2).tensors()
+    mask = torch.ones(F64.L, F64.S, dtype=torch.bool)  # (L, S)
+    assert fn(q, k, v, mask, 0.25, True, 0.5, True) is q
+    assert fn(q, k, v, scale=0.5) is q
+    positional, keywords = calls
+    got = (positional.query, positional.key, positional.value, positional.attn_mask)
+    assert all(a is b for a, b in zip(got, (q, k, v, mask), strict=True))  # the caller's tensors, not copies
+    assert positional.kwargs() | {"attn_mask": None} == {
+        "attn_mask": None,
+        "dropout_p": 0.25,
+        "is_causal": True,
+        "scale": 0.5,
+        "enable_gqa": True,
+    }
+    assert keywords.kwargs() == {
+        "attn_mask": None,
+        "dropout_p": 0.0,
+        "is_causal": False,
+        "scale": 0.5,
+        "enable_gqa": False,
+    }
+    assert positional.qkv()[1].shape == (F64.B, 4, F64.S, F64.E)  # GQA: kv heads expanded to Hq
+    assert keywords.softmax_scale == 0.5 and positional.replace(scale=None).softmax_scale == F64.E**-0.5
 
 
 def differs(fn: Fn, p: Problem, **overrides: object) -> None:
@@ -272,7 +329,7 @@ MASKED = F64.replace(mask="bool", mask_shape="BHLS", masked_rows=2, seed=7)
 def demo_nan_masked_rows(fn: Fn) -> None:
     """NaN exactly in the fully masked rows, everything else (output and gradients) exact: wrong only by
     the declaration of zeros."""
-    assert declared_caps("nan_masked_rows") == {"masked_rows": "zeros"}
+    assert MUTANTS["nan_masked_rows"].caps == Capabilities(masked_rows="zeros")
     out, grad = grads(fn, MASKED)
     q, k, v, mask = MASKED.tensors()
     rows = admissible_rows(MASKED, mask).expand_as(out)
@@ -412,7 +469,7 @@ def demo_stale_buffer(fn: Fn) -> None:
 
 def demo_dropout_not_rescaled(fn: Fn) -> None:
     """With V = identity the kept weights equal P, not P / (1 - p): rows sum to about 1 - p."""
-    assert declared_caps("dropout_not_rescaled") == {"dropout": True}
+    assert MUTANTS["dropout_not_rescaled"].caps == Capabilities(dropout=True)
     p = Problem(B=2, Hq=2, Hkv=2, L=16, S=16, E=4, Ev=16, dtype="float64", seed=2)
     q, k, _, _ = p.tensors()
     v = torch.eye(p.S, dtype=torch.float64).expand(p.B, p.Hkv, p.S, p.S)  # (B, Hkv, S, S)
@@ -488,7 +545,7 @@ DEMOS: dict[str, Callable[[Fn], None]] = {
 
 @pytest.mark.parametrize("name", list(MUTANTS))
 def test_mutant_bug_is_real(name: str) -> None:
-    DEMOS[name](MUTANTS[name][0])
+    DEMOS[name](MUTANTS[name].fn)
 
 
 # Clean inputs on which every deterministic, stateless mutant must agree with the reference: its bug needs
@@ -509,6 +566,6 @@ def test_mutant_is_otherwise_correct_on_a_plain_problem(name: str) -> None:
     if name == "stale_score_buffer":
         mutants_module._SCORE_BUFFERS.clear()
     try:
-        agrees(MUTANTS[name][0], PLAIN)
+        agrees(MUTANTS[name].fn, PLAIN)
     finally:
         mutants_module._SCORE_BUFFERS.clear()
