@@ -49,7 +49,8 @@ def test_effective_scale(target: Target, data: st.DataObject) -> None:
     )
     S = max(p.S, 2)
     E = max(p.E, S) if not caps.value_dim else p.E  # identity V needs Ev == E >= S when Ev must equal E
-    p = p.replace(S=S, E=E, Ev=E)
+    L = S if caps.lengths == "equal" else min(p.L, S) if caps.lengths == "q<=k" else p.L
+    p = p.replace(L=L, S=S, E=E, Ev=E)
     q, k, _, _ = p.tensors(target.device)
     expected = p.scale if p.scale is not None else 1.0 / math.sqrt(E)
     diffs = _recovered_logit_differences(target, q, k, p.scale)  # (B, H, L, S)
@@ -93,9 +94,10 @@ def test_scaled_logits_have_unit_variance(target: Target, d_k: int, seed: int) -
     E = d_k if caps.value_dim else max(d_k, 2)
     B, H = 64, 8
     g = torch.Generator().manual_seed(seed)
-    q = torch.randn(B, H, 1, E, generator=g, dtype=torch.float64).to(dtype).to(target.device)  # (B, H, 1, E)
+    L = 2 if caps.lengths == "equal" else 1  # one query per pair of keys (two, independent, for self-attention)
+    q = torch.randn(B, H, L, E, generator=g, dtype=torch.float64).to(dtype).to(target.device)  # (B, H, L, E)
     k = torch.randn(B, H, 2, E, generator=g, dtype=torch.float64).to(dtype).to(target.device)  # (B, H, 2, E)
-    n = B * H
+    n = B * H * L
     z_crit = float(stats.norm.isf(ALPHA / 2))
     cases = [(None, 1.0)] + ([(1.0, float(E))] if caps.scale else [])
     for scale, expected_var in cases:
@@ -104,7 +106,7 @@ def test_scaled_logits_have_unit_variance(target: Target, d_k: int, seed: int) -
         se = expected_var * math.sqrt((2 + 6 / E) / n)
         z = (mean_sq - expected_var) / se
         what = "scaled by default (1/sqrt(d_k))" if scale is None else "with scale=1 (unscaled)"
-        p = Problem(B=B, Hq=H, Hkv=H, L=1, S=2, E=E, Ev=E, dtype=str(dtype).removeprefix("torch."), seed=seed)
+        p = Problem(B=B, Hq=H, Hkv=H, L=L, S=2, E=E, Ev=E, dtype=str(dtype).removeprefix("torch."), seed=seed)
         check(
             abs(z) <= z_crit,
             f"logit variance {mean_sq:.4g} {what}, expected {expected_var:.4g} for d_k = {E} "

@@ -575,3 +575,58 @@ def dropout_not_rescaled(c: Call) -> Tensor:
     if c.dropout_p > 0.0:
         p = p * (torch.rand(p.shape, device=p.device) >= c.dropout_p)  # BUG: no / (1 - dropout_p)
     return _output(c, p, v, s)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Defects seen in attention code written outside this project (docs/bugs.md #4, #11; dtype; dropout)
+
+
+@mutant("matches_oracle")
+def masked_chunk_poisons_row(c: Call) -> Tensor:
+    """docs/bugs.md #11: a chunked (ring-style) online softmax whose first chunk of keys is entirely -inf.
+
+    Key chunks of 4 are visited last to first, as a ring passes them; the running-max rescale exp(m - m_new)
+    is not guarded, so a row whose first visited chunk is fully masked computes exp(-inf - -inf) = NaN and the
+    whole row is NaN although it has admissible keys (under is_causal, row 0 sees key 0 only).
+    """
+    v, s = _scored(c, c.bias())  # (B, H, S, Ev), (B, H, L, S)
+    v = zero_unseen_values(v, s)  # (B, H, S, Ev)
+    m = torch.full((*s.shape[:-1], 1), NEG_INF, dtype=s.dtype, device=s.device)  # (B, H, L, 1) running max
+    denom = torch.zeros_like(m)  # (B, H, L, 1) running sum of exp
+    acc = torch.zeros((*s.shape[:-1], v.size(-1)), dtype=s.dtype, device=s.device)  # (B, H, L, Ev)
+    for start in reversed(range(0, c.S, 4)):
+        blk = slice(start, start + 4)
+        m_new = torch.maximum(m, s[..., blk].detach().amax(dim=-1, keepdim=True))  # (B, H, L, 1)
+        alpha = torch.exp(m - m_new)  # BUG: NaN when m = m_new = -inf (no -inf guard)
+        e = torch.exp(s[..., blk] - m_new)  # (B, H, L, blk)
+        denom = denom * alpha + e.sum(dim=-1, keepdim=True)
+        acc = acc * alpha + torch.matmul(e, v[..., blk, :])  # (B, H, L, blk) @ (B, H, blk, Ev)
+        m = m_new
+    return (acc / denom.masked_fill(denom == 0, 1.0)).to(c.query.dtype)  # (B, H, L, Ev)
+
+
+@mutant("no_future_leakage")
+def causal_alignment_switches(c: Call) -> Tensor:
+    """docs/bugs.md #4, #5: two code paths picked by shape: with fewer queries than keys the kernel assumes a
+    decoding step and aligns the causal triangle bottom-right (query i sees keys up to i + S - L, the future
+    under the top-left contract); with L >= S it is top-left."""
+    alignment = "bottom-right" if c.L < c.S else "top-left"  # BUG: the contract is top-left for every shape
+    return _finish(c, *_scored(c, c.bias(alignment=alignment)))
+
+
+@mutant("matches_oracle")
+def float64_returns_float32(c: Call) -> Tensor:
+    """A float64 call computed in float32 and returned as float32: the caller silently loses its dtype."""
+    out = _attend(c.replace(query=c.query.float(), key=c.key.float(), value=c.value.float()))
+    return out  # BUG: not cast back to the input dtype (float32 for float64 inputs)
+
+
+@mutant("dropout_statistics", dropout=True)
+def dropout_renormalised(c: Call) -> Tensor:
+    """Dropout that renormalises each row to sum to one after dropping (instead of the 1/(1 - p) rescale):
+    kept weights are 1/kept-count, not 1/(S (1 - p))."""
+    v, s = _scored(c, c.bias())
+    p = dropout(_softmax(s), c.dropout_p)  # (B, H, L, S)
+    if c.dropout_p > 0.0:
+        p = p / p.sum(-1, keepdim=True).clamp_min(1e-30)  # BUG: renormalised rows, not inverted dropout
+    return _output(c, p, v, s)

@@ -223,3 +223,24 @@ def uniform_masked_rows(c: Call) -> Tensor:
 
 
 DROPOUT_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.caps.dropout)
+
+
+@variant(masked_rows="zeros", masked_values="ignored", compute_dtype="float32")
+def float32_internal(c: Call) -> Tensor:
+    """softmax(x.float()) style: every input dtype is computed in float32 (float64 calls too) and cast back.
+    Declared ``compute_dtype="float32"``: precision is judged against float32, and nothing structural fails."""
+    _no_dropout("float32_internal", c)
+    q, k, v = c.qkv(torch.float32)
+    s = masked_scores(torch.matmul(q, k.transpose(-2, -1)) * c.softmax_scale, c.bias(torch.float32))  # (B,H,L,S)
+    admissible_row = (s != NEG_INF).any(dim=-1, keepdim=True)  # (B, H, L, 1)
+    p = torch.softmax(s.masked_fill(~admissible_row, 0.0), dim=-1) * admissible_row  # (B, H, L, S)
+    return torch.matmul(p, zero_unseen_values(v, s)).to(c.query.dtype)  # (B, H, L, S) @ (B, H, S, Ev)
+
+
+@variant(masked_rows="zeros", masked_values="ignored", lengths="equal")
+def self_attention_only(c: Call) -> Tensor:
+    """A self-attention kernel: it refuses L != S (declared ``lengths="equal"``) and is correct otherwise."""
+    _no_dropout("self_attention_only", c)
+    if c.L != c.S:
+        raise ValueError(f"self-attention only: got {c.L} queries and {c.S} keys")
+    return VARIANTS["float64_inside"].fn(c.query, c.key, c.value, **c.kwargs())
