@@ -204,3 +204,16 @@ def test_the_probed_declaration_verifies(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stdout
     assert set(statuses(data).values()) == {"passed"}
+
+
+def test_a_float64_call_returned_as_float32_is_one_root_cause_per_dtype() -> None:
+    """The probe names the dtype that comes back, once per input dtype, and the run goes on without it."""
+    from attncheck.properties.probe import probe as first_probe
+    from tests.mutants import MUTANTS
+
+    target = MUTANTS["float64_returns_float32"].target()
+    findings = first_probe(target)
+    assert [f.case for f in findings] == ["dtype float64", "dtype bfloat16", "dtype float16"]
+    assert "returned dtype torch.float32, expected torch.float64" in findings[0].message
+    assert target.caps.dtypes == ("float32",) and target.declared is not None
+    assert target.declared.dtypes == ("float64", "float32", "bfloat16", "float16")
