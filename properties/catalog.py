@@ -92,7 +92,7 @@ def prop(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
         raise ValueError(f"unknown property {name!r}; the catalog has {PROPERTIES}")
 
     def tag(fn: Callable[..., Any]) -> Callable[..., Any]:
-        fn.attncheck_property = name  # type: ignore[attr-defined]  (read by the plugin; no pytest mark to register)
+        fn.attncheck_property = name  # type: ignore[attr-defined]  # read by the plugin (no pytest mark)
         return fn
 
     return tag

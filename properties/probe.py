@@ -99,7 +99,10 @@ class _Prober:
 
 def probe(target: Target) -> list[Finding]:
     """Run the basic cases; narrow ``target.caps`` by every case that does not hold; return the findings."""
-    target.declared = target.caps
+    if target.declared is None:
+        target.declared = target.caps
+    target.caps = target.declared  # probing again (a second run in one process) starts from the declaration
+    target.observed_precision.clear()
     prober = _Prober(target)
     caps = target.caps
     order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in caps.dtypes]

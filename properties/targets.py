@@ -411,8 +411,9 @@ def resolve_targets(settings: VerifySettings) -> list[Target]:
             target = resolve(spec)
         except TargetUnavailable as exc:
             raise TargetSpecError(f"target {spec!r} is unavailable here: {exc}") from None
+        declared = target.declared or target.caps  # a Target reused in one process: not what a probe narrowed
         try:
-            caps = target.caps.replace(**changes) if changes else target.caps
+            caps = declared.replace(**changes) if changes else declared
         except ValueError as exc:
             raise TargetSpecError(f"bad capabilities for {spec!r}: {exc}") from None
         if dtypes:  # a restriction of the run: only dtypes the target declares
@@ -424,7 +425,7 @@ def resolve_targets(settings: VerifySettings) -> list[Target]:
             raise TargetSpecError(f"target {spec!r} does not run on {device} (declares {caps.devices})")
         if device == "cuda" and not torch.cuda.is_available():
             raise TargetSpecError("--device cuda: CUDA is not available on this machine")
-        target.caps, target.device = caps, device
+        target.caps, target.device, target.declared = caps, device, None
         if timeout:
             target.timeout = timeout
         resolved.append(target)
