@@ -140,7 +140,11 @@ class AttncheckPlugin:
             if problem is not None:
                 counterexample = problem.describe()
                 repro = problem.repro(target.name)
-                report.sections.append(("attncheck repro", repro))
+            # the finding itself, not a traceback full of tensor reprs (a -q run printed thousands of lines)
+            lines = [f"{target.name}::{_property_of(item)}::{item.originalname}: {message}"]  # type: ignore[attr-defined]
+            if problem is not None:
+                lines += [f"minimal counterexample: {problem.format()}", "reproduce with:", repro]
+            report.longrepr = "\n".join(lines)
         observed = [(what, value) for who, what, value in drain_observations() if who == target.name]
         result = CheckResult(
             target.name,
