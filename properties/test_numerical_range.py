@@ -60,8 +60,8 @@ def test_half_precision_qk_overflow(target: Target, data: st.DataObject) -> None
     bad = finite_ref & ~torch.isfinite(out.detach().double())
     check(
         not bool(bad.any()),
-        f"float16 output has {int(bad.sum())} non-finite entries where the oracle is finite: max raw q . k = "
-        f"{raw:.0f} > 65504 overflows before the 1/sqrt(d_k) = {1 / math.sqrt(p.E):g} scaling",
+        f"float16 output has {int(bad.sum())} non-finite entries where the oracle is finite; the raw q . k "
+        f"reaches {raw:.0f} (float16 max 65504) while the scaled logits (x {1 / math.sqrt(p.E):g}) fit",
         p,
     )
 

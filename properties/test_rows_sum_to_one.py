@@ -65,10 +65,12 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
     w = weights.double()
     check(bool((w[adm.expand_as(w)] >= -tol.value).all()), f"negative attention weight {float(w.min()):.3g}", p)
     masked = w.masked_select(~adm.expand_as(w) & row_live.unsqueeze(-1).expand_as(w))
+    worst = float(masked.abs().max()) if masked.numel() else 0.0
+    excluded_by = f"mask or the {caps.causal or 'top-left'} causal triangle" if p.is_causal else "mask"
     check(
         bool((masked == 0).all()),
-        f"masked keys get nonzero weight (max {float(masked.abs().max()) if masked.numel() else 0:.3g}); "
-        "masked scores must be -inf, not a finite large negative",
+        f"keys excluded by the {excluded_by} get nonzero weight (max {worst:.3g}, "
+        f"{int((masked != 0).sum())} of {masked.numel()} excluded entries)",
         p,
     )
     sums = w.sum(-1)  # (B, Hq, L)
