@@ -125,7 +125,7 @@ def probe(target: Target) -> list[Finding]:
         return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
 
     # (case, the call, the declaration that would describe a failure, the capabilities the run goes on with)
-    cases: list[tuple[str, Problem, str, dict[str, Any]]] = []
+    cases: list[tuple[str, Problem | list[Problem], str, dict[str, Any]]] = []
     for other in caps.dtypes:
         if other != base.dtype:  # those tried before the base (they failed) are tried again: one finding each
             rest = tuple(d for d in caps.dtypes if d != other)
@@ -140,16 +140,17 @@ def probe(target: Target) -> list[Finding]:
         cases.append(
             ("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k (never more queries than keys)", {"lengths": "q<=k"})
         )
+    # A mask kind works if it works in some declared shape; a shape works if it works with some kind: a kernel
+    # that takes (B, 1, 1, S) key padding only is one finding about full masks, not one about masks.
+    shape_of = {"full": "BHLS", "key_padding": "B11S", "LS": "LS"}
     for kind in sorted(caps.masks):
+        tries = [base.replace(mask=kind, mask_shape=shape_of[shape]) for shape in caps.mask_shapes]
         others = caps.masks - {kind}
-        cases.append(
-            (
-                f"{kind} masks",
-                base.replace(mask=kind),
-                f"--masks {','.join(sorted(others)) or 'none'}",
-                {"masks": others},
-            )
-        )
+        cases.append((f"{kind} masks", tries, f"--masks {','.join(sorted(others)) or 'none'}", {"masks": others}))
+    for shape in caps.mask_shapes if len(caps.mask_shapes) > 1 else ():
+        tries = [base.replace(mask=kind, mask_shape=shape_of[shape]) for kind in sorted(caps.masks)]
+        rest = tuple(x for x in caps.mask_shapes if x != shape)
+        cases.append((f"{shape} mask shape", tries, f"--cap mask_shapes={','.join(rest)}", {"mask_shapes": rest}))
     if caps.causal is not None:
         cases.append(("is_causal", base.replace(is_causal=True), "--causal none", {"causal": None}))
     if caps.gqa:
@@ -162,12 +163,15 @@ def probe(target: Target) -> list[Finding]:
         cases.append(("backward", base, "--no-grad", {"grad": False}))
 
     observe_precision(target)
-    for case, problem, fix, narrowed in cases:
+    for case, calls, fix, narrowed in cases:
         if case == "L > S" and target.caps.lengths == "equal":
             continue  # L < S failed already: the run is self-attention only
-        error = prober.attempt(problem, backward=case == "backward")
-        if error is None:
+        alternatives = calls if isinstance(calls, list) else [calls]
+        errors = [prober.attempt(p, backward=case == "backward") for p in alternatives]
+        if not alternatives or any(e is None for e in errors):
             continue
+        error, problem = errors[0], alternatives[0]
+        assert error is not None
         hint = _hint(error, caps) or prober.expected_shape_hint(error, problem)
         same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
         if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once
@@ -180,7 +184,18 @@ def probe(target: Target) -> list[Finding]:
             narrowed = {"dtypes": tuple(d for d in current.dtypes if d in narrowed["dtypes"])}
         if "masks" in narrowed:
             narrowed = {"masks": current.masks & narrowed["masks"]}
+        if "mask_shapes" in narrowed:
+            narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
+    shapes = [f for f in findings if f.case.endswith("mask shape")]
+    if len(shapes) > 1:  # the shapes a kernel refuses are one declaration: the shapes it takes
+        merged = Finding(
+            "mask shapes " + ", ".join(f.case.removesuffix(" mask shape") for f in shapes),
+            shapes[0].message,
+            shapes[0].repro,
+            f"--cap mask_shapes={','.join(target.caps.mask_shapes)}",
+        )
+        findings = [merged if f is shapes[0] else f for f in findings if f is shapes[0] or f not in shapes]
     return findings
 
 
@@ -311,6 +326,7 @@ def declaration(target: Target) -> tuple[str, str]:
         f: getattr(caps, f)
         for f in (
             "masks",
+            "mask_shapes",
             "causal",
             "lengths",
             "gqa",

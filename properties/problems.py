@@ -20,6 +20,8 @@ from attncheck.properties.targets import Capabilities
 
 MaskKind = Literal["none", "bool", "float"]
 MaskShape = Literal["LS", "B1LS", "BHLS", "1HLS", "B11S"]  # broadcast pattern of the mask over (B, Hq, L, S)
+# the declared mask_shapes (Capabilities) each problem mask shape belongs to
+SHAPE_KIND: dict[str, str] = {"LS": "LS", "B1LS": "full", "BHLS": "full", "1HLS": "full", "B11S": "key_padding"}
 LayoutKind = Literal["contiguous", "transposed", "sliced", "expanded"]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -231,12 +233,13 @@ def problems(
     Hkv = draw(st.integers(1, 3))
     group = draw(st.sampled_from((1, 1, 2, 3))) if (caps.gqa and gqa) else 1
     Hq = Hkv * group
-    mask_kinds = tuple(m for m in masks if m == "none" or m in caps.masks) or ("none",)
+    shapes = tuple(shape for shape, kind in SHAPE_KIND.items() if kind in caps.mask_shapes)
+    mask_kinds = tuple(m for m in masks if m == "none" or (m in caps.masks and shapes)) or ("none",)
     is_causal = False
     if caps.causal is not None and causal is not False and "none" in mask_kinds:
         is_causal = True if causal else draw(st.booleans())
     mask: MaskKind = "none" if is_causal else draw(st.sampled_from(mask_kinds))  # SDPA refuses mask + is_causal
-    mask_shape: MaskShape = draw(st.sampled_from(("LS", "B1LS", "BHLS", "1HLS", "B11S"))) if mask != "none" else "BHLS"
+    mask_shape: MaskShape = draw(st.sampled_from(shapes)) if mask != "none" else "BHLS"  # type: ignore[assignment]
     rows = 0
     if masked_rows and mask != "none":
         rows = draw(st.integers(0, min(L, 3)))

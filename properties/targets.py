@@ -48,6 +48,7 @@ Lengths = Literal["any", "equal", "q<=k"]
 ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 # transposed: BLHD storage seen as BHLD; sliced: last-dim stride 2; expanded: stride 0 over the batch
 STRIDED = ("transposed", "sliced", "expanded")
+MASK_SHAPES = ("full", "LS", "key_padding")
 CONTRACT_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
 
 
@@ -59,6 +60,8 @@ class Capabilities:
     """
 
     masks: frozenset[str] = frozenset({"bool", "float"})  # kinds of attn_mask accepted; empty = no mask support
+    # mask shapes accepted: full (B, Hq, L, S) and its 4-D broadcasts, LS (L, S), key_padding (B, 1, 1, S)
+    mask_shapes: tuple[str, ...] = MASK_SHAPES
     causal: Alignment | None = "top-left"  # alignment of is_causal when L != S; None = no is_causal
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
     gqa: bool = True  # enable_gqa (Hq a multiple of Hkv, head h reads kv head h // (Hq / Hkv))
@@ -91,6 +94,9 @@ class Capabilities:
             raise ValueError(f"dtypes: unknown {sorted(bad)}; known: {ALL_DTYPES}")
         if self.compute_dtype is not None and self.compute_dtype not in ALL_DTYPES:
             raise ValueError(f"compute_dtype: unknown {self.compute_dtype!r}; known: {ALL_DTYPES}")
+        bad = set(self.mask_shapes) - set(MASK_SHAPES)
+        if bad:
+            raise ValueError(f"mask_shapes: unknown {sorted(bad)}; known: {MASK_SHAPES}")
         bad = set(self.strided_inputs) - set(STRIDED)
         if bad:
             raise ValueError(f"strided_inputs: unknown {sorted(bad)}; known: {STRIDED}")
@@ -102,10 +108,11 @@ class Capabilities:
         """JSON-ready declaration (for reports)."""
         d = dataclasses.asdict(self)
         d["masks"] = sorted(self.masks)
-        d["dtypes"], d["devices"], d["strided_inputs"] = (
+        d["dtypes"], d["devices"], d["strided_inputs"], d["mask_shapes"] = (
             list(self.dtypes),
             list(self.devices),
             list(self.strided_inputs),
+            list(self.mask_shapes),
         )
         d["arg_names"], d["known_failures"] = dict(self.arg_names), dict(self.known_failures)
         return d
@@ -116,6 +123,7 @@ class Capabilities:
         parts = [
             f"layout={self.layout}",
             f"masks={masks}",
+            f"mask_shapes={','.join(self.mask_shapes) or 'none'}",
             f"causal={self.causal or 'no'}",
             f"lengths={self.lengths}",
             f"gqa={'yes' if self.gqa else 'no'}",
@@ -368,7 +376,7 @@ def parse_capability(text: str) -> dict[str, Any]:
         value = frozenset() if raw in ("", "none") else frozenset(raw.split(","))
         if value - {"bool", "float"}:
             raise TargetSpecError(f"bad capability {text!r}: masks takes bool, float, bool,float or none")
-    elif key in ("dtypes", "devices", "strided_inputs"):
+    elif key in ("dtypes", "devices", "strided_inputs", "mask_shapes"):
         value = tuple(raw.split(","))
     elif key == "causal":
         value = None if raw in ("none", "no") else raw

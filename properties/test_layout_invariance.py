@@ -36,6 +36,7 @@ def test_strided_inputs_equal_contiguous(target: Target, data: st.DataObject) ->
 def test_expanded_mask_equals_contiguous(target: Target, data: st.DataObject) -> None:
     """A mask expanded with stride 0 to (B, Hq, L, S) equals its contiguous copy."""
     require(bool(target.caps.masks), "target declares no mask support")
+    require("full" in target.caps.mask_shapes, "target declares no full (B, Hq, L, S) masks")
     p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None

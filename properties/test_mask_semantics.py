@@ -61,7 +61,8 @@ def test_all_true_mask_equals_no_mask(target: Target, data: st.DataObject) -> No
     p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("none",), causal=False), label="problem")
     kind = data.draw(st.sampled_from(sorted(target.caps.masks)), label="mask kind")
     q, k, v, _ = p.tensors(target.device)
-    shape = (p.B, 1, p.L, p.S)
+    shapes = {"full": (p.B, 1, p.L, p.S), "key_padding": (p.B, 1, 1, p.S), "LS": (p.L, p.S)}
+    shape = next(shapes[kind] for kind in shapes if kind in target.caps.mask_shapes)
     full = (torch.ones(shape, dtype=torch.bool) if kind == "bool" else torch.zeros(shape, dtype=q.dtype)).to(q.device)
     out = target(q, k, v, **p.call_kwargs(None))
     out_masked = target(q, k, v, **p.call_kwargs(full))
@@ -118,6 +119,7 @@ def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -
 def test_broadcast_mask_equals_materialised(target: Target, data: st.DataObject) -> None:
     """A mask broadcast over batch or heads equals the same mask expanded and copied to (B, Hq, L, S)."""
     require(bool(target.caps.masks), "target declares no mask support")
+    require("full" in target.caps.mask_shapes, "target declares no full (B, Hq, L, S) masks")
     p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     assert mask is not None

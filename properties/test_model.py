@@ -121,6 +121,7 @@ def test_encoder_with_pe_is_not_equivariant(target: Target, sizes: tuple[int, in
 def test_decoder_is_causal(target: Target, sizes: tuple[int, int, int], data: st.DataObject) -> None:
     """Decoder log-probabilities at t do not depend on target tokens after t (section 3.2.3)."""
     require(target.caps.lengths != "equal", "encoder-decoder attention has L != S; target declares L == S only")
+    require("full" in target.caps.mask_shapes, "the decoder's causal mask is (1, 1, L, L); target takes no full masks")
     B, L, seed = sizes
     t = data.draw(st.integers(0, L - 2), label="t")
     model = _model(target, seed, positional_encoding=True)
@@ -146,6 +147,7 @@ def test_padding_does_not_change_other_positions(
     target: Target, sizes: tuple[int, int, int], data: st.DataObject
 ) -> None:
     """A batch of sequences of different lengths, padded and masked, encodes each one as if it were alone."""
+    require("key_padding" in target.caps.mask_shapes, "the encoder's padding mask is (B, 1, 1, S)")
     B, S, seed = sizes
     lengths = data.draw(st.lists(st.integers(1, S), min_size=B, max_size=B), label="lengths")
     model = _model(target, seed, positional_encoding=True)
@@ -173,6 +175,7 @@ def test_kv_cache_equals_full_recomputation(
 ) -> None:
     """Incremental decoding with a key/value cache (prefill, then one token at a time) equals full recomputation."""
     require(target.caps.lengths != "equal", "cached decoding attends L new queries to S > L keys; target: L == S")
+    require({"full", "key_padding"} <= set(target.caps.mask_shapes), "needs (1, 1, L, S) and (B, 1, 1, S) masks")
     B, T, seed = sizes
     prefill = data.draw(st.integers(1, T), label="prefill")
     use_gqa = gqa and target.caps.gqa

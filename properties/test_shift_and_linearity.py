@@ -22,6 +22,7 @@ from attncheck.properties.targets import Target
 def test_row_shift_invariance(target: Target, data: st.DataObject, shift: float) -> None:
     """Adding a per-row constant c_i to the scores (through the float mask) changes nothing."""
     require("float" in target.caps.masks, "needs float (additive) masks")
+    require("full" in target.caps.mask_shapes, "a per-row shift is a full (B, Hq, L, S) float mask")
     p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("none", "float"), causal=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     g = torch.Generator().manual_seed(p.seed + 13)

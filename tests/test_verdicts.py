@@ -217,3 +217,16 @@ def test_a_float64_call_returned_as_float32_is_one_root_cause_per_dtype() -> Non
     assert "returned dtype torch.float32, expected torch.float64" in findings[0].message
     assert target.caps.dtypes == ("float32",) and target.declared is not None
     assert target.declared.dtypes == ("float64", "float32", "bfloat16", "float16")
+
+
+def test_a_key_padding_only_kernel_is_one_shape_finding_and_passes_once_declared(tmp_path: Path) -> None:
+    """A kernel that takes (B, 1, 1, S) masks only: one root cause naming --cap mask_shapes=key_padding (not
+    'masks do not work'); declared so, every property passes or is not applicable."""
+    result = probe(f"{FIX}:key_padding_only")
+    assert "does not work: mask shapes full, LS" in result.stdout and "--cap mask_shapes=key_padding" in result.stdout
+    assert "bool masks" not in result.stdout
+    flags = ["--cap", "mask_shapes=key_padding", "--causal", "none", "--no-gqa", "--no-scale"]
+    declared, data, _ = verify(tmp_path, f"{FIX}:key_padding_only", *flags, "--max-examples", "8")
+    assert declared.returncode == 0, declared.stdout
+    assert set(statuses(data).values()) <= {"passed", "skipped"}
+    assert statuses(data)["mask_semantics"] == "passed" and statuses(data)["model"] == "passed"
