@@ -17,19 +17,17 @@ ROOT = Path(__file__).resolve().parents[1]
 FIX = "tests.fixtures.cli_targets"
 
 
+def attncheck(*args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
+    return subprocess.run(
+        [sys.executable, "-m", "attncheck", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
+    )
+
+
 def verify(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
     out = tmp_path / "report.json"
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
     start = time.perf_counter()
-    result = subprocess.run(
-        [sys.executable, "-m", "attncheck", "verify", *args, "-q", "--json", str(out)],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-        check=False,
-    )
+    result = attncheck("verify", *args, "-q", "--json", str(out))
     elapsed = time.perf_counter() - start
     data = json.loads(out.read_text()) if out.exists() else {}
     return result, data, elapsed
@@ -159,16 +157,7 @@ def test_rows_emptied_by_the_causal_alignment_follow_the_masked_rows_convention(
 
 
 def probe(target: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "attncheck", "probe", target],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    return attncheck("probe", target)
 
 
 @pytest.mark.parametrize(
