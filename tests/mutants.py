@@ -616,7 +616,8 @@ def causal_alignment_switches(c: Call) -> Tensor:
 
 @mutant("matches_oracle")
 def float64_returns_float32(c: Call) -> Tensor:
-    """A float64 call computed in float32 and returned as float32: the caller silently loses its dtype."""
+    """Textbook: a float64 call computed in float32 and returned as float32: the caller silently loses its dtype
+    (seen in outside code: a kernel with a hard-coded float32 output buffer)."""
     out = _attend(c.replace(query=c.query.float(), key=c.key.float(), value=c.value.float()))
     return out  # BUG: not cast back to the input dtype (float32 for float64 inputs)
 

@@ -125,7 +125,11 @@ def assert_convention(
         assert_matches(name, masked, uniform[~rows], f"{where}: fully masked rows (uniform)")
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+# The variants that take the whole contract at full precision; the declared ones are checked below them.
+FULL = [n for n, v in VARIANTS.items() if v.caps.compute_dtype is None and v.caps.lengths == "any"]
+
+
+@pytest.mark.parametrize("name", FULL)
 def test_variant_matches_reference_float64(name: str) -> None:
     for where, p in VARIANT_PROBLEMS.items():
         out, ref = run(VARIANTS[name].fn, p)
@@ -133,7 +137,7 @@ def test_variant_matches_reference_float64(name: str) -> None:
         assert_matches(name, out, ref, where)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", FULL)
 def test_variant_fully_masked_rows_keep_declared_convention(name: str) -> None:
     for where, p in MASKED_ROW_PROBLEMS.items():
         q, k, v, mask = p.tensors()
@@ -142,7 +146,7 @@ def test_variant_fully_masked_rows_keep_declared_convention(name: str) -> None:
         assert_convention(name, where, out, ref, p, mask, v)
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", FULL)
 def test_variant_gradients_match_reference(name: str) -> None:
     problems = {
         "plain": F64,
@@ -161,7 +165,7 @@ def test_variant_gradients_match_reference(name: str) -> None:
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", FULL)
 def test_variant_low_precision_within_budget(name: str, dtype: str) -> None:
     for where in ("plain", "causal_L_lt_S", "gqa_3_causal", "bool_B1LS", "float_1HLS", "block_edge_33", "sliced"):
         p = VARIANT_PROBLEMS[where].replace(dtype=dtype)
@@ -175,7 +179,7 @@ def test_variant_low_precision_within_budget(name: str, dtype: str) -> None:
         assert err <= b.value, f"{name} {where} {dtype}: error {err:.3g} > budget {b.explain()}"
 
 
-@pytest.mark.parametrize("name", list(VARIANTS))
+@pytest.mark.parametrize("name", FULL)
 def test_variant_large_logits_finite(name: str) -> None:
     """Logits of several hundred (far beyond exp's float32 range) and fp16 dot products beyond 65504."""
     for dtype, magnitude, E in (("float32", 30.0, 16), ("float16", 100.0, 64), ("bfloat16", 100.0, 64)):
@@ -185,7 +189,7 @@ def test_variant_large_logits_finite(name: str) -> None:
         assert torch.isfinite(out).all(), f"{name}: non-finite output for {dtype} logits of magnitude {magnitude}"
 
 
-@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if v.caps.masked_values == "ignored"])
+@pytest.mark.parametrize("name", [n for n in FULL if VARIANTS[n].caps.masked_values == "ignored"])
 def test_variant_unseen_keys_nonfinite_irrelevant(name: str) -> None:
     """NaN and inf in the keys and values of padded keys (a (B, 1, 1, S) mask) change nothing.
 
@@ -231,6 +235,25 @@ def test_variant_without_dropout_refuses_it(name: str) -> None:
 # Mutants: each bug demonstrated on an input of our choosing
 
 
+def test_float32_internal_variant_is_float32_accurate_in_float64() -> None:
+    """Declared compute_dtype=float32: float64 in, float64 out, float32-level error (not float64's)."""
+    for where, p in VARIANT_PROBLEMS.items():
+        out, ref = run(VARIANTS["float32_internal"].fn, p)
+        assert out.dtype == torch.float64, where
+        err = float((out - ref).abs().max())
+        assert 0 < err < 1e-5 or p.S == 1, f"{where}: error {err:.3g}"
+
+
+def test_self_attention_only_variant_refuses_l_ne_s_and_is_exact_otherwise() -> None:
+    fn = VARIANTS["self_attention_only"].fn
+    with pytest.raises(ValueError, match="self-attention only"):
+        run(fn, F64.replace(L=3, S=5))
+    for where, p in VARIANT_PROBLEMS.items():
+        if p.L == p.S:
+            out, ref = run(fn, p)
+            assert_matches("self_attention_only", out, ref, where)
+
+
 def test_registry() -> None:
     assert len(MUTANTS) >= 24
     for name, m in MUTANTS.items():
@@ -244,6 +267,7 @@ def test_registry() -> None:
         "nan_masked_rows": Capabilities(masked_rows="zeros"),
         "masked_value_nan_leak": Capabilities(masked_values="ignored"),
         "dropout_not_rescaled": Capabilities(dropout=True),
+        "dropout_renormalised": Capabilities(dropout=True),
     }
     assert len(VARIANTS) >= 6
     assert all(v.fn.__attncheck__ is v.caps for v in VARIANTS.values())  # type: ignore[attr-defined]
@@ -482,6 +506,27 @@ def demo_dropout_not_rescaled(fn: Fn) -> None:
     agrees(fn, F64)
 
 
+def demo_float64_returns_float32(fn: Fn) -> None:
+    """float64 in, float32 out, with float32-level values."""
+    out, ref = run(fn, F64)
+    assert out.dtype == torch.float32
+    assert float((out.double() - ref).abs().max()) < 1e-5
+
+
+def demo_dropout_renormalised(fn: Fn) -> None:
+    """With V = identity each dropped row sums to exactly one (renormalised), not about one in expectation."""
+    p = Problem(B=2, Hq=2, Hkv=2, L=16, S=16, E=4, Ev=16, dtype="float64", seed=2)
+    q, k, _, _ = p.tensors()
+    v = torch.eye(p.S, dtype=torch.float64).expand(p.B, p.Hkv, p.S, p.S)  # (B, Hkv, S, S)
+    torch.manual_seed(0)
+    dropped = fn(q, k, v, dropout_p=0.5)
+    assert torch.allclose(dropped.sum(-1), torch.ones(p.B, p.Hq, p.L, dtype=torch.float64))
+    weights = reference(q, k, v)  # (B, H, L, S)
+    kept = dropped != 0
+    assert not torch.allclose(dropped[kept], weights[kept] / 0.5)  # not the inverted-dropout rescale
+    agrees(fn, F64)
+
+
 def demo_softmax_wrong_axis(fn: Fn) -> None:
     """With V = ones the output is the row sums of the weights: not one."""
     q, k, _, _ = F64.tensors()
@@ -540,6 +585,10 @@ DEMOS: dict[str, Callable[[Fn], None]] = {
     "mutates_input": demo_mutates_input,
     "stale_score_buffer": demo_stale_buffer,
     "dropout_not_rescaled": demo_dropout_not_rescaled,
+    "masked_chunk_poisons_row": output_demo(BUG_CAUSAL, clean=F64),
+    "causal_alignment_switches": output_demo(BUG_CAUSAL, clean=SQUARE_CAUSAL),
+    "float64_returns_float32": demo_float64_returns_float32,
+    "dropout_renormalised": demo_dropout_renormalised,
 }
 
 
@@ -557,6 +606,7 @@ NOT_CLEAN_ON_PLAIN = {
     "sink_double_counted",
     "dropout_always_on",
     "nondeterministic_jitter",
+    "float64_returns_float32",  # its bug is the dtype it returns, on every input
 }
 
 
