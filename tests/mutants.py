@@ -624,7 +624,7 @@ def float64_returns_float32(c: Call) -> Tensor:
 
 @mutant("dropout_statistics", dropout=True)
 def dropout_renormalised(c: Call) -> Tensor:
-    """Dropout that renormalises each row to sum to one after dropping (instead of the 1/(1 - p) rescale):
+    """Textbook: dropout that renormalises each row to sum to one after dropping (instead of the 1/(1 - p) rescale):
     kept weights are 1/kept-count, not 1/(S (1 - p))."""
     v, s = _scored(c, c.bias())
     p = dropout(_softmax(s), c.dropout_p)  # (B, H, L, S)
