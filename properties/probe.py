@@ -166,6 +166,8 @@ def probe(target: Target) -> list[Finding]:
     for case, calls, fix, narrowed in cases:
         if case == "L > S" and target.caps.lengths == "equal":
             continue  # L < S failed already: the run is self-attention only
+        if case.endswith("mask shape") and not target.caps.masks:
+            continue  # no mask kind works at all: that is the finding, not each shape
         alternatives = calls if isinstance(calls, list) else [calls]
         errors = [prober.attempt(p, backward=case == "backward") for p in alternatives]
         if not alternatives or any(e is None for e in errors):

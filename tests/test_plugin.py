@@ -59,8 +59,7 @@ def test_unrelated_hypothesis_project_keeps_its_settings(tmp_path: Path, ci: boo
     # the plugin was loaded (so the comparison means something) and imported no torch
     assert _lines(with_plugin.stdout, "TORCH") == "TORCH False ATTNCHECK True", with_plugin.stdout
     settings_line = _lines(with_plugin.stdout, "SETTINGS")
-    assert settings_line.startswith("SETTINGS 100 ") and "attncheck" not in settings_line
-    assert ("ci" in settings_line.split()[-1]) == ci  # Hypothesis's own ci profile under CI, its default otherwise
+    assert settings_line.startswith("SETTINGS 100 ") and "attncheck" not in settings_line  # not one of ours
     help_text = run(["-m", "pytest", "--help"], tmp_path, ci).stdout
     assert "--attncheck-target" in help_text and "--attncheck-dtype" in help_text
 
