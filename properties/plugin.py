@@ -19,6 +19,7 @@ from collections.abc import Generator
 from typing import Any
 
 import pytest
+import torch
 
 from attncheck.errors import TargetError, UsageError
 from attncheck.properties import known_failures
@@ -67,6 +68,9 @@ class AttncheckPlugin:
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self.report.settings["seed"] = config.getoption("hypothesis_seed", None)
+        workers = getattr(config, "workerinput", {}).get("workercount")
+        if workers:  # a pytest-xdist worker: share the cores with the others instead of each taking them all
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
     # -- collection ---------------------------------------------------------------------------------------------
 
