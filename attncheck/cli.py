@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import io
 import sys
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -54,9 +53,7 @@ def verify(args: argparse.Namespace) -> int:
     if args.seed is not None:
         pytest_args += ["--hypothesis-seed", str(args.seed)]
 
-    with warnings.catch_warnings():  # the first probe calls the targets: their libraries' warnings are not ours
-        warnings.simplefilter("ignore")
-        plugin = AttncheckPlugin(settings, resolve_targets(settings))  # resolved and validated once, here
+    plugin = AttncheckPlugin(settings, resolve_targets(settings))  # resolved and validated once, here
     collector = _Collector(quiet=args.quiet)
     with contextlib.redirect_stdout(io.StringIO()) if args.jobs and args.jobs > 1 else contextlib.nullcontext():
         code = pytest.main(pytest_args, plugins=[plugin, collector])

@@ -15,6 +15,7 @@ pytest-xdist carries from its workers to the controller, so a distributed run re
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Generator
 from typing import Any
 
@@ -40,8 +41,10 @@ class AttncheckPlugin:
     def __init__(self, settings: VerifySettings, targets: list[Target] | None = None):
         """Resolve and validate the run (raises :class:`~attncheck.errors.UsageError`, a one-line message)."""
         self.targets = targets if targets is not None else resolve_targets(settings)
-        for target in self.targets:
-            target.findings = probe(target)  # root causes, once; the run goes on without the failing cases
+        with warnings.catch_warnings():  # the probe calls the targets: their libraries' warnings are not findings
+            warnings.simplefilter("ignore")
+            for target in self.targets:
+                target.findings = probe(target)  # root causes, once; the run goes on without the failing cases
         self.profile = settings.profile or os.environ.get(ENV_PROFILE) or ("ci" if os.environ.get("CI") else "dev")
         if self.profile not in PROFILE_NAMES:
             raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
