@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -232,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("attncheck: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (| head): nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_OK
     finally:
         sys.stdout.flush()
 

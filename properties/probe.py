@@ -189,6 +189,8 @@ def probe(target: Target) -> list[Finding]:
         if "mask_shapes" in narrowed:
             narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
+    if target.caps.gqa:
+        findings += _gqa_mapping(target, base)
     shapes = [f for f in findings if f.case.endswith("mask shape")]
     if len(shapes) > 1:  # the shapes a kernel refuses are one declaration: the shapes it takes
         merged = Finding(
@@ -199,6 +201,34 @@ def probe(target: Target) -> list[Finding]:
         )
         findings = [merged if f is shapes[0] else f for f in findings if f is shapes[0] or f not in shapes]
     return findings
+
+
+def _gqa_mapping(target: Target, base: Problem) -> list[Finding]:
+    """GQA that runs but maps query head h to kv head h % Hkv (einops ``(r h)``) instead of h // (Hq / Hkv): one
+    finding, and the run goes on without GQA (the mapping cannot be declared yet), instead of every property
+    that draws GQA failing under a message about its own subject."""
+    p = base.replace(
+        Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype="float32" if "float32" in target.caps.dtypes else base.dtype
+    )
+    q, k, v, _ = p.tensors(target.device)
+    try:
+        out = target(q, k, v, enable_gqa=True)
+    except TargetError:
+        return []
+    grouped = oracle(q, k, v)
+    interleaved = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1))  # (B, Hkv, S, E) -> (B, Hq, S, E), tiled
+    if _agrees(out, grouped) or not _agrees(out, interleaved):
+        return []
+    target.caps = target.caps.replace(gqa=False)
+    return [
+        Finding(
+            "GQA head mapping",
+            "query head h reads kv head h % Hkv (interleaved, einops '(r h)'); the contract is h // (Hq / Hkv)",
+            p.repro(target.name),
+            "--no-gqa (an interleaved mapping cannot be declared yet); fix the mapping to use the grouped one",
+            narrowed={"gqa": False},
+        )
+    ]
 
 
 # Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;

@@ -219,3 +219,11 @@ def test_a_key_padding_only_kernel_is_one_shape_finding_and_passes_once_declared
     assert declared.returncode == 0, declared.stdout
     assert set(statuses(data).values()) <= {"passed", "skipped"}
     assert statuses(data)["mask_semantics"] == "passed" and statuses(data)["model"] == "passed"
+
+
+def test_an_interleaved_gqa_mapping_is_one_root_cause() -> None:
+    """GQA that tiles the kv heads (h % Hkv) is named once by the probe, not as failures of every property that
+    happens to draw GQA."""
+    result = probe("tests.mutants:gqa_tiling")
+    assert "does not work: GQA head mapping: query head h reads kv head h % Hkv" in result.stdout, result.stdout
+    assert "--cap gqa=no" in result.stdout.splitlines()[-1]
