@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from attncheck.errors import TargetError
+from attncheck.properties.checks import target_grads
 from attncheck.properties.oracle import oracle, output_budget
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Capabilities, Target
@@ -75,12 +76,8 @@ class _Prober:
             if backward:
                 q, k, v = (t.detach().requires_grad_(True) for t in (q, k, v))
             out = self.target(q, k, v, **p.call_kwargs(mask))
-            if backward:
-                try:
-                    torch.autograd.grad(out, (q, k, v), torch.ones_like(out), allow_unused=True)
-                except Exception as exc:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-                    return TargetError(f"backward raised {type(exc).__name__}: {first}", "raised")
+            if backward:  # as the properties take gradients: .backward() where torch.autograd.grad raises
+                target_grads(self.target, out, (q, k, v), torch.ones_like(out))
         except TargetError as exc:
             return exc
         return None
