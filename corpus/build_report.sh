@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Rebuild REPORT.md from REPORT_head.md, the tallies of results/baseline against verdicts.tsv, and REPORT_tail.md.
+cd "$(dirname "$0")"
+MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash keras_dpa diffusers_attn hf_gpt2_upcast hf_t5 hf_whisper_eager"
+{
+  cat REPORT_head.md
+  ONLY="$MAIN" python tally.py | sed -n '1,13p'
+  printf '\nVariants (same libraries, float32 only declared):\n\n'
+  ONLY="mea_flash_f32 ring_flash_f32" python tally.py | sed -n '1,4p'
+  printf "\nDeclared: the fields that differ from the SDPA contract (the wrappers' @declare). Counts are red checks (failed checks; the baseline has no separate error status). Wall time in seconds on a loaded 2-core machine.\n\n## Red verdicts per implementation (results/baseline)\n\n"
+  echo "Each row: the check, the verdict, a root-cause label shared by the rows it explains, the evidence (library file:line, relative to site-packages/<package>/), and the minimal counterexample and message as attncheck printed them."
+  python sections.py
+  cat REPORT_tail.md
+} > REPORT.md
