@@ -153,7 +153,7 @@ def live_rows(p: Problem, mask: Tensor | None, alignment: str) -> Tensor:
     return p.admissible(mask, alignment).any(-1, keepdim=True)
 
 
-def _convention(rows: Tensor, v: Tensor, atol: float) -> str:
+def row_convention(rows: Tensor, v: Tensor, atol: float) -> str:
     """Name what rows with no admissible key (n, Ev) return, given the values they could have seen (n, S, Ev)."""
     if rows.numel() == 0:
         return "none"
@@ -177,7 +177,7 @@ def judge_empty_rows(target: Target, out: Tensor, value: Tensor, live: Tensor, p
     v_per_q = value.detach().double().repeat_interleave(p.Hq // p.Hkv, dim=1)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
     seen = v_per_q.unsqueeze(2).expand(-1, -1, p.L, -1, -1)[dead.cpu()]  # (n, S, Ev)
     eps = torch.finfo(out.dtype).eps
-    convention = _convention(out.detach().double()[dead], seen.to(out.device), atol=4 * eps)
+    convention = row_convention(out.detach().double()[dead], seen.to(out.device), atol=4 * eps)
     observe(target, "fully masked rows", convention)
     declared = target.caps.masked_rows
     check(

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from attncheck.errors import TargetError
-from attncheck.properties.checks import target_grads
+from attncheck.properties.checks import row_convention, target_grads
 from attncheck.properties.oracle import oracle, output_budget
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Capabilities, Target
@@ -45,7 +45,7 @@ class Finding:
         }
 
 
-def _hint(error: TargetError, caps: Capabilities) -> str:
+def _hint(error: TargetError) -> str:
     """The declaration that an undeclared convention would explain, read from the error (empty if none)."""
     text = str(error)
     unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
@@ -117,7 +117,7 @@ def probe(target: Target) -> list[Finding]:
     if base is None:
         assert first_error is not None
         problem, error = first_error
-        hint = _hint(error, caps) or prober.expected_shape_hint(error, problem)
+        hint = _hint(error) or prober.expected_shape_hint(error, problem)
         fix = hint or "check that the target follows the SDPA convention (see `attncheck verify --help`)"
         return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
 
@@ -171,7 +171,7 @@ def probe(target: Target) -> list[Finding]:
             continue
         error, problem = errors[0], alternatives[0]
         assert error is not None
-        hint = _hint(error, caps) or prober.expected_shape_hint(error, problem)
+        hint = _hint(error) or prober.expected_shape_hint(error, problem)
         same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
         if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once
             earlier = findings[same]
@@ -187,7 +187,7 @@ def probe(target: Target) -> list[Finding]:
             narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
     if target.caps.gqa:
-        findings += _gqa_mapping(target, base)
+        findings += _interleaved_gqa(target)
     shapes = [f for f in findings if f.case.endswith("mask shape")]
     if len(shapes) > 1:  # the shapes a kernel refuses are one declaration: the shapes it takes
         merged = Finding(
@@ -200,28 +200,34 @@ def probe(target: Target) -> list[Finding]:
     return findings
 
 
-def _gqa_mapping(target: Target, base: Problem) -> list[Finding]:
-    """GQA that runs but maps query head h to kv head h % Hkv (einops ``(r h)``) instead of h // (Hq / Hkv): one
-    finding, and the run goes on without GQA (the mapping cannot be declared yet), instead of every property
-    that draws GQA failing under a message about its own subject."""
-    p = base.replace(
-        Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype="float32" if "float32" in target.caps.dtypes else base.dtype
-    )
+def gqa_mapping(target: Target) -> tuple[str, Problem] | None:
+    """Which kv head query head h reads, observed with Hq = 4, Hkv = 2: "grouped" (h // (Hq / Hkv), the
+    contract), "interleaved" (h % Hkv, einops ``(r h)``) or "neither"; None if the GQA call raises."""
+    dtype = "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0]
+    p = Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, seed=3)  # type: ignore[arg-type]
     q, k, v, _ = p.tensors(target.device)
     try:
         out = target(q, k, v, enable_gqa=True)
     except TargetError:
-        return []
-    grouped = oracle(q, k, v)
+        return None
+    if _agrees(out, oracle(q, k, v)):
+        return "grouped", p
     interleaved = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1))  # (B, Hkv, S, E) -> (B, Hq, S, E), tiled
-    if _agrees(out, grouped) or not _agrees(out, interleaved):
+    return ("interleaved" if _agrees(out, interleaved) else "neither"), p
+
+
+def _interleaved_gqa(target: Target) -> list[Finding]:
+    """GQA that runs but maps query head h to kv head h % Hkv: one finding, and the run goes on without GQA (the
+    mapping cannot be declared yet), instead of every property that draws GQA failing about its own subject."""
+    seen = gqa_mapping(target)
+    if seen is None or seen[0] != "interleaved":
         return []
     target.caps = target.caps.replace(gqa=False)
     return [
         Finding(
             "GQA head mapping",
             "query head h reads kv head h % Hkv (interleaved, einops '(r h)'); the contract is h // (Hq / Hkv)",
-            p.repro(target.name),
+            seen[1].repro(target.name),
             "--no-gqa (an interleaved mapping cannot be declared yet); fix the mapping to use the grouped one",
             narrowed={"gqa": False},
         )
@@ -306,20 +312,13 @@ def observe_conventions(target: Target) -> dict[str, str]:
     plain = run(p)
     if plain is not None and not _agrees(plain, oracle(q, k, v)) and _agrees(plain, oracle(q, k, v, is_causal=True)):
         seen["without is_causal"] = "causal anyway (always causal)"
-    if caps.gqa:
-        p = base.replace(Hq=4, Hkv=2)
-        out = run(p)
-        q, k, v, _ = p.tensors(target.device)
-        if out is not None:
-            grouped = oracle(q, k, v)
-            interleaved = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1))  # head h reads kv head h % Hkv
-            seen["GQA head mapping"] = (
-                "grouped (h // (Hq/Hkv), as SDPA)"
-                if _agrees(out, grouped)
-                else "interleaved (h % Hkv, as einops '(r h)'; not declarable yet)"
-                if _agrees(out, interleaved)
-                else "neither grouped nor interleaved"
-            )
+    mapping = gqa_mapping(target) if caps.gqa else None
+    if mapping is not None:
+        seen["GQA head mapping"] = {
+            "grouped": "grouped (h // (Hq/Hkv), as SDPA)",
+            "interleaved": "interleaved (h % Hkv, as einops '(r h)'; not declarable yet)",
+            "neither": "neither grouped nor interleaved",
+        }[mapping[0]]
     if caps.scale:
         out = run(base, scale=0.5)
         q, k, v, _ = base.tensors(target.device)
@@ -333,18 +332,9 @@ def observe_conventions(target: Target) -> dict[str, str]:
         p = base.replace(mask=kind, mask_shape="BHLS", masked_rows=1)
         q, k, v, _ = p.tensors(target.device)
         out = run(p)
-        if out is not None:
-            row = out[..., :1, :].double()  # query 0 sees no key
-            group_v = v.double().mean(-2, keepdim=True)  # (B, H, 1, Ev)
-            seen[f"fully masked rows ({kind} mask)"] = (
-                "nan"
-                if bool(row.isnan().all())
-                else "zeros"
-                if float(row.abs().max()) < 1e-6
-                else "uniform (mean of V)"
-                if _agrees(row, group_v)
-                else "other"
-            )
+        if out is not None:  # query 0 sees no key: the convention the properties observe
+            row = out[..., 0, :].detach().double().flatten(0, -2)  # (B, H, Ev) -> (B*H, Ev)
+            seen[f"fully masked rows ({kind} mask)"] = row_convention(row, v.double().flatten(0, -3), atol=1e-6)
     return seen
 
 
