@@ -41,10 +41,6 @@ class AttncheckPlugin:
     def __init__(self, settings: VerifySettings, targets: list[Target] | None = None):
         """Resolve and validate the run (raises :class:`~attncheck.errors.UsageError`, a one-line message)."""
         self.targets = targets if targets is not None else resolve_targets(settings)
-        with warnings.catch_warnings():  # the probe calls the targets: their libraries' warnings are not findings
-            warnings.simplefilter("ignore")
-            for target in self.targets:
-                target.findings = probe(target)  # root causes, once; the run goes on without the failing cases
         self.profile = settings.profile or os.environ.get(ENV_PROFILE) or ("ci" if os.environ.get("CI") else "dev")
         if self.profile not in PROFILE_NAMES:
             raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
@@ -56,6 +52,10 @@ class AttncheckPlugin:
         entries = known_failures.read_files(settings.known_failures, catalog)
         for target in self.targets:
             entries += known_failures.declared(target.name, target.caps.known_failures, catalog)
+        with warnings.catch_warnings():  # the probe calls the targets: their libraries' warnings are not findings
+            warnings.simplefilter("ignore")
+            for target in self.targets:  # after every usage check: a usage error costs no target call
+                target.findings = probe(target)  # root causes, once; the run goes on without the failing cases
         self.settings = settings
         self.hypothesis = profile_settings(self.profile, settings.max_examples)
         run_settings = {
