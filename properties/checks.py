@@ -8,7 +8,9 @@ carries the :class:`Problem`, so the pytest plugin can print a copy-pasteable re
 
 from __future__ import annotations
 
-from typing import Any
+import sys
+import types
+from typing import Any, NoReturn
 
 import pytest
 import torch
@@ -66,10 +68,24 @@ def require(condition: bool, reason: str) -> None:
         pytest.skip(f"not applicable: {reason}")
 
 
+def _fail(failure: PropertyFailure) -> NoReturn:
+    """Raise ``failure`` as if from the line of the property that called the helper.
+
+    Hypothesis tells distinct bugs of one check apart by where their exception was raised (``InterestingOrigin``:
+    type, file, line of the innermost frame); since every failure goes through these helpers, all would share
+    one origin, and a second bug in the same check would be folded into the first. The traceback is ended at
+    the caller's frame, so each assertion of a property is its own origin, and each bug gets its own report.
+    """
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_globals.get("__name__") == __name__:
+        frame = frame.f_back
+    raise failure.with_traceback(types.TracebackType(None, frame, frame.f_lasti, frame.f_lineno))
+
+
 def check(condition: bool, what: str, problem: Problem | None, **worst: Any) -> None:
     """Fail with ``what`` unless ``condition`` holds."""
     if not condition:
-        raise PropertyFailure(what, problem, worst)
+        _fail(PropertyFailure(what, problem, worst))
 
 
 def _index(flat_index: int, shape: torch.Size) -> tuple[int, ...]:
@@ -90,17 +106,19 @@ def assert_close(
     """
     got64, exp64 = got.detach().double().cpu(), expected.detach().double().cpu()
     if got64.shape != exp64.shape:
-        raise PropertyFailure(f"{what}: shape {tuple(got64.shape)} != expected {tuple(exp64.shape)}", problem)
+        _fail(PropertyFailure(f"{what}: shape {tuple(got64.shape)} != expected {tuple(exp64.shape)}", problem))
     considered = torch.ones_like(exp64, dtype=torch.bool) if where is None else where.expand_as(exp64).cpu()
     finite_expected = torch.isfinite(exp64) & considered
     bad = finite_expected & ~torch.isfinite(got64)
     if bad.any():
         idx = _index(int(bad.flatten().nonzero()[0]), exp64.shape)
-        raise PropertyFailure(
-            f"{what}: non-finite output {got64[idx].item()} where the expectation is finite "
-            f"({exp64[idx].item():.6g}) at index {list(idx)} ({int(bad.sum())} of {bad.numel()} elements)",
-            problem,
-            {"index": list(idx), "got": got64[idx].item(), "expected": exp64[idx].item()},
+        _fail(
+            PropertyFailure(
+                f"{what}: non-finite output {got64[idx].item()} where the expectation is finite "
+                f"({exp64[idx].item():.6g}) at index {list(idx)} ({int(bad.sum())} of {bad.numel()} elements)",
+                problem,
+                {"index": list(idx), "got": got64[idx].item(), "expected": exp64[idx].item()},
+            )
         )
     err = torch.where(finite_expected, (got64 - exp64).abs(), torch.zeros_like(exp64))
     if err.numel() == 0:
@@ -111,17 +129,19 @@ def assert_close(
     explain = budget.explain() if isinstance(budget, Budget) else f"{limit:.3g}"
     if worst_err > limit:
         idx = _index(flat, exp64.shape)
-        raise PropertyFailure(
-            f"{what}: max |error| {worst_err:.3g} exceeds the budget {explain}; worst at index {list(idx)}: "
-            f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}",
-            problem,
-            {
-                "error": worst_err,
-                "budget": limit,
-                "index": list(idx),
-                "got": got64[idx].item(),
-                "expected": exp64[idx].item(),
-            },
+        _fail(
+            PropertyFailure(
+                f"{what}: max |error| {worst_err:.3g} exceeds the budget {explain}; worst at index {list(idx)}: "
+                f"got {got64[idx].item():.6g}, expected {exp64[idx].item():.6g}",
+                problem,
+                {
+                    "error": worst_err,
+                    "budget": limit,
+                    "index": list(idx),
+                    "got": got64[idx].item(),
+                    "expected": exp64[idx].item(),
+                },
+            )
         )
     return worst_err
 
@@ -136,11 +156,13 @@ def assert_identical(got: Tensor, expected: Tensor, what: str, problem: Problem 
         diff = (got.detach().double() - expected.detach().double()).abs().nan_to_num(float("inf"))
         flat = int(diff.flatten().argmax()) if diff.numel() else 0
         idx = _index(flat, diff.shape) if diff.numel() else ()
-        raise PropertyFailure(
-            f"{what}: not bitwise identical; max |difference| {float(diff.max()) if diff.numel() else 0:.3g} "
-            f"at index {list(idx)}",
-            problem,
-            {"index": list(idx), "difference": float(diff.max()) if diff.numel() else 0.0},
+        _fail(
+            PropertyFailure(
+                f"{what}: not bitwise identical; max |difference| {float(diff.max()) if diff.numel() else 0:.3g} "
+                f"at index {list(idx)}",
+                problem,
+                {"index": list(idx), "difference": float(diff.max()) if diff.numel() else 0.0},
+            )
         )
 
 

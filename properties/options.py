@@ -42,14 +42,40 @@ _OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 # Capability declarations: the same fields as attncheck.Capabilities and @declare(...).
 _CAPABILITY_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("causal", {"choices": ("top-left", "bottom-right", "none"), "help": "alignment of is_causal"}),
+    (
+        "causal",
+        {
+            "choices": ("top-left", "bottom-right", "always", "none"),
+            "help": "alignment of is_causal; always = causal with no flag; none = no is_causal",
+        },
+    ),
     ("masks", {"metavar": "KINDS", "help": "mask kinds accepted: bool, float, bool,float or none"}),
     ("no-mask", {"action": "store_true", "help": "no attn_mask support (= --masks none)"}),
     ("no-grad", {"action": "store_true", "help": "not differentiable"}),
     ("no-gqa", {"action": "store_true", "help": "no enable_gqa"}),
+    (
+        "gqa-mapping",
+        {"choices": ("grouped", "interleaved"), "help": "kv head of query head h: h // (Hq/Hkv) (SDPA) or h %% Hkv"},
+    ),
     ("no-scale", {"action": "store_true", "help": "the scale= argument is not supported"}),
     ("same-value-dim", {"action": "store_true", "help": "requires Ev == E"}),
-    ("dropout", {"action": "store_true", "help": "supports dropout_p > 0"}),
+    (
+        "dropout",
+        {
+            "nargs": "?",
+            "const": "inverted",
+            "choices": ("inverted", "renormalised"),
+            "help": "supports dropout_p > 0: inverted (kept / (1 - p), the default) or renormalised rows",
+        },
+    ),
+    (
+        "feature",
+        {
+            "action": "append",
+            "choices": ("window", "softcap", "sinks", "lse"),
+            "help": "a feature beyond SDPA the target supports (repeatable; docs/features.md)",
+        },
+    ),
     ("masked-rows", {"choices": ("zeros", "nan", "uniform"), "help": "declared output of fully masked rows"}),
     ("layout", {"choices": ("BHLD", "BLHD"), "help": "tensor layout of the target"}),
     (
@@ -121,7 +147,11 @@ class VerifySettings:
             if get(flag):
                 caps.append(f"{cap}=no")
         if get("dropout"):
-            caps.append("dropout=yes")
+            caps.append(f"dropout={get('dropout')}")
+        if get("gqa_mapping"):
+            caps.append(f"gqa_mapping={get('gqa_mapping')}")
+        if get("feature"):
+            caps.append("features=" + ",".join(get("feature")))
         if get("masked_rows"):
             caps.append(f"masked_rows={get('masked_rows')}")
         if get("layout"):

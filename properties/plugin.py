@@ -22,13 +22,23 @@ from typing import Any
 import pytest
 import torch
 
-from attncheck.errors import TargetError, UsageError
+from attncheck.errors import UsageError
 from attncheck.properties import known_failures
 from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings
 from attncheck.properties.checks import drain_observations
 from attncheck.properties.options import ENV_PROFILE, PROFILE_NAMES, VerifySettings
 from attncheck.properties.probe import probe
-from attncheck.properties.report import CheckResult, Report, failure_details, one_line, problem_from_notes, versions
+from attncheck.properties.problems import format_counterexample
+from attncheck.properties.report import (
+    FAILED,
+    CheckResult,
+    Report,
+    failures,
+    one_line,
+    problem_from_notes,
+    status_of,
+    versions,
+)
 from attncheck.properties.targets import Target, resolve_targets
 
 USER_PROPERTY = "attncheck"  # the key of the result in a test report's user_properties
@@ -130,7 +140,7 @@ class AttncheckPlugin:
         target = _target_of(item)
         if target is None or not (report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
             return report
-        status, message, counterexample, repro = "passed", "", None, ""
+        status, message, counterexample, repro, more = "passed", "", None, "", []
         if hasattr(report, "wasxfail"):
             status = "xpassed" if report.passed else "xfailed"
             message = str(report.wasxfail).removeprefix("reason: ").removeprefix("known failure: ")
@@ -139,18 +149,18 @@ class AttncheckPlugin:
             longrepr = report.longrepr
             message = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
         elif report.failed:
-            exc = failure_details(call.excinfo.value) if call.excinfo else None
-            # the target raised or hung: no answer to judge (status error), unlike a wrong answer (failed)
-            status = "error" if isinstance(exc, TargetError) and exc.kind in ("raised", "hung") else "failed"
-            message = one_line(exc) if exc else "failed"
-            problem = getattr(exc, "problem", None) or (problem_from_notes(exc) if exc else None)
-            if problem is not None:
-                counterexample = problem.describe()
-                repro = problem.repro(target.name)
-            # the finding itself, not a traceback full of tensor reprs (a -q run printed thousands of lines)
-            lines = [f"{target.name}::{_property_of(item)}::{item.originalname}: {message}"]  # type: ignore[attr-defined]
-            if problem is not None:
-                lines += [f"minimal counterexample: {problem.format()}", "reproduce with:", repro]
+            found = [_described(exc, target) for exc in failures(call.excinfo.value)] if call.excinfo else []
+            first, *more = found or [{"status": FAILED, "message": "failed", "counterexample": None, "repro": ""}]
+            status, message = first["status"], first["message"]
+            counterexample, repro = first["counterexample"], first["repro"]
+            # the findings themselves, not a traceback full of tensor reprs (a -q run printed thousands of lines)
+            lines = []
+            for n, f in enumerate(found or [first], 1):
+                head = f"{target.name}::{_property_of(item)}::{item.originalname}"  # type: ignore[attr-defined]
+                lines.append(f"{head}: {f['message']}" + (f" (distinct failure {n} of {len(found)})" if more else ""))
+                if f["counterexample"] is not None:
+                    example = format_counterexample(f["counterexample"])
+                    lines += [f"minimal counterexample: {example}", "reproduce with:", f["repro"]]
             report.longrepr = "\n".join(lines)
         observed = [(what, value) for who, what, value in drain_observations() if who == target.name]
         result = CheckResult(
@@ -164,6 +174,7 @@ class AttncheckPlugin:
             repro,
             observed,
             target.calls - item.stash.get(CALLS_BEFORE, target.calls),
+            more,
         )
         report.user_properties.append((USER_PROPERTY, result.to_dict()))
         return report
@@ -186,6 +197,17 @@ class AttncheckPlugin:
         if self.settings.json:
             write_json(self.report, self.settings.json)
             terminalreporter.write_line(f"attncheck: report written to {self.settings.json}")
+
+
+def _described(exc: BaseException, target: Target) -> dict[str, Any]:
+    """One failure of a check: its status, one-line message, minimal counterexample and repro."""
+    problem = getattr(exc, "problem", None) or problem_from_notes(exc)
+    return {
+        "status": status_of(exc),
+        "message": one_line(exc),
+        "counterexample": problem.describe() if problem is not None else None,
+        "repro": problem.repro(target.name) if problem is not None else "",
+    }
 
 
 def _property_of(item: pytest.Item) -> str | None:

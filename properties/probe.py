@@ -11,6 +11,7 @@ work, nothing else can be judged: every property is *blocked* by it, in seconds 
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +23,7 @@ from attncheck.properties.checks import row_convention, target_grads
 from attncheck.properties.oracle import oracle, output_budget
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Capabilities, Target
+from attncheck.reference.attention import causal_mask
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ def probe(target: Target) -> list[Finding]:
     order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in caps.dtypes]
     findings: list[Finding] = []
     base, first_error = None, None
+    always = caps.causal == "always"  # an always-causal target is called with is_causal (it has no flag)
     for dtype in order:  # the plain call, in the first declared dtype that works
-        candidate = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, seed=1)
+        candidate = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, is_causal=always, seed=1)
         error = prober.attempt(candidate)
         if error is None:
             base = candidate
@@ -121,6 +124,10 @@ def probe(target: Target) -> list[Finding]:
         fix = hint or "check that the target follows the SDPA convention (see `attncheck verify --help`)"
         return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
 
+    if not always:  # before the is_causal case: a target without the flag may have the triangle built in
+        findings += _always_causal_finding(target, base)
+        caps = target.caps
+        base = base.replace(is_causal=caps.causal == "always")
     # (case, the call, the declaration that would describe a failure, the capabilities the run goes on with)
     cases: list[tuple[str, Problem | list[Problem], str, dict[str, Any]]] = []
     for other in caps.dtypes:
@@ -148,7 +155,7 @@ def probe(target: Target) -> list[Finding]:
         tries = [base.replace(mask=kind, mask_shape=shape_of[shape]) for kind in sorted(caps.masks)]
         rest = tuple(x for x in caps.mask_shapes if x != shape)
         cases.append((f"{shape} mask shape", tries, f"--cap mask_shapes={','.join(rest)}", {"mask_shapes": rest}))
-    if caps.causal is not None:
+    if caps.causal is not None and caps.causal != "always":
         cases.append(("is_causal", base.replace(is_causal=True), "--causal none", {"causal": None}))
     if caps.gqa:
         cases.append(("GQA", base.replace(Hq=4, Hkv=2), "--no-gqa", {"gqa": False}))
@@ -187,7 +194,9 @@ def probe(target: Target) -> list[Finding]:
             narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
     if target.caps.gqa:
-        findings += _interleaved_gqa(target)
+        findings += _gqa_mapping_finding(target)
+    if target.caps.causal is not None:
+        findings += _causal_alignment_finding(target)
     shapes = [f for f in findings if f.case.endswith("mask shape")]
     if len(shapes) > 1:  # the shapes a kernel refuses are one declaration: the shapes it takes
         merged = Finding(
@@ -200,38 +209,130 @@ def probe(target: Target) -> list[Finding]:
     return findings
 
 
-def gqa_mapping(target: Target) -> tuple[str, Problem] | None:
-    """Which kv head query head h reads, observed with Hq = 4, Hkv = 2: "grouped" (h // (Hq / Hkv), the
-    contract), "interleaved" (h % Hkv, einops ``(r h)``) or "neither"; None if the GQA call raises."""
-    dtype = "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0]
-    p = Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, seed=3)  # type: ignore[arg-type]
+def _always_causal_finding(target: Target, base: Problem) -> list[Finding]:
+    """A target whose output is causal although is_causal was not passed (the triangle is built in): one
+    finding, and the run goes on with it declared ``causal="always"``, instead of every property failing."""
+    p = base.replace(L=4, S=4, E=8, Ev=8, seed=3)
     q, k, v, _ = p.tensors(target.device)
     try:
-        out = target(q, k, v, enable_gqa=True)
+        out = target(q, k, v)
+    except TargetError:
+        return []
+    if _agrees(out, oracle(q, k, v)) or not _agrees(out, oracle(q, k, v, is_causal=True)):
+        return []
+    target.caps = target.caps.replace(causal="always")
+    return [
+        Finding(
+            "without is_causal",
+            "the output is causal (top-left) although is_causal was not passed: the causal mask is built in",
+            p.repro(target.name),
+            "--causal always",
+            narrowed={"causal": "always"},
+        )
+    ]
+
+
+def _causal_call(target: Target) -> bool:
+    """is_causal for the probe's plain calls: True for an always-causal target (it cannot be called without)."""
+    return target.caps.causal == "always"
+
+
+def gqa_mapping(target: Target) -> tuple[str, Problem] | None:
+    """Which kv head query head h reads, observed with Hq = 4, Hkv = 2 through the declared mapping (Target
+    reorders the heads of an interleaved declaration): "grouped" (as declared), "interleaved" (the other mapping
+    than declared: h % Hkv where grouped is declared), or "neither"; None if the GQA call raises."""
+    dtype = "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0]
+    causal = _causal_call(target)
+    p = Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3)  # type: ignore[arg-type]
+    q, k, v, _ = p.tensors(target.device)
+    try:
+        out = target(q, k, v, enable_gqa=True, is_causal=causal)
     except TargetError:
         return None
-    if _agrees(out, oracle(q, k, v)):
+    if _agrees(out, oracle(q, k, v, is_causal=causal)):
         return "grouped", p
-    interleaved = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1))  # (B, Hkv, S, E) -> (B, Hq, S, E), tiled
-    return ("interleaved" if _agrees(out, interleaved) else "neither"), p
+    # (B, Hkv, S, E) -> (B, Hq, S, E), tiled: with Hq = 2 Hkv this is also a grouped target under an interleaved
+    # declaration (the reordering is its own inverse)
+    tiled = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1), is_causal=causal)
+    return ("interleaved" if _agrees(out, tiled) else "neither"), p
 
 
-def _interleaved_gqa(target: Target) -> list[Finding]:
-    """GQA that runs but maps query head h to kv head h % Hkv: one finding, and the run goes on without GQA (the
-    mapping cannot be declared yet), instead of every property that draws GQA failing about its own subject."""
+def _gqa_mapping_finding(target: Target) -> list[Finding]:
+    """GQA that runs with the other head mapping than declared: one finding, and the run goes on with the mapping
+    observed (Target translates it), instead of every property that draws GQA failing about its own subject."""
     seen = gqa_mapping(target)
     if seen is None or seen[0] != "interleaved":
         return []
-    target.caps = target.caps.replace(gqa=False)
+    declared = target.caps.gqa_mapping
+    actual = "grouped" if declared == "interleaved" else "interleaved"
+    target.caps = target.caps.replace(gqa_mapping=actual)
     return [
         Finding(
             "GQA head mapping",
-            "query head h reads kv head h % Hkv (interleaved, einops '(r h)'); the contract is h // (Hq / Hkv)",
+            f"query head h reads kv head {MAPPING[actual]}; "
+            + ("the contract is" if declared == "grouped" else "the declaration says")
+            + f" {MAPPING[declared]}",
             seen[1].repro(target.name),
-            "--no-gqa (an interleaved mapping cannot be declared yet); fix the mapping to use the grouped one",
-            narrowed={"gqa": False},
+            f"--cap gqa_mapping={actual}",
+            narrowed={"gqa_mapping": actual},
         )
     ]
+
+
+MAPPING = {"grouped": "h // (Hq / Hkv) (grouped, as SDPA)", "interleaved": "h % Hkv (interleaved, as einops '(r h)')"}
+
+
+def causal_alignments(target: Target) -> list[tuple[Problem, str]]:
+    """For each causal shape the declared lengths allow (L < S, L > S, a single query), the alignment the
+    target's is_causal output matches: "top-left", "bottom-right", "not causal" or "neither"."""
+    caps = target.caps
+    dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
+    seen: list[tuple[Problem, str]] = []
+    for L, S in ((2, 5), (5, 2), (1, 3)):
+        if caps.lengths == "equal" or (caps.lengths == "q<=k" and L > S):
+            continue
+        p = Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3)  # type: ignore[arg-type]
+        q, k, v, _ = p.tensors(target.device)
+        try:
+            out = target(q, k, v, is_causal=True)
+        except TargetError:
+            continue  # a raising causal call is the "is_causal" finding of the basic cases
+        names = [
+            a
+            for a in (caps.alignment, "bottom-right" if caps.alignment == "top-left" else "top-left")
+            if _agrees(out, oracle(q, k, v, is_causal=True, alignment=a), p.admissible(None, a).any(-1, True))
+        ]
+        seen.append((p, names[0] if names else "not causal" if _agrees(out, oracle(q, k, v)) else "neither"))
+    return seen
+
+
+def _shape(p: Problem) -> str:
+    return f"L={p.L}, S={p.S}"
+
+
+def _causal_alignment_finding(target: Target) -> list[Finding]:
+    """is_causal that does not follow the declared alignment on some shape: one finding. Where one alignment
+    explains every shape, the run goes on with it; where none does (the alignment switches with L vs S, or a
+    single query ignores is_causal), no declaration describes it and the run goes on without is_causal."""
+    declared = target.caps.alignment
+    seen = causal_alignments(target)
+    wrong = [(p, name) for p, name in seen if name != declared]
+    if not wrong:
+        return []
+    names = {name for _, name in seen}
+    narrowed: dict[str, Any]
+    observed = "; ".join(f"{_shape(p)}: {name}" for p, name in seen)
+    message = f"is_causal is not {declared}-aligned on {', '.join(_shape(p) for p, _ in wrong)} (observed {observed})"
+    if len(names) == 1 and names <= {"top-left", "bottom-right"}:
+        (other,) = names
+        fix, narrowed = f"--causal {other}", {"causal": other}
+    elif all(name == declared for p, name in seen if p.L <= p.S):  # only L > S is off
+        fix, narrowed = "--cap lengths=q<=k (is_causal holds only when L <= S)", {"lengths": "q<=k"}
+    else:
+        fix = "no declaration describes an alignment that changes with the shape: fix is_causal, or --causal none"
+        narrowed = {"causal": None}
+    target.caps = target.caps.replace(**narrowed)
+    return [Finding("causal alignment", message, wrong[0][0].repro(target.name), fix, narrowed=narrowed)]
 
 
 # Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;
@@ -246,13 +347,14 @@ def observe_precision(target: Target) -> None:
     for dtype in COARSER:
         if dtype not in target.caps.dtypes or target.caps.compute_dtype:
             continue
+        causal = _causal_call(target)
         p = Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2)  # type: ignore[arg-type]
         q, k, v, _ = p.tensors(target.device)
         try:
-            out = target(q, k, v)
+            out = target(q, k, v, is_causal=causal)
         except TargetError:
             continue  # the dtype cases below report it
-        ref = oracle(q, k, v)
+        ref = oracle(q, k, v, is_causal=causal)
         err = float((out.double() - ref).abs().max())
         if err <= output_budget(q, k, v, ref).value:
             continue
@@ -276,9 +378,8 @@ def _agrees(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor | None = No
 def observe_conventions(target: Target) -> dict[str, str]:
     """Call the target on small cases and name the conventions it follows (after :func:`probe`)."""
     caps, seen = target.caps, {}
-    base = Problem(
-        B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype="float32" if "float32" in caps.dtypes else caps.dtypes[0], seed=3
-    )  # type: ignore[arg-type]
+    dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
+    base = Problem(B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=_causal_call(target), seed=3)  # type: ignore[arg-type]
 
     def run(p: Problem, **kwargs: Any) -> torch.Tensor | None:
         q, k, v, mask = p.tensors(target.device)
@@ -288,45 +389,31 @@ def observe_conventions(target: Target) -> dict[str, str]:
             return None
 
     if caps.causal is not None:
-        verdicts = []
-        for L, S in ((2, 5), (5, 2)):
-            if (caps.lengths == "equal") or (caps.lengths == "q<=k" and L > S):
-                continue
-            p = base.replace(L=L, S=S, is_causal=True)
-            out = run(p)
-            q, k, v, _ = p.tensors(target.device)
-            if out is None:
-                continue
-            names = [
-                a
-                for a in ("top-left", "bottom-right")
-                if _agrees(out, oracle(q, k, v, is_causal=True, alignment=a), p.admissible(None, a).any(-1, True))
-            ]
-            if not names and _agrees(out, oracle(q, k, v)):
-                names = ["ignored (not causal)"]
-            verdicts.append(f"L{'<' if L < S else '>'}S: {names[0] if names else 'neither alignment'}")
-        if verdicts:
-            seen["causal alignment"] = "; ".join(verdicts)
-    p = base
-    q, k, v, _ = p.tensors(target.device)
-    plain = run(p)
-    if plain is not None and not _agrees(plain, oracle(q, k, v)) and _agrees(plain, oracle(q, k, v, is_causal=True)):
-        seen["without is_causal"] = "causal anyway (always causal)"
+        seen["causal alignment"] = "; ".join(f"{_shape(p)}: {name}" for p, name in causal_alignments(target))
+    q, k, v, _ = base.tensors(target.device)
+    if caps.causal == "always":
+        seen["without is_causal"] = "causal anyway (always causal, no flag)"
     mapping = gqa_mapping(target) if caps.gqa else None
-    if mapping is not None:
-        seen["GQA head mapping"] = {
-            "grouped": "grouped (h // (Hq/Hkv), as SDPA)",
-            "interleaved": "interleaved (h % Hkv, as einops '(r h)'; not declarable yet)",
-            "neither": "neither grouped nor interleaved",
-        }[mapping[0]]
+    if mapping is not None:  # gqa_mapping answers relative to the declaration: name the mapping itself
+        other = "grouped" if caps.gqa_mapping == "interleaved" else "interleaved"
+        actual = {"grouped": caps.gqa_mapping, "interleaved": other}.get(mapping[0])
+        seen["GQA head mapping"] = f"query head h reads kv head {MAPPING[actual]}" if actual else "neither mapping"
+    dropout = dropout_semantics(target)
+    seen["dropout"] = DROPOUT[dropout] if dropout in DROPOUT else dropout
+    if dropout in ("inverted", "renormalised"):
+        target.caps = target.caps.replace(dropout=dropout)
     if caps.scale:
         out = run(base, scale=0.5)
-        q, k, v, _ = base.tensors(target.device)
+        causal = base.is_causal
         if out is not None:
             seen["scale="] = (
                 "honoured"
-                if _agrees(out, oracle(q, k, v, scale=0.5))
-                else ("ignored (the default 1/sqrt(E) is used)" if _agrees(out, oracle(q, k, v)) else "neither")
+                if _agrees(out, oracle(q, k, v, scale=0.5, is_causal=causal))
+                else (
+                    "ignored (the default 1/sqrt(E) is used)"
+                    if _agrees(out, oracle(q, k, v, is_causal=causal))
+                    else "neither"
+                )
             )
     for kind in sorted(caps.masks):
         p = base.replace(mask=kind, mask_shape="BHLS", masked_rows=1)
@@ -336,6 +423,41 @@ def observe_conventions(target: Target) -> dict[str, str]:
             row = out[..., 0, :].detach().double().flatten(0, -2)  # (B, H, Ev) -> (B*H, Ev)
             seen[f"fully masked rows ({kind} mask)"] = row_convention(row, v.double().flatten(0, -3), atol=1e-6)
     return seen
+
+
+DROPOUT = {
+    "inverted": "inverted (kept weights / (1 - p), as SDPA)",
+    "renormalised": "renormalised (kept weights renormalised to sum to 1 per row)",
+    "ignored": "ignored (dropout_p = 0.5 changes nothing)",
+}
+
+
+def dropout_semantics(target: Target, p_drop: float = 0.5) -> str:
+    """What ``dropout_p`` does, seen on q = 0 (uniform weights) and V = the identity (the output row is the
+    weight row): "inverted", "renormalised", "ignored", "neither ..." or "raises: ..."."""
+    dtype = getattr(torch, "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0])
+    causal, S, E = _causal_call(target), 8, 8
+    q = torch.zeros(1, 2, S, E, dtype=dtype, device=target.device)  # (B, H, L, E): uniform weights
+    k = torch.randn(1, 2, S, E, generator=torch.Generator().manual_seed(0)).to(dtype).to(target.device)
+    eye = torch.eye(S, E, dtype=dtype, device=target.device).expand(1, 2, S, E)  # (B, H, S, Ev = S)
+    state = torch.random.get_rng_state()
+    try:
+        torch.manual_seed(0)
+        out = target(q, k, eye, dropout_p=p_drop, is_causal=causal).double().cpu()  # (B, H, L, S)
+    except TargetError as exc:
+        return f"raises: {exc}"
+    finally:
+        torch.random.set_rng_state(state)
+    adm = causal_mask(S, S) if causal else torch.ones(S, S, dtype=torch.bool)  # (L, S)
+    n = adm.sum(-1, keepdim=True).double()  # (L, 1): admissible keys per row
+    close = functools.partial(torch.allclose, rtol=1e-3, atol=1e-6)
+    if close(out, adm / n):
+        return "ignored"
+    kept = (out != 0) & adm  # (B, H, L, S)
+    for name, weight in (("inverted", 1 / (n * (1 - p_drop))), ("renormalised", 1 / kept.sum(-1, keepdim=True))):
+        if close(out[kept], weight.expand_as(out)[kept].double()):
+            return name
+    return "neither inverted nor renormalised"
 
 
 def declaration(target: Target) -> tuple[str, str]:
@@ -349,7 +471,9 @@ def declaration(target: Target) -> tuple[str, str]:
             "causal",
             "lengths",
             "gqa",
+            "gqa_mapping",
             "scale",
+            "dropout",
             "grad",
             "value_dim",
             "dtypes",

@@ -114,7 +114,7 @@ class Problem:
             f"p = Problem({fields})\n"
             "q, k, v, mask = p.tensors()\n"
             "out = target(q, k, v, **p.call_kwargs(mask))\n"
-            "ref = oracle(q, k, v, **p.call_kwargs(mask), alignment=target.caps.causal or 'top-left')\n"
+            "ref = oracle(q, k, v, **p.call_kwargs(mask), alignment=target.caps.alignment)\n"
             "print((out.double() - ref).abs().max())"
         )
 
@@ -236,9 +236,15 @@ def problems(
     shapes = tuple(shape for shape, kind in SHAPE_KIND.items() if kind in caps.mask_shapes)
     mask_kinds = tuple(m for m in masks if m == "none" or (m in caps.masks and shapes)) or ("none",)
     is_causal = False
-    if caps.causal is not None and causal is not False and "none" in mask_kinds:
+    if caps.causal == "always":  # causal with no flag: every problem is causal, and may carry a mask too
+        from attncheck.properties.checks import require
+
+        require(causal is not False, "the target is always causal (causal=always); this check is not causal")
+        is_causal = True
+    elif caps.causal is not None and causal is not False and "none" in mask_kinds:
         is_causal = True if causal else draw(st.booleans())
-    mask: MaskKind = "none" if is_causal else draw(st.sampled_from(mask_kinds))  # SDPA refuses mask + is_causal
+    # SDPA refuses a mask with is_causal
+    mask: MaskKind = "none" if is_causal and caps.causal != "always" else draw(st.sampled_from(mask_kinds))
     mask_shape: MaskShape = draw(st.sampled_from(shapes)) if mask != "none" else "BHLS"  # type: ignore[assignment]
     rows = 0
     if masked_rows and mask != "none":

@@ -88,14 +88,18 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
             for check in row["checks"]:  # every failing check with its own counterexample and repro
                 if check["status"] not in ("failed", "error"):
                     continue
-                console.rule(f"[bold red]{escape(t['name'])}::{row['name']}::{check['name']} {LABEL[check['status']]}")
-                console.print(check["message"], markup=False)
-                if check["counterexample"]:
-                    example = format_counterexample(check["counterexample"])
-                    console.print(f"minimal counterexample: {example}", markup=False)
-                if check["repro"]:
-                    console.print("reproduce with:", markup=False)
-                    console.print(check["repro"], markup=False)
+                found = [check, *check["more_failures"]]  # each distinct bug Hypothesis found in the check
+                for n, failure in enumerate(found, 1):
+                    which = f" (distinct failure {n} of {len(found)})" if len(found) > 1 else ""
+                    title = f"{escape(t['name'])}::{row['name']}::{check['name']} {LABEL[failure['status']]}{which}"
+                    console.rule(f"[bold red]{title}")
+                    console.print(failure["message"], markup=False)
+                    if failure["counterexample"]:
+                        example = format_counterexample(failure["counterexample"])
+                        console.print(f"minimal counterexample: {example}", markup=False)
+                    if failure["repro"]:
+                        console.print("reproduce with:", markup=False)
+                        console.print(failure["repro"], markup=False)
     return out.getvalue()
 
 

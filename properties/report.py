@@ -37,6 +37,9 @@ class CheckResult:
     repro: str = ""
     observations: list[tuple[str, str]] = field(default_factory=list)  # (what, value) seen during the check
     target_calls: int = 0  # calls of the target that returned an answer during the check
+    # further distinct failures of the same check (Hypothesis found several bugs): status, message,
+    # counterexample and repro of each
+    more: list[dict[str, Any]] = field(default_factory=list)
 
     def key(self) -> str:
         """The check's name in the form a known-failures file accepts: ``target::property::check``."""
@@ -117,6 +120,7 @@ class Report:
                             "repro": r.repro,
                             "target_calls": r.target_calls,
                             "duration": round(r.duration, 3),
+                            "more_failures": r.more,
                         }
                         for r in results
                     ],
@@ -219,15 +223,24 @@ def versions() -> dict[str, str]:
 # From an exception to a result
 
 
-def failure_details(exc: BaseException) -> BaseException:
-    """The most informative exception inside what Hypothesis raised (it may wrap several in a group)."""
+def failures(exc: BaseException) -> list[BaseException]:
+    """The distinct failures inside what Hypothesis raised (several distinct bugs of one check come as an
+    exception group, ``report_multiple_bugs``): the most informative first, one per message."""
     if isinstance(exc, BaseExceptionGroup):
-        for sub in exc.exceptions:
-            found = failure_details(sub)
-            if isinstance(found, PropertyFailure | TargetError):
-                return found
-        return exc.exceptions[0]
-    return exc
+        leaves = [leaf for sub in exc.exceptions for leaf in failures(sub)]
+    else:
+        leaves = [exc]
+    # a wrong answer first, then the target raising, then anything else; stable: Hypothesis' order within each
+    leaves.sort(key=lambda e: 0 if isinstance(e, PropertyFailure) else 1 if isinstance(e, TargetError) else 2)
+    distinct: dict[str, BaseException] = {}
+    for leaf in leaves:
+        distinct.setdefault(one_line(leaf), leaf)
+    return list(distinct.values())
+
+
+def status_of(exc: BaseException) -> str:
+    """error when the target raised or hung (no answer to judge), failed for a wrong answer."""
+    return ERROR if isinstance(exc, TargetError) and exc.kind in ("raised", "hung") else FAILED
 
 
 def problem_from_notes(exc: BaseException) -> Problem | None:

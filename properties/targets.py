@@ -26,6 +26,7 @@ import dataclasses
 import difflib
 import importlib
 import importlib.metadata
+import math
 import os
 import sys
 import threading
@@ -41,6 +42,9 @@ from attncheck.properties.options import VerifySettings
 
 Layout = Literal["BHLD", "BLHD"]
 Alignment = Literal["top-left", "bottom-right"]
+Causal = Literal["top-left", "bottom-right", "always"]  # "always": causal with no flag (top-left where L != S)
+GqaMapping = Literal["grouped", "interleaved"]
+Dropout = Literal[False, "inverted", "renormalised"]
 RowConvention = Literal["zeros", "nan", "uniform"]
 MaskedValues = Literal["observed", "ignored"]
 Lengths = Literal["any", "equal", "q<=k"]
@@ -49,7 +53,24 @@ ALL_DTYPES = ("float64", "float32", "bfloat16", "float16")
 # transposed: BLHD storage seen as BHLD; sliced: last-dim stride 2; expanded: stride 0 over the batch
 STRIDED = ("transposed", "sliced", "expanded")
 MASK_SHAPES = ("full", "LS", "key_padding")
-CONTRACT_ARGS = ("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
+FEATURES = ("window", "softcap", "sinks", "lse")  # beyond SDPA (docs/design.md, "Beyond SDPA")
+CONTRACT_ARGS = (
+    *("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
+    *("window", "softcap", "sinks", "return_lse"),  # the dense features
+)
+# The values a literal Capabilities field takes (None / False: "none" / "no" on the command line).
+CHOICES: dict[str, tuple[Any, ...]] = {
+    "causal": ("top-left", "bottom-right", "always", None),
+    "lengths": ("any", "equal", "q<=k"),
+    "gqa_mapping": ("grouped", "interleaved"),
+    "dropout": (False, "inverted", "renormalised"),
+    "layout": ("BHLD", "BLHD"),
+    "masked_rows": ("zeros", "nan", "uniform", None),
+    "masked_values": ("observed", "ignored"),
+    "compute_dtype": (*ALL_DTYPES, None),
+    "lse_base": ("e", "2"),
+    "lse_empty": ("-inf", "+inf"),
+}
 
 
 @dataclass(frozen=True)
@@ -62,11 +83,17 @@ class Capabilities:
     masks: frozenset[str] = frozenset({"bool", "float"})  # kinds of attn_mask accepted; empty = no mask support
     # mask shapes accepted: full (B, Hq, L, S) and its 4-D broadcasts, LS (L, S), key_padding (B, 1, 1, S)
     mask_shapes: tuple[str, ...] = MASK_SHAPES
-    causal: Alignment | None = "top-left"  # alignment of is_causal when L != S; None = no is_causal
+    # alignment of is_causal when L != S; "always" = causal without a flag (top-left); None = no is_causal
+    causal: Causal | None = "top-left"
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
-    gqa: bool = True  # enable_gqa (Hq a multiple of Hkv, head h reads kv head h // (Hq / Hkv))
+    gqa: bool = True  # enable_gqa: Hq a multiple of Hkv
+    # which kv head query head h reads: grouped h // (Hq / Hkv) (SDPA, repeat_interleave) or interleaved h % Hkv
+    # (einops "(r h)", tiling); Target translates an interleaved target to the contract by reordering the heads
+    gqa_mapping: GqaMapping = "grouped"
     scale: bool = True  # the scale= argument is honoured
-    dropout: bool = False  # dropout_p > 0 is supported (property dropout_statistics)
+    # dropout_p > 0: False (unsupported), "inverted" (kept weights / (1 - p), SDPA) or "renormalised" (kept
+    # weights renormalised to sum to 1 per row); True is read as "inverted"
+    dropout: Dropout = False
     grad: bool = True  # differentiable with respect to query, key and value
     value_dim: bool = True  # Ev may differ from E
     dtypes: tuple[str, ...] = ALL_DTYPES  # dtypes accepted
@@ -81,19 +108,31 @@ class Capabilities:
     # float64); None = the input dtype. matches_oracle judges precision against it; structural properties
     # budget with it (or with the precision the probe observes when undeclared).
     compute_dtype: str | None = None
+    # beyond SDPA (docs/design.md): window=(left, right), softcap=c, sinks (Hq,), return_lse=True
+    features: frozenset[str] = frozenset()
+    window_counts_self: bool = False  # the target's left window counts the query's own key (Mistral-style size)
+    lse_base: Literal["e", "2"] = "e"  # base of the returned log-sum-exp (Target converts base 2 to natural log)
+    lse_empty: Literal["-inf", "+inf"] = "-inf"  # declared lse of a row with no admissible key and no sink
     arg_names: Mapping[str, str] = field(default_factory=dict)  # contract name -> the target's keyword
     known_failures: Mapping[str, str] = field(default_factory=dict)  # check name -> reason (accepted, xfail)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "masks", frozenset(self.masks))
+        object.__setattr__(self, "features", frozenset(self.features))
+        if self.dropout is True:
+            object.__setattr__(self, "dropout", "inverted")
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        bad = set(self.features) - set(FEATURES)
+        if bad:
+            raise ValueError(f"features: unknown {sorted(bad)}; known: {FEATURES}")
         unknown = set(self.arg_names) - set(CONTRACT_ARGS)
         if unknown:
             raise ValueError(f"arg_names: unknown contract argument(s) {sorted(unknown)}; known: {CONTRACT_ARGS}")
         bad = set(self.dtypes) - set(ALL_DTYPES)
         if bad:
             raise ValueError(f"dtypes: unknown {sorted(bad)}; known: {ALL_DTYPES}")
-        if self.compute_dtype is not None and self.compute_dtype not in ALL_DTYPES:
-            raise ValueError(f"compute_dtype: unknown {self.compute_dtype!r}; known: {ALL_DTYPES}")
         bad = set(self.mask_shapes) - set(MASK_SHAPES)
         if bad:
             raise ValueError(f"mask_shapes: unknown {sorted(bad)}; known: {MASK_SHAPES}")
@@ -101,13 +140,18 @@ class Capabilities:
         if bad:
             raise ValueError(f"strided_inputs: unknown {sorted(bad)}; known: {STRIDED}")
 
+    @property
+    def alignment(self) -> Alignment:
+        """Where the causal triangle sits when L != S ("always" is top-left)."""
+        return "bottom-right" if self.causal == "bottom-right" else "top-left"
+
     def replace(self, **changes: Any) -> Capabilities:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready declaration (for reports)."""
         d = dataclasses.asdict(self)
-        d["masks"] = sorted(self.masks)
+        d["masks"], d["features"] = sorted(self.masks), sorted(self.features)
         d["dtypes"], d["devices"], d["strided_inputs"], d["mask_shapes"] = (
             list(self.dtypes),
             list(self.devices),
@@ -126,16 +170,17 @@ class Capabilities:
             f"mask_shapes={','.join(self.mask_shapes) or 'none'}",
             f"causal={self.causal or 'no'}",
             f"lengths={self.lengths}",
-            f"gqa={'yes' if self.gqa else 'no'}",
+            f"gqa={self.gqa_mapping if self.gqa else 'no'}",
             f"scale={'yes' if self.scale else 'no'}",
             f"grad={'yes' if self.grad else 'no'}",
-            f"dropout={'yes' if self.dropout else 'no'}",
+            f"dropout={self.dropout or 'no'}",
             f"Ev!=E={'yes' if self.value_dim else 'no'}",
             f"dtypes={','.join(self.dtypes)}",
             f"strided={','.join(self.strided_inputs) or 'none'}",
             f"masked_rows={self.masked_rows or 'any'}",
             f"masked_values={self.masked_values}",
             f"compute_dtype={self.compute_dtype or 'input'}",
+            f"features={','.join(sorted(self.features)) or 'none'}",
         ]
         if self.arg_names:
             parts.append("args=" + ",".join(f"{k}->{v}" for k, v in self.arg_names.items()))
@@ -180,40 +225,81 @@ class Target:
         is_causal: bool = False,
         scale: float | None = None,
         enable_gqa: bool = False,
-    ) -> Tensor:
-        """Call the target with BHLD tensors and contract arguments; return a validated BHLD output."""
-        expected = (*query.shape[:-1], value.shape[-1])  # (B, Hq, L, Ev)
-        kwargs: dict[str, Any] = {}
+        *,
+        window: tuple[int, int] | None = None,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        """Call the target with BHLD tensors and contract arguments; return a validated BHLD output, and with
+        ``return_lse`` the pair (output, lse (B, Hq, L) in natural log)."""
+        caps = self.caps
+        B, Hq, L = query.shape[:-1]  # (B, Hq, L, E)
+        expected = (B, Hq, L, value.shape[-1])  # (B, Hq, L, Ev)
+        if caps.causal == "always" and not is_causal:
+            import pytest  # a check that needs a call without is_causal does not apply to an always-causal target
+
+            pytest.skip("not applicable: the target is always causal (causal=always); this check calls without it")
+        group = Hq // key.size(-3)
+        reorder = enable_gqa and group > 1 and caps.gqa_mapping == "interleaved"
+        if reorder:  # query head h = kv * G + r is the target's head r * Hkv + kv, which reads kv head kv
+            query = _interleave_heads(query, group, -3)
+            sinks = None if sinks is None else _interleave_heads(sinks, group, -1)
+            if attn_mask is not None and attn_mask.dim() >= 3 and attn_mask.size(-3) == Hq:
+                attn_mask = _interleave_heads(attn_mask, group, -3)
+        if window is not None and caps.window_counts_self:
+            window = (window[0] + 1 if window[0] >= 0 else window[0], window[1])  # left size includes the query
         given = {
             "attn_mask": attn_mask,
             "dropout_p": dropout_p if dropout_p else None,
-            "is_causal": True if is_causal else None,
+            "is_causal": True if is_causal and caps.causal != "always" else None,
             "scale": scale,
-            "enable_gqa": True if enable_gqa and key.size(-3) != query.size(-3) else None,
+            "enable_gqa": True if enable_gqa and group > 1 else None,
+            "window": window,
+            "softcap": softcap,
+            "sinks": sinks,
+            "return_lse": True if return_lse else None,
         }
-        for arg, val in given.items():
-            if val is not None:
-                kwargs[self.caps.arg_names.get(arg, arg)] = val  # only what is used: a target may lack the rest
-        if self.caps.layout == "BLHD":
+        # only what is used: a target may lack the rest
+        kwargs = {caps.arg_names.get(arg, arg): val for arg, val in given.items() if val is not None}
+        if caps.layout == "BLHD":
             query, key, value = (t.transpose(-3, -2) for t in (query, key, value))  # (B, H, L, D) -> (B, L, H, D)
-        out = self._call_with_timeout(query, key, value, kwargs)
-        if isinstance(out, tuple | list) and out and isinstance(out[0], Tensor):
-            out = out[0]  # (output, weights) or (output, lse): the output comes first
-        if not isinstance(out, Tensor):
-            raise TargetError(f"target {self.name!r} returned {type(out).__name__}, expected a torch.Tensor")
-        if self.caps.layout == "BLHD" and out.dim() >= 3:
+        result = self._call_with_timeout(query, key, value, kwargs)
+        lse = None
+        if return_lse:
+            if not (isinstance(result, tuple | list) and len(result) >= 2 and isinstance(result[1], Tensor)):
+                raise TargetError(f"target {self.name!r} was asked for return_lse and did not return (out, lse)")
+            result, lse = result[0], result[1]
+        elif isinstance(result, tuple | list) and result and isinstance(result[0], Tensor):
+            result = result[0]  # (output, weights) or (output, lse): the output comes first
+        if not isinstance(result, Tensor):
+            raise TargetError(f"target {self.name!r} returned {type(result).__name__}, expected a torch.Tensor")
+        out: Tensor = result
+        if caps.layout == "BLHD" and out.dim() >= 3:
             out = out.transpose(-3, -2)  # (B, L, H, Ev) -> (B, H, L, Ev)
         if tuple(out.shape) != tuple(expected):
             raise TargetError(
                 f"target {self.name!r} returned shape {tuple(out.shape)}, expected {tuple(expected)} "
-                f"(query {tuple(query.shape)}, value {tuple(value.shape)}, layout {self.caps.layout})"
+                f"(query {tuple(query.shape)}, value {tuple(value.shape)}, layout {caps.layout})"
             )
         if out.dtype != query.dtype:
             raise TargetError(f"target {self.name!r} returned dtype {out.dtype}, expected {query.dtype} (the input's)")
         if out.device != query.device:
             raise TargetError(f"target {self.name!r} returned a tensor on {out.device}, expected {query.device}")
+        if reorder:
+            out = _deinterleave_heads(out, group, -3)
+        if lse is not None:
+            if tuple(lse.shape) != (B, Hq, L) or not lse.is_floating_point():
+                raise TargetError(
+                    f"target {self.name!r} returned lse of shape {tuple(lse.shape)} and dtype {lse.dtype}, "
+                    f"expected a float tensor of shape {(B, Hq, L)} (B, Hq, L)"
+                )
+            if reorder:
+                lse = _deinterleave_heads(lse, group, -2)
+            if caps.lse_base == "2":
+                lse = lse * math.log(2)  # log2(x) * ln 2 = ln(x)
         self.calls += 1
-        return out
+        return out if lse is None else (out, lse)
 
     def precision(self, dtype: torch.dtype, judged: bool = False) -> torch.dtype:
         """The precision this target computes ``dtype`` inputs in: declared (``compute_dtype``), else, for the
@@ -253,6 +339,18 @@ class Target:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise TargetError(f"target {self.name!r} raised {type(exc).__name__}: {first_line}", "raised") from exc
         return result["out"]
+
+
+def _interleave_heads(t: Tensor, group: int, dim: int) -> Tensor:
+    """Contract head order (kv, r) -> the interleaved order (r, kv) along the head dimension ``dim``."""
+    dim %= t.dim()
+    grouped = t.unflatten(dim, (t.size(dim) // group, group))  # (..., Hq, ...) -> (..., Hkv, G, ...)
+    return grouped.transpose(dim, dim + 1).flatten(dim, dim + 1)  # (..., G, Hkv, ...) -> (..., Hq, ...)
+
+
+def _deinterleave_heads(t: Tensor, group: int, dim: int) -> Tensor:
+    """The interleaved head order (r, kv) back to the contract order (kv, r): the inverse of the above."""
+    return _interleave_heads(t, t.size(dim) // group, dim)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -361,6 +459,9 @@ def availability() -> list[tuple[str, str, str | None]]:
     return rows
 
 
+YES_NO = ("yes", "no", "true", "false", "1", "0")
+
+
 def parse_capability(text: str) -> dict[str, Any]:
     """``field=value`` -> a Capabilities change, e.g. ``causal=bottom-right``, ``masks=bool``, ``grad=no``."""
     key, sep, raw = text.partition("=")
@@ -368,37 +469,25 @@ def parse_capability(text: str) -> dict[str, Any]:
     if not sep or key not in fields:
         raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
     value: Any = raw
-    if key in ("gqa", "scale", "dropout", "grad", "value_dim"):
-        if raw.lower() not in ("yes", "no", "true", "false", "1", "0"):
+    if key in ("gqa", "scale", "grad", "value_dim", "window_counts_self") or (key == "dropout" and raw in YES_NO):
+        if raw.lower() not in YES_NO:
             raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no")
         value = raw.lower() in ("yes", "true", "1")
-    elif key == "masks":
+        if key == "dropout":
+            value = "inverted" if value else False
+    elif key in CHOICES:
+        allowed = CHOICES[key]
+        value = None if raw in ("none", "any", "input") and None in allowed else raw
+        if value not in allowed:
+            named = ", ".join("none" if a is None else "no" if a is False else str(a) for a in allowed)
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes {named}")
+    elif key in ("masks", "features"):
         value = frozenset() if raw in ("", "none") else frozenset(raw.split(","))
-        if value - {"bool", "float"}:
-            raise TargetSpecError(f"bad capability {text!r}: masks takes bool, float, bool,float or none")
+        known = {"bool", "float"} if key == "masks" else set(FEATURES)
+        if value - known:
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes a comma-separated subset of {sorted(known)}")
     elif key in ("dtypes", "devices", "strided_inputs", "mask_shapes"):
         value = tuple(raw.split(","))
-    elif key == "causal":
-        value = None if raw in ("none", "no") else raw
-        if value not in (None, "top-left", "bottom-right"):
-            raise TargetSpecError(f"bad capability {text!r}: causal takes top-left, bottom-right or none")
-    elif key == "layout":
-        if raw not in ("BHLD", "BLHD"):
-            raise TargetSpecError(f"bad capability {text!r}: layout takes BHLD or BLHD")
-    elif key == "compute_dtype":
-        value = None if raw in ("", "input", "none") else raw
-        if value not in (None, *ALL_DTYPES):
-            raise TargetSpecError(f"bad capability {text!r}: compute_dtype takes one of {', '.join(ALL_DTYPES)}")
-    elif key == "lengths":
-        if raw not in ("any", "equal", "q<=k"):
-            raise TargetSpecError(f"bad capability {text!r}: lengths takes any, equal or q<=k")
-    elif key == "masked_values":
-        if raw not in ("observed", "ignored"):
-            raise TargetSpecError(f"bad capability {text!r}: masked_values takes observed or ignored")
-    elif key == "masked_rows":
-        value = None if raw in ("any", "none") else raw
-        if value not in (None, "zeros", "nan", "uniform"):
-            raise TargetSpecError(f"bad capability {text!r}: masked_rows takes zeros, nan, uniform or any")
     elif key in ("arg_names", "known_failures"):
         pairs = [item.partition(":") for item in raw.split(",") if item]
         value = {k: v for k, _, v in pairs}

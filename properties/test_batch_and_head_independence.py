@@ -34,7 +34,7 @@ def test_batch_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     q, k, v, mask = p.tensors(target.device)
     whole = target(q, k, v, **p.call_kwargs(mask))
     alone = target(q[b : b + 1], k[b : b + 1], v[b : b + 1], **p.call_kwargs(_slice(mask, 0, b, p.B)))
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     _, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     assert_close(alone, whole[b : b + 1], tol, f"batch element {b} alone vs within the batch of {p.B}", p)
 
@@ -51,7 +51,7 @@ def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
     q, k, v, mask = p.tensors(target.device)
     whole = target(q, k, v, **p.call_kwargs(mask))
     alone = target(q[:, h : h + 1], k[:, h : h + 1], v[:, h : h + 1], **p.call_kwargs(_slice(mask, 1, h, p.Hq)))
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     _, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     assert_close(alone, whole[:, h : h + 1], tol, f"head {h} alone vs within {p.Hq} heads", p)
 
@@ -68,6 +68,6 @@ def test_gqa_equals_repeat_interleave(target: Target, data: st.DataObject) -> No
     k_rep = k.repeat_interleave(group, dim=1)  # (B, Hkv, S, E) -> (B, Hq, S, E)
     v_rep = v.repeat_interleave(group, dim=1)  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
     explicit = target(q, k_rep, v_rep, **{**p.call_kwargs(mask), "enable_gqa": False})
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     _, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     assert_close(out, explicit, tol, f"GQA ({p.Hq} query heads on {p.Hkv} kv heads) vs repeat_interleave", p)

@@ -21,7 +21,7 @@ def test_forward_matches_oracle(target: Target, data: st.DataObject) -> None:
     p = data.draw(problems(target.caps), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask))
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     live = live_rows(p, mask, align).to(out.device)  # rows emptied by the causal alignment follow their convention
     judge_empty_rows(target, out, v, live, p)
     ref, tol = expect(
@@ -42,7 +42,7 @@ def test_gradients_match_oracle(target: Target, data: st.DataObject) -> None:
     d_out = torch.randn(p.B, p.L, p.Hq, p.Ev, generator=g, dtype=torch.float64).transpose(1, 2)  # (B, Hq, L, Ev)
     if data.draw(st.booleans(), label="contiguous dO"):
         d_out = d_out.contiguous()  # else strided: a wrong backward for non-contiguous dO (docs/bugs.md #15)
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     d_out = d_out * live_rows(p, mask, align)  # rows with no admissible key: implementation-defined, not compared
 
     def gradients(dtype: torch.dtype | None) -> tuple[torch.Tensor, ...]:

@@ -35,7 +35,7 @@ def first_live_row(L: int, S: int, alignment: str) -> int:
 def test_future_perturbation(target: Target, data: st.DataObject) -> None:
     """Perturbing queries after t and keys/values past t's horizon leaves outputs 0..t unchanged."""
     require(target.caps.causal is not None, "target declares no is_causal")
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     p = data.draw(problems(target.caps, dtypes=PRECISE, causal=True), label="problem")
     t = data.draw(st.integers(first_live_row(p.L, p.S, align), p.L - 1), label="t")
     n = horizon(t, p.L, p.S, align)
@@ -67,7 +67,7 @@ def test_future_gradient_is_zero(target: Target, data: st.DataObject) -> None:
     """d output[t] / d (keys and values past t's horizon, queries after t) is exactly zero."""
     require(target.caps.causal is not None, "target declares no is_causal")
     require(target.caps.grad, "target declares no gradients")
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     p = data.draw(problems(target.caps, causal=True, max_len=33), label="problem")
     t = data.draw(st.integers(first_live_row(p.L, p.S, align), p.L - 1), label="t")
     n = horizon(t, p.L, p.S, align)

@@ -28,7 +28,7 @@ def test_huge_logits_finite_and_accurate(target: Target, data: st.DataObject) ->
     p = data.draw(problems(target.caps, magnitudes=st.sampled_from((30.0, 100.0)), masked_rows=False), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask))
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     live = live_rows(p, mask, align).to(out.device)  # rows emptied by the causal alignment follow their convention
     judge_empty_rows(target, out, v, live, p)
     ref, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
@@ -53,7 +53,7 @@ def test_half_precision_qk_overflow(target: Target, data: st.DataObject) -> None
     k_rand = torch.randn(p.B, p.Hkv, p.S, p.E, generator=g, dtype=torch.float64)  # (B, Hkv, S, E)
     k = (40 * signs * (k_rand.abs() > 0.3)).to(torch.float16).to(target.device)  # some keys partly zeroed
     _, _, v, mask = p.tensors(target.device)
-    ref = oracle(q, k, v, mask, alignment=target.caps.causal or "top-left", is_causal=p.is_causal)
+    ref = oracle(q, k, v, mask, alignment=target.caps.alignment, is_causal=p.is_causal)
     raw = float((q.double() @ k.double().transpose(-2, -1)).abs().max())  # (B, Hq, L, S) -> max
     out = target(q, k, v, **p.call_kwargs(mask))
     finite_ref = torch.isfinite(ref)

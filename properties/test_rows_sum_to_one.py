@@ -36,7 +36,7 @@ def recover_weights(target: Target, p: Problem) -> tuple[torch.Tensor, torch.Ten
     q, k, v, mask = p.tensors(target.device)
     eye = identity_values(p, v).contiguous()  # (B, Hkv, S, Ev)
     out = target(q, k, eye, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
-    ref = oracle(q, k, eye, mask, alignment=target.caps.causal or "top-left", is_causal=p.is_causal, scale=p.scale)
+    ref = oracle(q, k, eye, mask, alignment=target.caps.alignment, is_causal=p.is_causal, scale=p.scale)
     return out[..., : p.S], ref[..., : p.S], mask  # (B, Hq, L, S)
 
 
@@ -47,7 +47,7 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
     caps = target.caps
     p = data.draw(problems(caps).map(lambda p: with_identity_room(p, caps.value_dim)), label="problem")
     weights, ref, mask = recover_weights(target, p)
-    adm = p.admissible(mask, caps.causal or "top-left").to(weights.device)  # (B, Hq, L, S)
+    adm = p.admissible(mask, caps.alignment).to(weights.device)  # (B, Hq, L, S)
     row_live = adm.any(-1)  # (B, Hq, L)
     q, k, _, _ = p.tensors(target.device)
     work = target.precision(q.dtype)
@@ -56,7 +56,7 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
         k,
         identity_values(p, q),
         mask,
-        alignment=caps.causal or "top-left",
+        alignment=caps.alignment,
         is_causal=p.is_causal,
         scale=p.scale,
         dtype=work,
@@ -66,7 +66,7 @@ def test_weights_are_distributions(target: Target, data: st.DataObject) -> None:
     check(bool((w[adm.expand_as(w)] >= -tol.value).all()), f"negative attention weight {float(w.min()):.3g}", p)
     masked = w.masked_select(~adm.expand_as(w) & row_live.unsqueeze(-1).expand_as(w))
     worst = float(masked.abs().max()) if masked.numel() else 0.0
-    excluded_by = f"mask or the {caps.causal or 'top-left'} causal triangle" if p.is_causal else "mask"
+    excluded_by = f"mask or the {caps.alignment} causal triangle" if p.is_causal else "mask"
     check(
         bool((masked == 0).all()),
         f"keys excluded by the {excluded_by} get nonzero weight (max {worst:.3g}, "
@@ -85,7 +85,7 @@ def test_ones_in_ones_out(target: Target, data: st.DataObject) -> None:
     p = data.draw(problems(target.caps), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, torch.ones_like(v), **p.call_kwargs(mask))
-    live = p.admissible(mask, target.caps.causal or "top-left").any(-1, keepdim=True)  # (B, Hq, L, 1)
+    live = p.admissible(mask, target.caps.alignment).any(-1, keepdim=True)  # (B, Hq, L, 1)
     ones = torch.ones_like(out, dtype=torch.float64)
     # The only error allowed is rounding: of the logits (a logsumexp-form kernel computes exp(s - lse), whose
     # relative error grows with |s|) and of the S-term sum (floor x sqrt(S), random-walk accumulation).

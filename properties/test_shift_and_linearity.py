@@ -47,7 +47,7 @@ def test_linear_in_values(target: Target, data: st.DataObject, a: float, b: floa
     expected = (
         a * target(q, k, v1, **p.call_kwargs(mask)).double() + b * target(q, k, v2, **p.call_kwargs(mask)).double()
     )
-    align = target.caps.causal or "top-left"
+    align = target.caps.alignment
     _, tol = expect(q, k, combo, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     scale = abs(a) + abs(b)  # each of the two outputs carries its own rounding
     assert_close(out, expected, tol.value * scale, f"f(a V1 + b V2) vs a f(V1) + b f(V2) (a={a}, b={b})", p)
@@ -60,14 +60,14 @@ def test_output_in_convex_hull(target: Target, data: st.DataObject) -> None:
     p = data.draw(problems(target.caps, dtypes=PRECISE), label="problem")
     q, k, v, mask = p.tensors(target.device)
     out = target(q, k, v, **p.call_kwargs(mask)).double()  # (B, Hq, L, Ev)
-    adm = p.admissible(mask, target.caps.causal or "top-left").to(out.device)  # (B, Hq, L, S)
+    adm = p.admissible(mask, target.caps.alignment).to(out.device)  # (B, Hq, L, S)
     vq = v.double().repeat_interleave(p.Hq // p.Hkv, dim=1).unsqueeze(2)  # (B, Hkv, S, Ev) -> (B, Hq, 1, S, Ev)
     sel = adm.unsqueeze(-1)  # (B, Hq, L, S, 1)
     hi = torch.where(sel, vq, float("-inf")).amax(-2)  # (B, Hq, L, Ev)
     lo = torch.where(sel, vq, float("inf")).amin(-2)  # (B, Hq, L, Ev)
     live = adm.any(-1, keepdim=True)  # (B, Hq, L, 1)
     _, tol = expect(
-        q, k, v, mask, target.caps.causal or "top-left", target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale
+        q, k, v, mask, target.caps.alignment, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale
     )
     over = torch.where(live, torch.maximum(out - hi, lo - out), torch.zeros_like(out)).nan_to_num(float("inf"))
     worst = float(over.max()) if over.numel() else 0.0

@@ -164,8 +164,13 @@ def probe(target: str) -> subprocess.CompletedProcess[str]:
     ("name", "observed", "declared"),
     [
         ("float32_softmax", "float64 inputs computed at about float32 precision", "--cap compute_dtype=float32"),
-        ("bottom_right_uniform", "causal alignment: L<S: bottom-right; L>S: bottom-right", "--cap causal=bottom-right"),
-        ("blhd", "causal alignment: L<S: top-left", "--cap layout=BLHD"),
+        (
+            "bottom_right_uniform",
+            "causal alignment: L=2, S=5: bottom-right; L=5, S=2: bottom-right; L=1, S=3: bottom-right",
+            "--cap causal=bottom-right",
+        ),
+        ("blhd", "causal alignment: L=2, S=5: top-left", "--cap layout=BLHD"),
+        ("causal_built_in", "without is_causal: causal anyway", "--cap causal=always"),
         ("positional_mask", "unexpected keyword argument 'attn_mask'", "--cap masks=none --cap causal=none"),
     ],
 )
@@ -221,9 +226,63 @@ def test_a_key_padding_only_kernel_is_one_shape_finding_and_passes_once_declared
     assert statuses(data)["mask_semantics"] == "passed" and statuses(data)["model"] == "passed"
 
 
-def test_an_interleaved_gqa_mapping_is_one_root_cause() -> None:
+def test_an_interleaved_gqa_mapping_is_one_root_cause_and_declarable(tmp_path: Path) -> None:
     """GQA that tiles the kv heads (h % Hkv) is named once by the probe, not as failures of every property that
-    happens to draw GQA."""
+    happens to draw GQA; the run goes on under the observed mapping, and declared, it passes."""
     result = probe("tests.mutants:gqa_tiling")
     assert "does not work: GQA head mapping: query head h reads kv head h % Hkv" in result.stdout, result.stdout
-    assert "--cap gqa=no" in result.stdout.splitlines()[-1]
+    assert "--cap gqa_mapping=interleaved" in result.stdout.splitlines()[-1]
+    props = ["--property", "batch_and_head_independence", "--property", "matches_oracle", "--max-examples", "10"]
+    undeclared, data, _ = verify(tmp_path, "tests.mutants:gqa_tiling", *props)
+    assert undeclared.returncode == 1 and [c["case"] for c in data["targets"][0]["root_causes"]] == ["GQA head mapping"]
+    assert set(statuses(data).values()) == {"passed"}, statuses(data)
+    declared, data, _ = verify(tmp_path, "tests.mutants:gqa_tiling", "--cap", "gqa_mapping=interleaved", *props)
+    assert declared.returncode == 0, declared.stdout
+    assert set(statuses(data).values()) == {"passed"}
+
+
+def test_is_causal_dropped_for_a_single_query_is_one_root_cause(tmp_path: Path) -> None:
+    """Hugging Face's sdpa convention (no causal mask when L = 1): one root cause naming the shape, instead of
+    no_future_leakage, matches_oracle and rows_sum_to_one each failing on L = 1."""
+    props = ["no_future_leakage", "matches_oracle", "rows_sum_to_one"]
+    args = [arg for name in props for arg in ("--property", name)]
+    result, data, _ = verify(tmp_path, f"{FIX}:causal_dropped_for_one_query", "--max-examples", "10", *args)
+    assert result.returncode == 1
+    (cause,) = data["targets"][0]["root_causes"]
+    assert cause["case"] == "causal alignment" and "not top-left-aligned on L=1, S=3" in cause["message"]
+    assert "failed" not in statuses(data).values(), statuses(data)
+
+
+def test_an_always_causal_target_is_one_root_cause_and_passes_once_declared(tmp_path: Path) -> None:
+    """A target with the causal mask built in and no flag: undeclared, one root cause naming --causal always (not
+    a dozen red properties); declared, it passes what applies and the non-causal checks are skipped."""
+    flags = ["--no-gqa", "--no-scale", "--max-examples", "8"]
+    undeclared, data, _ = verify(tmp_path, f"{FIX}:causal_built_in", *flags)
+    assert undeclared.returncode == 1
+    assert [(c["case"], c["fix"]) for c in data["targets"][0]["root_causes"]] == [
+        ("without is_causal", "--causal always")
+    ]
+    assert "failed" not in statuses(data).values(), statuses(data)
+    declared, data, _ = verify(tmp_path, f"{FIX}:causal_built_in", "--cap", "causal=always", *flags)
+    assert declared.returncode == 0, declared.stdout
+    assert statuses(data)["no_future_leakage"] == "passed" and statuses(data)["matches_oracle"] == "passed"
+    skipped = {c["message"] for p in data["targets"][0]["properties"] for c in p["checks"] if c["status"] == "skipped"}
+    assert any("always causal" in m for m in skipped), skipped
+
+
+def test_distinct_bugs_of_one_check_are_each_reported(tmp_path: Path) -> None:
+    """Hypothesis finds two distinct bugs in one check (a crash on some inputs, a wrong answer on others): both
+    are reported, each with its own minimal counterexample and repro."""
+    result, data, _ = verify(
+        tmp_path, f"{FIX}:two_bugs", "--check", "test_forward_matches_oracle", "--max-examples", "60"
+    )
+    assert result.returncode == 1
+    (row,) = [p for p in data["targets"][0]["properties"] if p["name"] == "matches_oracle"]
+    (check,) = row["checks"]
+    found = [check, *check["more_failures"]]
+    messages = " | ".join(f["message"] for f in found)
+    assert len(found) == 2, messages
+    assert "no float16 kernel for more than 4 keys" in messages and "exceeds the budget" in messages
+    assert all(f["counterexample"] and f["repro"] for f in found)
+    assert check["status"] == "failed"  # the wrong answer leads; the crash is the second report
+    assert "(distinct failure 2 of 2)" in result.stdout

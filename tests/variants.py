@@ -19,7 +19,9 @@ suite judges that too; torch SDPA lets them through (0 * NaN in P V), which the 
 
 Dropout (``dropout_p > 0``, inverted dropout with torch's global RNG) is supported, and declared, by
 ``float64_inside``, ``online_softmax``, ``logsumexp_form``, ``einsum_grouped`` and ``torch_sdpa``;
-``zeros_masked_rows``, ``nan_masked_rows`` and ``uniform_masked_rows`` raise NotImplementedError for it.
+``renormalised_dropout`` drops before the row sum (declared ``dropout="renormalised"``); the others raise
+NotImplementedError for it. The last variants are correct in conventions that differ from the contract and are
+declared: float32 compute, self-attention only, interleaved GQA heads, always causal.
 """
 
 from __future__ import annotations
@@ -65,20 +67,22 @@ def _no_dropout(name: str, c: Call) -> None:
         raise NotImplementedError(f"{name}: dropout is not implemented (declared dropout=False)")
 
 
-def _zero_rows_attention(c: Call) -> tuple[Tensor, Tensor]:
+def _zero_rows_attention(c: Call, dropout_p: float = 0.0) -> tuple[Tensor, Tensor]:
     """Float32/float64 attention with an explicit exp / sum softmax; returns (output, admissible_row).
 
     The row max is taken over admissible scores only and detached (the softmax does not depend on it);
     fully masked rows have e = 0 everywhere, and their denominator is replaced by 1, so their weights are
-    exactly 0 with zero, finite gradients.
+    exactly 0 with zero, finite gradients. ``dropout_p`` drops entries of e *before* the row sum, so the kept
+    weights renormalise to sum to 1 (a row that drops every key gives 0).
     """
     q, k, v = c.qkv()
     s = torch.matmul(q, k.transpose(-2, -1)) * c.softmax_scale  # (B, H, L, E) @ (B, H, E, S) -> (B, H, L, S)
     s = masked_scores(s, c.bias())  # (B, H, L, S)
     admissible_row = (s != NEG_INF).any(dim=-1, keepdim=True)  # (B, H, L, 1)
     m = s.detach().amax(dim=-1, keepdim=True).masked_fill(~admissible_row, 0.0)  # (B, H, L, 1)
-    e = torch.exp(s - m)  # (B, H, L, S); exp(-inf) = 0 at masked keys
-    denom = e.sum(dim=-1, keepdim=True).masked_fill(~admissible_row, 1.0)  # (B, H, L, 1)
+    e = dropout(torch.exp(s - m), dropout_p)  # (B, H, L, S); exp(-inf) = 0 at masked keys
+    denom = e.sum(dim=-1, keepdim=True)  # (B, H, L, 1)
+    denom = denom.masked_fill(~admissible_row | (denom == 0), 1.0)
     p = e / denom  # (B, H, L, S)
     out = torch.matmul(p, zero_unseen_values(v, s))  # (B, H, L, S) @ (B, H, S, Ev) -> (B, H, L, Ev)
     return out, admissible_row
@@ -244,3 +248,35 @@ def self_attention_only(c: Call) -> Tensor:
     if c.L != c.S:
         raise ValueError(f"self-attention only: got {c.L} queries and {c.S} keys")
     return VARIANTS["float64_inside"].fn(c.query, c.key, c.value, **c.kwargs())
+
+
+@variant(dropout="renormalised", masked_rows="zeros", masked_values="ignored")
+def renormalised_dropout(c: Call) -> Tensor:
+    """Dropout applied to the unnormalised weights e before the row sum (as memory-efficient-attention-pytorch
+    does): the kept weights of a row renormalise to sum to 1 instead of being rescaled by 1 / (1 - p).
+    Declared ``dropout="renormalised"``."""
+    out, _ = _zero_rows_attention(c, c.dropout_p)
+    return out.to(c.query.dtype)
+
+
+@variant(masked_rows="zeros", masked_values="ignored", gqa_mapping="interleaved")
+def interleaved_gqa(c: Call) -> Tensor:
+    """GQA by tiling the kv heads, einops ``repeat(k, 'b h s d -> b (r h) s d')``: query head h reads kv head
+    h % Hkv (x-transformers' mapping; its projections are laid out to match). Declared
+    ``gqa_mapping="interleaved"``."""
+    _no_dropout("interleaved_gqa", c)
+    k, v = c.key, c.value
+    if c.enable_gqa:
+        group = c.query.size(-3) // k.size(-3)
+        k, v = (torch.cat([t] * group, dim=-3) for t in (k, v))  # (B, Hkv, S, D) -> (B, Hq, S, D), tiled
+    out, _ = _zero_rows_attention(c.replace(key=k, value=v, enable_gqa=False))
+    return out.to(c.query.dtype)
+
+
+@variant(masked_rows="zeros", masked_values="ignored", causal="always")
+def always_causal(c: Call) -> Tensor:
+    """A decoder block's attention with the causal triangle built in (nanoGPT's ``CausalSelfAttention``): no
+    is_causal flag, every call is causal (top-left), masks combine with it. Declared ``causal="always"``."""
+    _no_dropout("always_causal", c)
+    out, _ = _zero_rows_attention(c.replace(is_causal=True))
+    return out.to(c.query.dtype)
