@@ -157,8 +157,11 @@ def probe_command(args: argparse.Namespace) -> int:
         return EXIT_FAILED
     for dtype, coarser in target.observed_precision.items():
         print(f"  compute precision: {dtype} inputs computed at about {coarser} precision")
-    for what, value in observe_conventions(target).items():
-        print(f"  {what}: {value}")
+    if target.caps.entry == "dense":
+        for what, value in observe_conventions(target).items():
+            print(f"  {what}: {value}")
+    else:  # the conventions probed are those of the dense call
+        print(f"  a {target.caps.entry} target: only its basic calls are probed")
     python, flags = declaration(target)
     print("declaration that matches what was observed:")
     print(f"  {python}")
@@ -173,14 +176,19 @@ def targets_command(args: argparse.Namespace) -> int:
 
     from attncheck.properties.targets import availability
 
+    rows = availability()
+    if not sys.stdout.isatty():  # piped or captured: one line a target, nothing wrapped, easy to grep
+        for name, description, reason in rows:
+            print(f"{name}\t{'yes' if reason is None else 'no: ' + reason}\t{description}")
+        return EXIT_OK
     table = Table(title="attncheck targets (built-in and registered under the entry-point group attncheck.targets)")
     for column in ("name", "available", "description"):
         table.add_column(column)
-    for name, description, reason in availability():
+    for name, description, reason in rows:
         # escape(): an install hint such as pip install 'attncheck[hf]' is text, not rich markup
         available = "[green]yes[/]" if reason is None else f"[yellow]no[/]: {escape(reason)}"
         table.add_row(escape(name), available, escape(description))
-    Console(force_terminal=sys.stdout.isatty(), width=160).print(table)
+    Console(force_terminal=True, width=160).print(table)
     return EXIT_OK
 
 

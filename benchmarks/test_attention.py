@@ -49,6 +49,8 @@ SYNC_EVENT_TOLERANCE = 0.9  # synchronised wall time below 0.9 x CUDA-event time
 
 def unsupported(caps: Capabilities, device: str, dtype: str, pass_: str, mask: str) -> str | None:
     """Why a target's declared capabilities exclude this case, or None."""
+    if caps.entry != "dense":
+        return f"a {caps.entry} target (benchmarked by benchmarks/test_entries.py)"
     if device not in caps.devices:
         return f"target does not run on {device} (declared devices {caps.devices})"
     if dtype not in caps.dtypes:

@@ -30,6 +30,12 @@ PROPERTIES = (
     "purity_and_determinism",
     "numerical_range",
     "dropout_statistics",
+    "window",
+    "softcap",
+    "sinks",
+    "lse",
+    "varlen",
+    "decode",
     "model",
 )
 

@@ -28,11 +28,12 @@ Tolerance (docs/design.md, "Oracle and tolerance"): a target in dtype T may diff
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal, overload
 
 import torch
 from torch import Tensor
 
-from attncheck.reference.attention import attention, expand_kv_heads, merge_masks
+from attncheck.reference.attention import attention_with_lse, expand_kv_heads, merge_masks
 
 K_OUTPUT = 3.0
 K_GRAD = 5.0
@@ -42,6 +43,44 @@ K_GRAD = 5.0
 ULPS = {torch.float64: 64, torch.float32: 4, torch.bfloat16: 4, torch.float16: 4}
 FLOOR = {dt: ulps * torch.finfo(dt).eps for dt, ulps in ULPS.items()}
 # float64 1.4e-14, float32 4.8e-7, bfloat16 3.1e-2, float16 3.9e-3
+
+
+@overload
+def oracle(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = ...,
+    is_causal: bool = ...,
+    scale: float | None = ...,
+    enable_gqa: bool = ...,
+    alignment: str = ...,
+    dtype: torch.dtype = ...,
+    *,
+    window: tuple[int, int] | None = ...,
+    softcap: float | None = ...,
+    sinks: Tensor | None = ...,
+    return_lse: Literal[False] = ...,
+) -> Tensor: ...
+
+
+@overload
+def oracle(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None = ...,
+    is_causal: bool = ...,
+    scale: float | None = ...,
+    enable_gqa: bool = ...,
+    alignment: str = ...,
+    dtype: torch.dtype = ...,
+    *,
+    window: tuple[int, int] | None = ...,
+    softcap: float | None = ...,
+    sinks: Tensor | None = ...,
+    return_lse: Literal[True],
+) -> tuple[Tensor, Tensor]: ...
 
 
 def oracle(
@@ -54,18 +93,31 @@ def oracle(
     enable_gqa: bool = False,
     alignment: str = "top-left",
     dtype: torch.dtype = torch.float64,
-) -> Tensor:
+    *,
+    window: tuple[int, int] | None = None,
+    softcap: float | None = None,
+    sinks: Tensor | None = None,
+    return_lse: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Equation (1) in ``dtype`` (float64 by default) under the causal ``alignment`` the target declares.
 
     query (B, Hq, L, E), key (B, Hkv, S, E), value (B, Hkv, S, Ev) -> (B, Hq, L, Ev); rows with no admissible
     key give zeros (the reference convention; properties compare those rows separately).
+
+    Every feature of docs/design.md, "Beyond SDPA", compiles into one of three things, so this stays one oracle:
+    ``window=(left, right)`` into the visibility mask (a band aligned as the causal triangle, ANDed with it and
+    with ``attn_mask``), ``softcap`` into a logit transform c * tanh(s / c) applied before the mask, and ``sinks``
+    (Hq,) into one extra key per query head with logit ``sinks[h]`` and a zero value. ``return_lse`` also returns
+    lse (B, Hq, L) = log(e^(sink) + sum_j e^(s_ij)) in natural log, -inf on rows with no key and no sink.
     """
     q, k, v = (t.to(dtype) for t in (query, key, value))
     k, v = expand_kv_heads(k, v, q.size(-3))  # (B, Hkv, S, E) -> (B, Hq, S, E)
     mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.to(dtype)
-    mask = merge_masks(mask, is_causal, q.size(-2), k.size(-2), alignment, q.device)  # type: ignore[arg-type]
-    out, _ = attention(q, k, v, mask, scale)
-    return out  # (B, Hq, L, Ev)
+    L, S = q.size(-2), k.size(-2)
+    mask = merge_masks(mask, is_causal, L, S, alignment, q.device, window=window)  # type: ignore[arg-type]
+    sink = None if sinks is None else sinks.to(dtype)[:, None, None]  # (Hq,) -> (Hq, 1, 1), against (B, Hq, L, 1)
+    out, _, lse = attention_with_lse(q, k, v, mask, scale, softcap=softcap, sink=sink)
+    return (out, lse) if return_lse else out  # (B, Hq, L, Ev), (B, Hq, L)
 
 
 @dataclass(frozen=True)
@@ -129,15 +181,21 @@ def output_budget(
     """Budget for the forward output: naive = the reference computed in the target's precision (the inputs' dtype,
     or a coarser declared or observed compute dtype), rounded to the inputs' dtype."""
     work = precision(query.dtype, compute)
-    naive = oracle(query, key, value, alignment=alignment, dtype=work, **kwargs)  # type: ignore[arg-type]
+    naive = oracle(query, key, value, alignment=alignment, dtype=work, **kwargs)  # type: ignore[call-overload]
     naive = naive.to(query.dtype)
     value_scale = float(value.double().abs().max()) if value.numel() else 1.0
+    return budget(naive, reference, value_scale, work, logit_scale=logit_scale(query, key, kwargs))
+
+
+def logit_scale(query: Tensor, key: Tensor, kwargs: dict[str, object]) -> float:
+    """The logits' magnitude for the floor: ``max_logit`` plus the largest finite |float mask| and |sink| (the
+    bias moves the logits, and a sink is one more logit in the row)."""
     logits = max_logit(query, key, kwargs.get("scale"))
-    mask = kwargs.get("attn_mask")
-    if isinstance(mask, Tensor) and mask.dtype != torch.bool and mask.numel():
-        finite = mask[torch.isfinite(mask)]
-        logits += float(finite.abs().max()) if finite.numel() else 0.0  # the bias moves the logits too
-    return budget(naive, reference, value_scale, work, logit_scale=logits)
+    for extra in (kwargs.get("attn_mask"), kwargs.get("sinks")):
+        if isinstance(extra, Tensor) and extra.dtype != torch.bool and extra.numel():
+            finite = extra[torch.isfinite(extra)]
+            logits += float(finite.double().abs().max()) if finite.numel() else 0.0
+    return logits
 
 
 def max_logit(query: Tensor, key: Tensor, scale: object = None) -> float:
@@ -160,6 +218,41 @@ def expect(
     **kwargs: object,
 ) -> tuple[Tensor, Budget]:
     """(float64 oracle output, output budget) for one call in the inputs' dtype, computed at ``compute``."""
-    reference = oracle(query, key, value, attn_mask, alignment=alignment, **kwargs)  # type: ignore[arg-type]
+    reference = oracle(query, key, value, attn_mask, alignment=alignment, **kwargs)  # type: ignore[call-overload]
     tol = output_budget(query, key, value, reference, alignment, compute, attn_mask=attn_mask, **kwargs)
+    return reference, tol
+
+
+def lse_budget(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    reference_lse: Tensor,
+    lse_dtype: torch.dtype,
+    alignment: str = "top-left",
+    compute: torch.dtype | None = None,
+    **kwargs: object,
+) -> Budget:
+    """Budget for a returned log-sum-exp: naive = the reference's lse computed in the target's precision, or in
+    the coarser dtype the target returns its lse in (the contract's lse is float32 whatever the inputs), rounded
+    to that dtype. An lse is a logit: no value scale; its rounding grows with the logits' magnitude (the floor's
+    logit scale), as exp(s - lse) passes a logit error through one to one."""
+    work = precision(precision(query.dtype, compute), lse_dtype)
+    _, naive = oracle(query, key, value, alignment=alignment, dtype=work, return_lse=True, **kwargs)  # type: ignore[call-overload]
+    return budget(naive.to(lse_dtype), reference_lse, 1.0, work, logit_scale=logit_scale(query, key, kwargs))
+
+
+def expect_lse(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    alignment: str,
+    lse_dtype: torch.dtype,
+    compute: torch.dtype | None = None,
+    **kwargs: object,
+) -> tuple[Tensor, Budget]:
+    """(float64 oracle lse (B, Hq, L), lse budget) for one call whose target returns its lse in ``lse_dtype``."""
+    _, reference = oracle(query, key, value, attn_mask, alignment=alignment, return_lse=True, **kwargs)  # type: ignore[call-overload]
+    tol = lse_budget(query, key, value, reference, lse_dtype, alignment, compute, attn_mask=attn_mask, **kwargs)
     return reference, tol

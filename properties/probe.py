@@ -102,6 +102,8 @@ def probe(target: Target) -> list[Finding]:
         target.declared = target.caps
     target.caps = target.declared  # probing again (a second run in one process) starts from the declaration
     target.observed_precision.clear()
+    if target.caps.entry != "dense":
+        return _probe_entry(target)
     prober = _Prober(target)
     caps = target.caps
     order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in caps.dtypes]
@@ -207,6 +209,40 @@ def probe(target: Target) -> list[Finding]:
         )
         findings = [merged if f is shapes[0] else f for f in findings if f is shapes[0] or f not in shapes]
     return findings
+
+
+def _probe_entry(target: Target) -> list[Finding]:
+    """The basic calls of a varlen or decode target: two sequences (one of them empty) in each declared dtype,
+    causal where declared. The first dtype that works is the plain call (none works: every property is blocked);
+    each other dtype that raises is one finding, and the run goes on without it."""
+    from attncheck.properties.packed import DecodeProblem, VarlenProblem
+
+    caps = target.caps
+    failed: list[tuple[str, TargetError, str]] = []  # (dtype, error, repro)
+    for dtype in caps.dtypes:
+        fields: dict[str, Any] = {"Hq": 2, "Hkv": 2, "E": 4, "Ev": 4, "dtype": dtype, "seed": 1}
+        p: VarlenProblem | DecodeProblem
+        if caps.entry == "varlen":
+            p = VarlenProblem(seqlens_q=(3, 0), seqlens_k=(3, 2), pad=1, **fields)
+        else:
+            p = DecodeProblem(seqlens=(3, 5), Lq=1, capacity=6, page_size=4 if caps.paged else 0, **fields)
+        call = target.varlen if isinstance(p, VarlenProblem) else target.decode
+        try:
+            call(*p.tensors(target.device), **p.features(target.device))
+        except TargetError as exc:
+            failed.append((dtype, exc, p.repro(target.name)))
+            if exc.kind == "hung":
+                break
+    works = tuple(d for d in caps.dtypes if d not in {dtype for dtype, _, _ in failed})
+    hung = [f for f in failed if f[1].kind == "hung"]
+    if hung or not works:  # a hung target is not called again: nothing can be judged either
+        _, error, repro = (hung or failed)[0]
+        return [Finding("plain call", str(error), repro, _hint(error), blocks_all=True)]
+    target.caps = caps.replace(dtypes=works)
+    return [
+        Finding(f"dtype {dtype}", str(error), repro, f"--cap dtypes={','.join(works)}", narrowed={"dtypes": works})
+        for dtype, error, repro in failed
+    ]
 
 
 def _always_causal_finding(target: Target, base: Problem) -> list[Finding]:
@@ -480,6 +516,9 @@ def declaration(target: Target) -> tuple[str, str]:
             "layout",
             "masked_rows",
             "compute_dtype",
+            "entry",
+            "paged",
+            "features",
             "arg_names",
         )
         if getattr(caps, f) != getattr(default, f)

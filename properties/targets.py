@@ -32,7 +32,7 @@ import sys
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import torch
 from torch import Tensor
@@ -56,7 +56,9 @@ MASK_SHAPES = ("full", "LS", "key_padding")
 FEATURES = ("window", "softcap", "sinks", "lse")  # beyond SDPA (docs/design.md, "Beyond SDPA")
 CONTRACT_ARGS = (
     *("attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa"),
-    *("window", "softcap", "sinks", "return_lse"),  # the dense features
+    *("window", "softcap", "sinks", "return_lse"),  # the features
+    *("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"),  # varlen
+    *("cache_seqlens", "block_table"),  # decode
 )
 # The values a literal Capabilities field takes (None / False: "none" / "no" on the command line).
 CHOICES: dict[str, tuple[Any, ...]] = {
@@ -69,7 +71,8 @@ CHOICES: dict[str, tuple[Any, ...]] = {
     "masked_values": ("observed", "ignored"),
     "compute_dtype": (*ALL_DTYPES, None),
     "lse_base": ("e", "2"),
-    "lse_empty": ("-inf", "+inf"),
+    "lse_empty": ("-inf", "+inf", "any"),
+    "entry": ("dense", "varlen", "decode"),
 }
 
 
@@ -108,11 +111,15 @@ class Capabilities:
     # float64); None = the input dtype. matches_oracle judges precision against it; structural properties
     # budget with it (or with the precision the probe observes when undeclared).
     compute_dtype: str | None = None
-    # beyond SDPA (docs/design.md): window=(left, right), softcap=c, sinks (Hq,), return_lse=True
+    # beyond SDPA (docs/design.md): the entry (the dense SDPA call, a packed varlen call, a decode call over a KV
+    # cache, paged or not) and the features: window=(left, right), softcap=c, sinks (Hq,), return_lse=True
+    entry: Literal["dense", "varlen", "decode"] = "dense"
+    paged: bool = False  # decode: the cache is paged (block_table), contiguous otherwise
     features: frozenset[str] = frozenset()
     window_counts_self: bool = False  # the target's left window counts the query's own key (Mistral-style size)
     lse_base: Literal["e", "2"] = "e"  # base of the returned log-sum-exp (Target converts base 2 to natural log)
-    lse_empty: Literal["-inf", "+inf"] = "-inf"  # declared lse of a row with no admissible key and no sink
+    # declared lse of a row with no admissible key and no sink; "any": observed, not judged (jax: -0.7 finfo.max)
+    lse_empty: Literal["-inf", "+inf", "any"] = "-inf"
     arg_names: Mapping[str, str] = field(default_factory=dict)  # contract name -> the target's keyword
     known_failures: Mapping[str, str] = field(default_factory=dict)  # check name -> reason (accepted, xfail)
 
@@ -124,6 +131,8 @@ class Capabilities:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if self.paged and self.entry != "decode":
+            raise ValueError("paged: only a decode entry reads a paged cache")
         bad = set(self.features) - set(FEATURES)
         if bad:
             raise ValueError(f"features: unknown {sorted(bad)}; known: {FEATURES}")
@@ -180,6 +189,7 @@ class Capabilities:
             f"masked_rows={self.masked_rows or 'any'}",
             f"masked_values={self.masked_values}",
             f"compute_dtype={self.compute_dtype or 'input'}",
+            f"entry={self.entry}{' (paged)' if self.paged else ''}",
             f"features={','.join(sorted(self.features)) or 'none'}",
         ]
         if self.arg_names:
@@ -231,15 +241,13 @@ class Target:
         sinks: Tensor | None = None,
         return_lse: bool = False,
     ) -> Any:
-        """Call the target with BHLD tensors and contract arguments; return a validated BHLD output, and with
-        ``return_lse`` the pair (output, lse (B, Hq, L) in natural log)."""
+        """Call the (dense) target with BHLD tensors and contract arguments; return a validated BHLD output, and
+        with ``return_lse`` the pair (output, lse (B, Hq, L) in natural log)."""
         caps = self.caps
+        self._require_entry("dense")
         B, Hq, L = query.shape[:-1]  # (B, Hq, L, E)
-        expected = (B, Hq, L, value.shape[-1])  # (B, Hq, L, Ev)
         if caps.causal == "always" and not is_causal:
-            import pytest  # a check that needs a call without is_causal does not apply to an always-causal target
-
-            pytest.skip("not applicable: the target is always causal (causal=always); this check calls without it")
+            _not_applicable("the target is always causal (causal=always); this check calls without it")
         group = Hq // key.size(-3)
         reorder = enable_gqa and group > 1 and caps.gqa_mapping == "interleaved"
         if reorder:  # query head h = kv * G + r is the target's head r * Hkv + kv, which reads kv head kv
@@ -247,24 +255,114 @@ class Target:
             sinks = None if sinks is None else _interleave_heads(sinks, group, -1)
             if attn_mask is not None and attn_mask.dim() >= 3 and attn_mask.size(-3) == Hq:
                 attn_mask = _interleave_heads(attn_mask, group, -3)
-        if window is not None and caps.window_counts_self:
-            window = (window[0] + 1 if window[0] >= 0 else window[0], window[1])  # left size includes the query
         given = {
             "attn_mask": attn_mask,
             "dropout_p": dropout_p if dropout_p else None,
             "is_causal": True if is_causal and caps.causal != "always" else None,
             "scale": scale,
             "enable_gqa": True if enable_gqa and group > 1 else None,
-            "window": window,
-            "softcap": softcap,
-            "sinks": sinks,
-            "return_lse": True if return_lse else None,
         }
-        # only what is used: a target may lack the rest
-        kwargs = {caps.arg_names.get(arg, arg): val for arg, val in given.items() if val is not None}
+        expected: tuple[int, ...] = (B, Hq, L, value.shape[-1])  # (B, Hq, L, Ev)
         if caps.layout == "BLHD":
             query, key, value = (t.transpose(-3, -2) for t in (query, key, value))  # (B, H, L, D) -> (B, L, H, D)
-        result = self._call_with_timeout(query, key, value, kwargs)
+            expected = (B, L, Hq, value.shape[-1])  # (B, L, Hq, Ev)
+        features = {"window": window, "softcap": softcap, "sinks": sinks, "return_lse": return_lse}
+        out, lse = self._invoke((query, key, value), given, features, expected, (B, Hq, L))
+        if caps.layout == "BLHD":
+            out = out.transpose(-3, -2)  # (B, L, H, Ev) -> (B, H, L, Ev)
+        if reorder:
+            out = _deinterleave_heads(out, group, -3)
+            lse = None if lse is None else _deinterleave_heads(lse, group, -2)
+        return out if lse is None else (out, lse)
+
+    def varlen(
+        self,
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        cu_seqlens_q: Tensor,
+        cu_seqlens_k: Tensor,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        *,
+        is_causal: bool = False,
+        scale: float | None = None,
+        window: tuple[int, int] | None = None,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        """Call a varlen target: query (Tq, Hq, E), key (Tk, Hkv, E), value (Tk, Hkv, Ev) and int32
+        cu_seqlens (B + 1,) -> out (Tq, Hq, Ev), or (out, lse (Hq, Tq)) with ``return_lse``."""
+        self._require_entry("varlen")
+        given = {
+            "cu_seqlens_q": cu_seqlens_q,
+            "cu_seqlens_k": cu_seqlens_k,
+            "max_seqlen_q": max_seqlen_q,
+            "max_seqlen_k": max_seqlen_k,
+            "is_causal": True if is_causal else None,
+            "scale": scale,
+        }
+        features = {"window": window, "softcap": softcap, "sinks": sinks, "return_lse": return_lse}
+        Tq, Hq = query.shape[:2]
+        out, lse = self._invoke((query, key, value), given, features, (Tq, Hq, value.size(-1)), (Hq, Tq))
+        return out if lse is None else (out, lse)
+
+    def decode(
+        self,
+        query: Tensor,
+        k_cache: Tensor,
+        v_cache: Tensor,
+        cache_seqlens: Tensor,
+        *,
+        block_table: Tensor | None = None,
+        is_causal: bool = False,
+        scale: float | None = None,
+        window: tuple[int, int] | None = None,
+        softcap: float | None = None,
+        sinks: Tensor | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        """Call a decode target: query (B, Lq, Hq, E), a contiguous cache (B, S_cap, Hkv, E|Ev) or a paged one
+        (num_blocks, block_size, Hkv, E|Ev) with ``block_table`` (B, max_blocks), int32 cache_seqlens (B,) ->
+        out (B, Lq, Hq, Ev), or (out, lse (B, Hq, Lq)) with ``return_lse``."""
+        self._require_entry("decode")
+        if (block_table is not None) != self.caps.paged:
+            _not_applicable(f"the target reads a {'paged' if self.caps.paged else 'contiguous'} cache")
+        given = {
+            "cache_seqlens": cache_seqlens,
+            "block_table": block_table,
+            "is_causal": True if is_causal else None,
+            "scale": scale,
+        }
+        features = {"window": window, "softcap": softcap, "sinks": sinks, "return_lse": return_lse}
+        B, Lq, Hq = query.shape[:3]
+        expected = (B, Lq, Hq, v_cache.size(-1))  # (B, Lq, Hq, Ev)
+        out, lse = self._invoke((query, k_cache, v_cache), given, features, expected, (B, Hq, Lq))
+        return out if lse is None else (out, lse)
+
+    def _require_entry(self, entry: str) -> None:
+        if self.caps.entry != entry:
+            _not_applicable(f"a {entry} check; the target's entry is {self.caps.entry}")
+
+    def _invoke(
+        self,
+        tensors: tuple[Tensor, Tensor, Tensor],
+        given: dict[str, Any],
+        features: dict[str, Any],
+        expected: tuple[int, ...],
+        lse_shape: tuple[int, ...],
+    ) -> tuple[Tensor, Tensor | None]:
+        """Call the target with ``tensors`` and the contract arguments that are set (renamed as declared; a target
+        may lack the others), under the timeout; validate the output (shape ``expected``, the query's dtype and
+        device) and, when asked for, the lse (shape ``lse_shape``, natural log)."""
+        caps = self.caps
+        window, return_lse = features["window"], features["return_lse"]
+        if window is not None and caps.window_counts_self:
+            window = (window[0] + 1 if window[0] >= 0 else window[0], window[1])  # left size includes the query
+        given = {**given, **features, "window": window, "return_lse": True if return_lse else None}
+        kwargs = {caps.arg_names.get(arg, arg): val for arg, val in given.items() if val is not None}
+        result = self._call_with_timeout(*tensors, kwargs)
         lse = None
         if return_lse:
             if not (isinstance(result, tuple | list) and len(result) >= 2 and isinstance(result[1], Tensor)):
@@ -274,32 +372,28 @@ class Target:
             result = result[0]  # (output, weights) or (output, lse): the output comes first
         if not isinstance(result, Tensor):
             raise TargetError(f"target {self.name!r} returned {type(result).__name__}, expected a torch.Tensor")
-        out: Tensor = result
-        if caps.layout == "BLHD" and out.dim() >= 3:
-            out = out.transpose(-3, -2)  # (B, L, H, Ev) -> (B, H, L, Ev)
-        if tuple(out.shape) != tuple(expected):
+        query = tensors[0]
+        if tuple(result.shape) != tuple(expected):
             raise TargetError(
-                f"target {self.name!r} returned shape {tuple(out.shape)}, expected {tuple(expected)} "
-                f"(query {tuple(query.shape)}, value {tuple(value.shape)}, layout {caps.layout})"
+                f"target {self.name!r} returned shape {tuple(result.shape)}, expected {tuple(expected)} "
+                f"(query {tuple(query.shape)}, value {tuple(tensors[2].shape)}, layout {caps.layout})"
             )
-        if out.dtype != query.dtype:
-            raise TargetError(f"target {self.name!r} returned dtype {out.dtype}, expected {query.dtype} (the input's)")
-        if out.device != query.device:
-            raise TargetError(f"target {self.name!r} returned a tensor on {out.device}, expected {query.device}")
-        if reorder:
-            out = _deinterleave_heads(out, group, -3)
+        if result.dtype != query.dtype:
+            raise TargetError(
+                f"target {self.name!r} returned dtype {result.dtype}, expected {query.dtype} (the input's)"
+            )
+        if result.device != query.device:
+            raise TargetError(f"target {self.name!r} returned a tensor on {result.device}, expected {query.device}")
         if lse is not None:
-            if tuple(lse.shape) != (B, Hq, L) or not lse.is_floating_point():
+            if tuple(lse.shape) != lse_shape or not lse.is_floating_point():
                 raise TargetError(
                     f"target {self.name!r} returned lse of shape {tuple(lse.shape)} and dtype {lse.dtype}, "
-                    f"expected a float tensor of shape {(B, Hq, L)} (B, Hq, L)"
+                    f"expected a float tensor of shape {lse_shape}"
                 )
-            if reorder:
-                lse = _deinterleave_heads(lse, group, -2)
             if caps.lse_base == "2":
                 lse = lse * math.log(2)  # log2(x) * ln 2 = ln(x)
         self.calls += 1
-        return out if lse is None else (out, lse)
+        return result, lse
 
     def precision(self, dtype: torch.dtype, judged: bool = False) -> torch.dtype:
         """The precision this target computes ``dtype`` inputs in: declared (``compute_dtype``), else, for the
@@ -339,6 +433,13 @@ class Target:
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             raise TargetError(f"target {self.name!r} raised {type(exc).__name__}: {first_line}", "raised") from exc
         return result["out"]
+
+
+def _not_applicable(reason: str) -> NoReturn:
+    """Skip the check at hand: the call it needs does not exist for this target (never a pass)."""
+    import pytest  # imported here: the plugin loads this module in sessions that never run a check
+
+    pytest.skip(f"not applicable: {reason}")
 
 
 def _interleave_heads(t: Tensor, group: int, dim: int) -> Tensor:
@@ -410,6 +511,13 @@ def resolve(spec: str) -> Target:
 
     if spec in BUILTINS:
         return _load(_import_attr(BUILTINS[spec][1]), spec)
+    entry, _, dense = spec.partition(":")
+    if entry in ("varlen", "decode", "decode-paged") and dense:  # a dense target behind a pad-and-mask fallback
+        from attncheck.properties.adapters import entries
+
+        if entry == "varlen":
+            return entries.varlen_fallback(dense)
+        return entries.decode_fallback(dense, paged=entry == "decode-paged")
     registered = entry_point_targets()
     if spec in registered:
         try:
@@ -469,7 +577,9 @@ def parse_capability(text: str) -> dict[str, Any]:
     if not sep or key not in fields:
         raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
     value: Any = raw
-    if key in ("gqa", "scale", "grad", "value_dim", "window_counts_self") or (key == "dropout" and raw in YES_NO):
+    if key in ("gqa", "scale", "grad", "value_dim", "window_counts_self", "paged") or (
+        key == "dropout" and raw in YES_NO
+    ):
         if raw.lower() not in YES_NO:
             raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no")
         value = raw.lower() in ("yes", "true", "1")

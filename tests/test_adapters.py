@@ -6,26 +6,39 @@ changes them fails here and the declarations get revisited instead of silently g
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
+import types
 from typing import Any
 
 import pytest
 import torch
+from torch import Tensor
 
 from attncheck.errors import TargetError
-from attncheck.properties.adapters import BUILTINS
-from attncheck.properties.oracle import oracle, output_budget
+from attncheck.properties.adapters import BUILTINS, cuda
+from attncheck.properties.features import FeatureProblem
+from attncheck.properties.oracle import lse_budget, oracle, output_budget
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import Capabilities, Target, availability, resolve
+from attncheck.reference.attention import scaled_dot_product_attention, window_mask
+from tests.test_meta import run_property
 
-ADAPTERS = ("torch-mha", "torch-mha-noweights", "flex-attention", "hf-eager", "hf-sdpa", "jax")
-CUDA_ADAPTERS = ("torch-sdpa-cuda", "flash-attn", "xformers")
+ADAPTERS = (
+    *("torch-mha", "torch-mha-noweights", "flex-attention", "hf-eager", "hf-sdpa"),
+    *("hf-gemma2-eager", "hf-gpt-oss-eager", "jax"),
+)
+CUDA_ADAPTERS = ("torch-sdpa-cuda", "flash-attn", "flashinfer-prefill", "flashinfer-decode", "xformers")
 OPTIONAL = {
     "hf-eager": "transformers",
     "hf-sdpa": "transformers",
+    "hf-gemma2-eager": "transformers",
+    "hf-gpt-oss-eager": "transformers",
     "jax": "jax",
     "flash-attn": "flash_attn",
+    "flashinfer-prefill": "flashinfer",
+    "flashinfer-decode": "flashinfer",
     "xformers": "xformers",
 }  # target -> module its library installs
 
@@ -78,7 +91,7 @@ def assert_agrees_with_oracle(target: Target, p: Problem) -> None:
     out = target(q, k, v, **p.call_kwargs(mask)).cpu()
     q, k, v = q.cpu(), k.cpu(), v.cpu()
     mask = None if mask is None else mask.cpu()
-    alignment = target.caps.causal or "top-left"
+    alignment = target.caps.alignment
     kwargs = {**p.call_kwargs(mask), "alignment": alignment}
     ref = oracle(q, k, v, **kwargs)  # (B, Hq, L, Ev)
     tol = output_budget(q, k, v, ref, **kwargs)
@@ -205,3 +218,167 @@ def test_jitted_jax_rejects_half_types_on_cpu(dtype: str, message: str) -> None:
     q, k, v, _ = Problem(E=1, Ev=1, dtype=dtype).tensors()  # type: ignore[arg-type]
     with pytest.raises(TargetError, match=message):
         target(q, k, v)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features beyond SDPA (docs/design.md, "Beyond SDPA"): window, softcap, sinks, lse
+
+FEATURE_PROBLEMS = (
+    FeatureProblem(B=2, Hq=4, Hkv=2, L=6, S=9, E=8, Ev=8, window=(2, 1)),
+    FeatureProblem(B=1, Hq=2, Hkv=2, L=9, S=5, E=8, Ev=8, is_causal=True, window=(0, -1)),
+    FeatureProblem(B=2, Hq=2, Hkv=2, L=5, S=7, E=8, Ev=8, magnitude=10.0, softcap=5.0),
+    FeatureProblem(B=2, Hq=4, Hkv=2, L=5, S=7, E=8, Ev=8, mask="float", mask_shape="B1LS", sinks=True),
+    FeatureProblem(B=2, Hq=2, Hkv=2, L=5, S=7, E=16, Ev=16, dtype="bfloat16", window=(3, 0), softcap=20.0),
+    FeatureProblem(B=1, Hq=3, Hkv=1, L=4, S=6, E=8, Ev=8, dtype="float64", softcap=1.0, sinks=True),
+    FeatureProblem(B=1, Hq=2, Hkv=2, L=4, S=6, E=8, Ev=8, magnitude=10.0, sinks=True, seed=4),
+    FeatureProblem(B=2, Hq=4, Hkv=2, L=5, S=7, E=16, Ev=16, dtype="float16", mask="float", softcap=2.0, seed=5),
+)
+FEATURE_ADAPTERS = ("flex-attention", "hf-gemma2-eager", "hf-gpt-oss-eager", "jax")
+
+
+def supports_features(caps: Capabilities, p: FeatureProblem) -> bool:
+    drawn = {f for f, on in (("window", p.window), ("softcap", p.softcap), ("sinks", p.sinks)) if on}
+    return supports(caps, p) and drawn <= caps.features
+
+
+@pytest.mark.parametrize("name", FEATURE_ADAPTERS)
+def test_feature_adapter_matches_oracle(name: str) -> None:
+    """Output (and lse where declared) inside the budget of the float64 oracle, on the fixed feature problems."""
+    target = available(name)
+    supported = [p for p in FEATURE_PROBLEMS if supports_features(target.caps, p)]
+    assert len(supported) >= 2, f"{name}: only {len(supported)} feature problems fit {target.caps.summary()}"
+    with_lse = "lse" in target.caps.features
+    for p in supported:
+        q, k, v, mask = p.tensors()
+        kwargs = {**p.call_kwargs(mask), "alignment": target.caps.alignment}
+        result = target(q, k, v, **p.call_kwargs(mask), return_lse=with_lse)
+        out, lse = result if with_lse else (result, None)
+        ref, ref_lse = oracle(q, k, v, **kwargs, return_lse=True)  # (B, Hq, L, Ev), (B, Hq, L)
+        rows = p.admissible(mask, target.caps.alignment).any(-1)  # (B, Hq, L)
+        tol = output_budget(q, k, v, ref, **kwargs)
+        worst = float((out.double() - ref).abs()[rows].max())
+        assert worst <= tol.value, f"{name} on {p.describe()}: output error {worst:.3g} > {tol.explain()}"
+        if lse is not None:
+            lse_tol = lse_budget(q, k, v, ref_lse, lse.dtype, **kwargs)
+            worst = float((lse.double() - ref_lse).abs()[rows].max())
+            assert worst <= lse_tol.value, f"{name} on {p.describe()}: lse error {worst:.3g} > {lse_tol.explain()}"
+
+
+def test_jax_lse_of_a_row_without_keys_is_finite() -> None:
+    """jax masks with -0.7 * finfo(float32).max, not -inf: a row with no key has lse -0.7 * max + log S, finite
+    (the lse property reports it against the declared -inf); flex-attention returns -inf."""
+    p = FeatureProblem(B=1, Hq=2, Hkv=2, L=4, S=5, E=8, Ev=8, mask="bool", mask_shape="BHLS", masked_rows=1)
+    q, k, v, mask = p.tensors()
+    _, lse = available("jax")(q, k, v, mask, return_lse=True)
+    expected = -0.7 * torch.finfo(torch.float32).max + math.log(p.S)
+    row = lse[..., 0].double()  # (B, Hq): query 0 sees no key
+    assert torch.isfinite(row).all() and torch.allclose(row, torch.full_like(row, expected))
+    _, lse = available("flex-attention")(q, k, v, mask, return_lse=True)
+    assert (lse[..., 0] == -math.inf).all()
+
+
+# The CUDA feature adapters, on the CPU: stand-in modules with the documented signatures and semantics (their
+# docstrings, cited in properties/adapters/cuda.py) implemented with the reference, so the adapters' translation
+# (layout, argument names, lse shape, base and empty-row value, alignment) is checked by the properties themselves.
+
+
+def _stand_in_flash_attn_func(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    dropout_p: float = 0.0,
+    softmax_scale: float | None = None,
+    causal: bool = False,
+    window_size: tuple[int, int] = (-1, -1),
+    softcap: float = 0.0,
+    alibi_slopes: Tensor | None = None,
+    deterministic: bool = False,
+    return_attn_probs: bool = False,
+) -> Any:
+    """flash-attn 2.8 flash_attn_func: (B, L, H, D); query i sees keys [i + S - L - left, i + S - L + right], causal
+    is right = 0; softcap 0 = off; with return_attn_probs (out, softmax_lse (B, H, L), S_dmask), +inf on empty rows."""
+    assert dropout_p == 0.0 and alibi_slopes is None
+    L, S = q.size(1), k.size(1)
+    left, right = window_size[0], 0 if causal else window_size[1]
+    band = window_mask(L, S, (left, right), "bottom-right") if (left, right) != (-1, -1) else None
+    out, lse = scaled_dot_product_attention(
+        *(t.transpose(1, 2) for t in (q, k, v)),  # (B, L, H, D) -> (B, H, L, D)
+        attn_mask=band,
+        scale=softmax_scale,
+        enable_gqa=True,
+        softcap=softcap or None,
+        return_lse=True,
+    )
+    out = out.transpose(1, 2)  # (B, H, L, Dv) -> (B, L, H, Dv)
+    return (out, lse.float().masked_fill(lse == -math.inf, math.inf), None) if return_attn_probs else out
+
+
+def _stand_in_single_prefill(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    causal: bool = False,
+    sm_scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """flashinfer 0.6.18 single_prefill_with_kv_cache, NHD: q (L, Hq, E), k (S, Hkv, E); causal bottom-right;
+    logits_soft_cap None or 0 = off; lse (L, Hq) in base 2."""
+    L, S = q.size(0), k.size(0)
+    mask = window_mask(L, S, (-1, 0), "bottom-right") if causal else None  # bottom-right causal triangle
+    out, lse = scaled_dot_product_attention(
+        *(t.transpose(0, 1) for t in (q, k, v)),  # (N, H, D) -> (H, N, D)
+        attn_mask=mask,
+        scale=sm_scale,
+        enable_gqa=True,
+        softcap=logits_soft_cap or None,
+        return_lse=True,
+    )
+    out, lse = out.transpose(0, 1), (lse.float() / math.log(2)).transpose(0, 1)  # (L, Hq, Ev), (L, Hq) base 2
+    return (out, lse) if return_lse else out
+
+
+def _stand_in_single_decode(
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    sm_scale: float | None = None,
+    logits_soft_cap: float | None = None,
+    return_lse: bool = False,
+) -> Any:
+    """flashinfer 0.6.18 single_decode_with_kv_cache, NHD: q (Hq, E) against k (S, Hkv, E); lse (Hq,) in base 2."""
+    result = _stand_in_single_prefill(q[None], k, v, False, sm_scale, logits_soft_cap, return_lse)
+    return (result[0][0], result[1][0]) if return_lse else result[0]  # (1, Hq, ...) -> (Hq, ...)
+
+
+@pytest.fixture
+def cuda_stand_ins(monkeypatch: pytest.MonkeyPatch) -> None:
+    flash_attn = types.ModuleType("flash_attn")
+    flash_attn.__version__ = "2.8.3"  # type: ignore[attr-defined]
+    flash_attn.flash_attn_func = _stand_in_flash_attn_func  # type: ignore[attr-defined]
+    flashinfer = types.ModuleType("flashinfer")
+    flashinfer.__version__ = "0.6.18"  # type: ignore[attr-defined]
+    flashinfer.single_prefill_with_kv_cache = _stand_in_single_prefill  # type: ignore[attr-defined]
+    flashinfer.single_decode_with_kv_cache = _stand_in_single_decode  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "flash_attn", flash_attn)
+    monkeypatch.setitem(sys.modules, "flashinfer", flashinfer)
+    monkeypatch.setattr(cuda, "require_cuda", lambda library: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *args: "a CPU stand-in")
+
+
+CUDA_FEATURE_FACTORIES = {
+    "flash-attn": cuda.flash_attn_target,
+    "flashinfer-prefill": cuda.flashinfer_prefill_target,
+    "flashinfer-decode": cuda.flashinfer_decode_target,
+}
+
+
+@pytest.mark.parametrize("prop", ["window", "softcap", "lse"])
+@pytest.mark.parametrize("name", sorted(CUDA_FEATURE_FACTORIES))
+@pytest.mark.usefixtures("cuda_stand_ins")
+def test_cuda_feature_adapter_translates_to_the_documented_api(name: str, prop: str) -> None:
+    target = CUDA_FEATURE_FACTORIES[name]()
+    target.device, target.caps = "cpu", target.caps.replace(devices=("cpu",))
+    failures, passes, skips = run_property(target, prop)
+    assert not failures, f"{name} ({target.caps.summary()}): {failures}"
+    assert bool(passes) == (prop in target.caps.features), f"{name}: passed {passes}, skipped {skips}"

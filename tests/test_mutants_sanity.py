@@ -23,7 +23,7 @@ from attncheck.reference.attention import scaled_dot_product_attention as refere
 from tests import mutants as mutants_module
 from tests.meta_call import Call, as_sdpa
 from tests.mutants import MUTANTS, mutant
-from tests.variants import DROPOUT_VARIANTS, VARIANTS, variant
+from tests.variants import INVERTED_DROPOUT, VARIANTS, variant, variant_target
 
 Fn = Callable[..., Tensor]
 
@@ -126,7 +126,14 @@ def assert_convention(
 
 
 # The variants that take the whole contract at full precision; the declared ones are checked below them.
-FULL = [n for n, v in VARIANTS.items() if v.caps.compute_dtype is None and v.caps.lengths == "any"]
+FULL = [
+    n
+    for n, v in VARIANTS.items()
+    if v.caps.compute_dtype is None
+    and v.caps.lengths == "any"
+    and v.caps.gqa_mapping == "grouped"
+    and v.caps.causal == "top-left"
+]
 
 
 @pytest.mark.parametrize("name", FULL)
@@ -206,7 +213,7 @@ def test_variant_unseen_keys_nonfinite_irrelevant(name: str) -> None:
     assert_matches(name, VARIANTS[name].fn(q, k2, v2, attn_mask=mask), ref, "NaN/inf at padded keys")
 
 
-@pytest.mark.parametrize("name", DROPOUT_VARIANTS)
+@pytest.mark.parametrize("name", INVERTED_DROPOUT)
 def test_variant_inverted_dropout(name: str) -> None:
     """With V = identity (Ev = S) the output is the dropped weight matrix: kept entries are P / (1 - p)."""
     p_drop = 0.3
@@ -223,7 +230,7 @@ def test_variant_inverted_dropout(name: str) -> None:
     assert_matches(name, dropped[kept], weights[kept] / (1 - p_drop), "kept weights rescaled by 1/(1-p)")
 
 
-@pytest.mark.parametrize("name", [n for n in VARIANTS if n not in DROPOUT_VARIANTS])
+@pytest.mark.parametrize("name", [n for n, v in VARIANTS.items() if not v.caps.dropout])
 def test_variant_without_dropout_refuses_it(name: str) -> None:
     q, k, v, _ = F64.tensors()
     assert not VARIANTS[name].caps.dropout
@@ -252,6 +259,38 @@ def test_self_attention_only_variant_refuses_l_ne_s_and_is_exact_otherwise() -> 
         if p.L == p.S:
             out, ref = run(fn, p)
             assert_matches("self_attention_only", out, ref, where)
+
+
+def test_interleaved_gqa_variant_tiles_the_heads_and_is_exact_once_translated() -> None:
+    """Called directly, query head h reads kv head h % Hkv; through its Target (declared interleaved) it answers
+    the contract's question exactly."""
+    fn, target = VARIANTS["interleaved_gqa"].fn, variant_target("interleaved_gqa")
+    for where, p in VARIANT_PROBLEMS.items():
+        q, k, v, _ = p.tensors()
+        if p.gqa:
+            tiled = reference(q, k.repeat(1, p.Hq // p.Hkv, 1, 1), v.repeat(1, p.Hq // p.Hkv, 1, 1))
+            assert_matches("interleaved_gqa", fn(q, k, v, enable_gqa=True), tiled, f"{where} (direct)")
+        out, ref = run(target, p)
+        assert_matches("interleaved_gqa", out, ref, f"{where} (translated)")
+
+
+def test_always_causal_variant_is_causal_without_the_flag() -> None:
+    fn = VARIANTS["always_causal"].fn
+    for where, p in VARIANT_PROBLEMS.items():
+        out, _ = run(fn, p.replace(is_causal=False), is_causal=False)
+        _, causal = run(reference, p.replace(is_causal=True))
+        rows = admissible_rows(p.replace(is_causal=True), p.tensors()[3]).expand_as(out)
+        assert_matches("always_causal", out[rows], causal[rows], where)
+
+
+def test_renormalised_dropout_variant_rows_sum_to_one() -> None:
+    """With V = ones, a renormalised row gives exactly 1 (inverted dropout gives 1 only in expectation)."""
+    q, k, _, _ = F64.tensors()
+    ones = torch.ones(F64.B, F64.Hkv, F64.S, F64.Ev, dtype=torch.float64)
+    torch.manual_seed(0)
+    out = VARIANTS["renormalised_dropout"].fn(q, k, ones, dropout_p=0.5)
+    kept_any = out != 0
+    assert torch.allclose(out[kept_any], torch.ones_like(out[kept_any]))
 
 
 def test_registry() -> None:

@@ -14,7 +14,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attncheck.reference.attention import attention, causal_mask, scaled_dot_product_attention, subsequent_mask
+from attncheck.reference.attention import (
+    attention,
+    causal_mask,
+    scaled_dot_product_attention,
+    subsequent_mask,
+    window_mask,
+)
 
 OUT_ATOL = 1e-14
 GRAD_ATOL = 1e-13
@@ -167,3 +173,89 @@ def test_gradcheck(mask: str) -> None:
         return attention(q, k, v, mask, scale=0.8)[0]
 
     assert torch.autograd.gradcheck(output, inputs, eps=1e-6, atol=1e-9, rtol=1e-7)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Features beyond equation (1): window, softcap, sinks, returned lse (docs/design.md, "Beyond SDPA")
+
+
+def test_window_masks() -> None:
+    """(left, right) around the aligned diagonal; -1 leaves a side open; bottom-right shifts the diagonal by S - L."""
+    ones = torch.ones(4, 6, dtype=torch.bool)
+    assert torch.equal(window_mask(4, 6, (1, 0)), ones.tril() & ones.triu(-1))
+    assert torch.equal(window_mask(4, 6, (0, 0)), torch.eye(4, 6, dtype=torch.bool))
+    assert torch.equal(window_mask(4, 6, (-1, 2)), ones.tril(2))
+    assert torch.equal(window_mask(4, 6, (2, -1)), ones.triu(-2))
+    assert torch.equal(window_mask(4, 6, (-1, -1)), ones)
+    assert torch.equal(window_mask(4, 6, (1, 0), "bottom-right"), ones.tril(2) & ones.triu(1))
+    assert torch.equal(window_mask(6, 4, (0, 0), "bottom-right"), torch.ones(6, 4, dtype=torch.bool).tril(-2).triu(-2))
+
+
+@pytest.mark.parametrize("case", ["plain", "L>S", "causal-L<S", "gqa-6/2", "bool-B1LS", "float-B11S-L<S"])
+def test_window_equals_torch_sdpa_with_the_band_as_mask(case: str) -> None:
+    """window=(l, r) = torch SDPA with the band ANDed into the mask (bool) or -inf in it (float), is_causal too."""
+    c = CASES[case]
+    q, k, v, mask = make_inputs(c)
+    window = (1, 2)
+    band = window_mask(c.L, c.S, window) & (causal_mask(c.L, c.S) if c.is_causal else True)  # (L, S)
+    merged = band if mask is None else mask & band if mask.dtype == torch.bool else mask.masked_fill(~band, -torch.inf)
+    kwargs = {"scale": c.scale, "enable_gqa": c.Hq != c.Hkv}
+    got = scaled_dot_product_attention(q, k, v, merged, **kwargs)  # type: ignore[arg-type]
+    windowed = scaled_dot_product_attention(q, k, v, mask, is_causal=c.is_causal, window=window, **kwargs)  # type: ignore[arg-type]
+    torch.testing.assert_close(windowed, got, atol=0, rtol=0)
+    expected = F.scaled_dot_product_attention(q, k, v, attn_mask=merged, **kwargs)  # type: ignore[arg-type]
+    torch.testing.assert_close(windowed, expected, atol=OUT_ATOL, rtol=0)  # rows left without a key: zeros in both
+
+
+def test_softcap_caps_the_scaled_logits_before_the_mask() -> None:
+    """c * tanh(scale * q . k / c), then the float mask; masked keys keep weight exactly 0 whatever c is."""
+    q, k, v, mask = make_inputs(CASES["float-BHLS-scale"])
+    assert mask is not None
+    c = 0.5
+    s = c * torch.tanh(q @ k.transpose(-2, -1) * 2.5 / c) + mask  # (B, H, L, S)
+    out, p = attention(q, k, v, mask, scale=2.5, softcap=c)
+    torch.testing.assert_close(p, torch.softmax(s, -1), atol=OUT_ATOL, rtol=0)
+    torch.testing.assert_close(out, torch.softmax(s, -1) @ v, atol=OUT_ATOL, rtol=0)
+    assert (p[mask.isinf().expand_as(p)] == 0).all()
+
+
+def test_sinks_equal_an_extra_zero_key_with_the_sink_as_logit() -> None:
+    """torch SDPA on [K; 0], [V; 0] with a float mask whose last column is the sink = the reference with sinks."""
+    c = CASES["gqa-6/2"]
+    q, k, v, _ = make_inputs(c)
+    sinks = torch.linspace(-2.0, 3.0, c.Hq, dtype=F64)  # (Hq,)
+    got, lse = scaled_dot_product_attention(q, k, v, enable_gqa=True, sinks=sinks, return_lse=True)
+    zero_k, zero_v = k.new_zeros(B, c.Hkv, 1, c.E), v.new_zeros(B, c.Hkv, 1, c.Ev)  # (B, Hkv, 1, E), (B, Hkv, 1, Ev)
+    bias = torch.zeros(B, c.Hq, c.L, c.S + 1, dtype=F64)  # (B, Hq, L, S + 1)
+    bias[..., -1] = sinks[:, None]  # q . 0 + sink
+    expected = F.scaled_dot_product_attention(
+        q, torch.cat([k, zero_k], -2), torch.cat([v, zero_v], -2), attn_mask=bias, enable_gqa=True
+    )
+    torch.testing.assert_close(got, expected, atol=OUT_ATOL, rtol=0)
+    plain, plain_lse = scaled_dot_product_attention(q, k, v, enable_gqa=True, return_lse=True)
+    sink = sinks[:, None]  # (Hq, 1), against (B, Hq, L)
+    torch.testing.assert_close(lse, torch.logaddexp(plain_lse, sink), atol=OUT_ATOL, rtol=0)
+    torch.testing.assert_close(got, plain * torch.sigmoid(plain_lse - sink)[..., None], atol=OUT_ATOL, rtol=0)
+
+
+def test_lse_is_the_natural_logsumexp_of_the_final_logits() -> None:
+    q, k, v, keep = fully_masked_inputs()
+    out, lse = scaled_dot_product_attention(q, k, v, keep, scale=0.8, softcap=3.0, return_lse=True)
+    s = (3.0 * torch.tanh(q @ k.transpose(-2, -1) * 0.8 / 3.0)).masked_fill(~keep, -torch.inf)  # (1, 2, 4, 5)
+    torch.testing.assert_close(lse, torch.logsumexp(s, -1), atol=OUT_ATOL, rtol=0)  # row 1: -inf on both sides
+    assert (lse[..., 1] == -torch.inf).all()
+    sinks = torch.tensor([0.5, -1.0], dtype=F64)
+    out, lse = scaled_dot_product_attention(q, k, v, keep, sinks=sinks, return_lse=True)
+    assert torch.equal(lse[..., 1], sinks[None]), "a row whose only logit is the sink has lse = sink"
+    assert torch.equal(out[..., 1, :], torch.zeros_like(out[..., 1, :])), "and output 0 (the sink's value)"
+
+
+def test_gradients_with_every_feature_are_finite() -> None:
+    """gradcheck through window, softcap, sinks and the returned lse, with a row left without keys."""
+    q, k, v, keep = fully_masked_inputs()
+    sinks = torch.tensor([0.5, -1.0], dtype=F64, requires_grad=True)
+
+    def outputs(q: Tensor, k: Tensor, v: Tensor, sinks: Tensor) -> tuple[Tensor, Tensor]:
+        return scaled_dot_product_attention(q, k, v, keep, window=(1, 1), softcap=2.0, sinks=sinks, return_lse=True)
+
+    assert torch.autograd.gradcheck(outputs, (q, k, v, sinks), eps=1e-6, atol=1e-9, rtol=1e-7)

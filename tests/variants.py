@@ -226,9 +226,6 @@ def uniform_masked_rows(c: Call) -> Tensor:
     return torch.where(admissible_row, out, uniform).to(c.query.dtype)  # (B, H, L, Ev)
 
 
-DROPOUT_VARIANTS = tuple(name for name, v in VARIANTS.items() if v.caps.dropout)
-
-
 @variant(masked_rows="zeros", masked_values="ignored", compute_dtype="float32")
 def float32_internal(c: Call) -> Tensor:
     """softmax(x.float()) style: every input dtype is computed in float32 (float64 calls too) and cast back.
@@ -280,3 +277,6 @@ def always_causal(c: Call) -> Tensor:
     _no_dropout("always_causal", c)
     out, _ = _zero_rows_attention(c.replace(is_causal=True))
     return out.to(c.query.dtype)
+
+
+INVERTED_DROPOUT = tuple(name for name, v in VARIANTS.items() if v.caps.dropout == "inverted")

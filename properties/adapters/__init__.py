@@ -20,9 +20,16 @@ flex-attention       zeros (documented, D)      D: no backward on CPU; eager onl
 hf-eager             NaN                        D: float32 softmax for float64 inputs; P: #2, and float16
                                                 q . k overflows before the scaling (#10)
 hf-sdpa              zeros (torch SDPA)         P: is_causal dropped when L == 1 (decoding shortcut, #4)
+hf-gemma2-eager      NaN                        D: as hf-eager; features: softcap
+hf-gpt-oss-eager     NaN (no sink: a -inf sink) D: additive masks only; features: sinks
 jax                  bool: uniform, float: NaN  D: float32 softmax for float64; jitted half types fail on
-                                                CPU (they raise, or abort the process)
+                                                CPU (they raise, or abort the process); P: a finite lse
+                                                (-0.7 x finfo.max + log S) on rows with no key
 ===================  =========================  ============================================================
+
+Features beyond SDPA (docs/features.md): reference all four; flex-attention window, softcap, lse; jax window,
+lse; hf-gemma2-eager softcap; hf-gpt-oss-eager sinks; on CUDA flash-attn window, softcap, lse (+inf on empty
+rows), flashinfer-prefill and flashinfer-decode softcap, lse (base 2).
 
 Every one lets NaN or inf in masked-out *values* reach the output (0 * NaN in P V), as torch SDPA does. That is
 observed and reported (``masked_values="observed"``, the default), not a failure; only the reference declares
@@ -74,6 +81,14 @@ BUILTINS: dict[str, tuple[str, str]] = {
         "transformers sdpa_attention_forward: torch SDPA behind HF's GQA and causal shortcuts",
         "attncheck.properties.adapters.huggingface:hf_sdpa_target",
     ),
+    "hf-gemma2-eager": (
+        "transformers Gemma 2 eager_attention_forward: softcap (features: softcap)",
+        "attncheck.properties.adapters.huggingface:hf_gemma2_eager_target",
+    ),
+    "hf-gpt-oss-eager": (
+        "transformers gpt-oss eager_attention_forward: learned sinks as a logit column (features: sinks)",
+        "attncheck.properties.adapters.huggingface:hf_gpt_oss_eager_target",
+    ),
     "jax": (
         "jax.nn.dot_product_attention (XLA, jitted), through numpy on the host",
         "attncheck.properties.adapters.jax:jax_target",
@@ -86,9 +101,33 @@ BUILTINS: dict[str, tuple[str, str]] = {
         "FlashAttention flash_attn_func (CUDA; fp16/bf16; causal bottom-right since 2.1; no masks)",
         "attncheck.properties.adapters.cuda:flash_attn_target",
     ),
+    "flashinfer-prefill": (
+        "FlashInfer single_prefill_with_kv_cache (CUDA; per batch element; bottom-right causal; softcap, lse)",
+        "attncheck.properties.adapters.cuda:flashinfer_prefill_target",
+    ),
+    "flashinfer-decode": (
+        "FlashInfer single_decode_with_kv_cache (CUDA; one decode step per query row; softcap, lse)",
+        "attncheck.properties.adapters.cuda:flashinfer_decode_target",
+    ),
     "xformers": (
         "xformers.ops.memory_efficient_attention (CUDA; additive tensor bias; LowerTriangularMask)",
         "attncheck.properties.adapters.cuda:xformers_target",
+    ),
+    "reference-varlen": (
+        "attncheck's packed varlen reference, one sequence at a time (reference/packed.py)",
+        "attncheck.properties.adapters.entries:reference_varlen_target",
+    ),
+    "flex-varlen": (
+        "torch.nn.attention.flex_attention over packed sequences with a document mask (eager)",
+        "attncheck.properties.adapters.entries:flex_varlen_target",
+    ),
+    "reference-decode": (
+        "attncheck's KV-cache decode reference, contiguous cache (reference/packed.py)",
+        "attncheck.properties.adapters.entries:reference_decode_target",
+    ),
+    "reference-decode-paged": (
+        "attncheck's KV-cache decode reference, paged cache with a block table (reference/packed.py)",
+        "attncheck.properties.adapters.entries:reference_decode_paged_target",
     ),
 }
 DEFAULT_TARGETS = ("reference", "torch-sdpa")

@@ -1,4 +1,4 @@
-"""CUDA-only built-in targets: torch SDPA on CUDA, FlashAttention, xformers.
+"""CUDA-only built-in targets: torch SDPA on CUDA, FlashAttention, FlashInfer (single prefill and decode), xformers.
 
 Written against the libraries' documented APIs; without CUDA each factory raises TargetUnavailable. The
 translations (layouts, argument names, GQA) are tested on the CPU against stand-ins (tests/test_adapters.py).
@@ -16,13 +16,13 @@ from attncheck.properties.adapters import HALF_AND_SINGLE, require_cuda
 from attncheck.properties.targets import Alignment, Capabilities, Target
 
 # ---------------------------------------------------------------------------------------------------------------
-# CUDA only: torch SDPA on CUDA, FlashAttention, xformers
+# CUDA only: torch SDPA on CUDA, FlashAttention
 
 
 def torch_sdpa_cuda_target() -> Target:
     require_cuda("torch-sdpa-cuda")
     fn = torch.nn.functional.scaled_dot_product_attention
-    caps = Capabilities(dropout=True, devices=("cuda",))
+    caps = Capabilities(dropout="inverted", devices=("cuda",))
     description = f"torch {torch.__version__} SDPA on {torch.cuda.get_device_name()}, default dispatch"
     return Target("torch-sdpa-cuda", fn, caps, description, device="cuda")
 
@@ -32,13 +32,19 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:2])
 
 
-def flash_attn_target() -> Target:
+def _import_flash_attn(name: str) -> Any:
+    """The flash_attn module (FlashAttention 2), or TargetUnavailable for the target ``name``."""
     try:
         import flash_attn
-        from flash_attn import flash_attn_func
     except ImportError:
         raise TargetUnavailable("flash-attn is not installed: pip install flash-attn (CUDA only)") from None
-    require_cuda("flash-attn")
+    require_cuda(name)
+    return flash_attn
+
+
+def flash_attn_target() -> Target:
+    flash_attn = _import_flash_attn("flash-attn")
+    version = _version(flash_attn.__version__)
 
     def flash(
         query: Tensor,
@@ -48,24 +54,162 @@ def flash_attn_target() -> Target:
         is_causal: bool = False,
         scale: float | None = None,
         enable_gqa: bool = False,  # GQA is native: Hq a multiple of Hkv
-    ) -> Tensor:
-        return flash_attn_func(query, key, value, dropout_p=dropout_p, softmax_scale=scale, causal=is_causal)
+        *,
+        window: tuple[int, int] | None = None,
+        softcap: float | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        features: dict[str, Any] = {}
+        if window is not None:
+            features["window_size"] = window  # (left, right), -1 = unbounded: the contract's own count
+        if softcap is not None:
+            features["softcap"] = softcap  # flash-attn's "off" is 0.0, its default; None never reaches it
+        result = flash_attn.flash_attn_func(
+            query,
+            key,
+            value,
+            dropout_p=dropout_p,
+            softmax_scale=scale,
+            causal=is_causal,
+            return_attn_probs=return_lse,
+            **features,
+        )
+        if return_lse:
+            out, softmax_lse, _ = result  # (out, softmax_lse (B, Hq, L) float32, S_dmask)
+            return out, softmax_lse
+        return result  # (B, L, Hq, Ev)
 
     # flash-attn 2.1 moved causal from top-left to bottom-right alignment; its README: "If the row of the mask
-    # is all zero, the output will be zero".
-    alignment: Alignment = "bottom-right" if _version(flash_attn.__version__) >= (2, 1) else "top-left"
+    # is all zero, the output will be zero". Windows (2.3) align bottom-right as causal does; softcap arrived in
+    # 2.6. softmax_lse is the natural-log logsumexp of the scaled (capped) logits, +inf on rows with no key (so that
+    # the backward's exp(s - lse) is 0). Checked against the flash_attn_func docstring of flash-attn 2.8.3
+    # (flash_attn/flash_attn_interface.py); the translation is tested on CPU with a stand-in (tests/test_adapters.py).
+    alignment: Alignment = "bottom-right" if version >= (2, 1) else "top-left"
+    features = {"lse"} | ({"window"} if version >= (2, 3) else set()) | ({"softcap"} if version >= (2, 6) else set())
     caps = Capabilities(
         masks=frozenset(),
         causal=alignment,
-        dropout=True,
+        dropout="inverted",
         value_dim=False,
         dtypes=("bfloat16", "float16"),
         devices=("cuda",),
         layout="BLHD",
         masked_rows="zeros",
+        features=frozenset(features),
+        lse_empty="+inf",
     )
     description = f"flash-attn {flash_attn.__version__} flash_attn_func on {torch.cuda.get_device_name()}"
     return Target("flash-attn", flash, caps, description, device="cuda")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# FlashInfer: single-request prefill and decode (written against flashinfer 0.6.18, flashinfer/prefill.py and
+# flashinfer/decode.py at fb28d724). One call per batch element (and per query row for decode): the single-request
+# functions take NHD tensors (length, heads, dim) without a batch. Both write lse in base 2 (the kernels keep
+# log2-scaled logits and store log2(d) + m; FlashInfer #2113), declared lse_base="2"; their sliding window has a
+# left bound only (``window_left``), which the (left, right) contract cannot declare, so it is not used.
+
+
+def _import_flashinfer(name: str) -> Any:
+    try:
+        import flashinfer
+    except ImportError:
+        raise TargetUnavailable("flashinfer is not installed: pip install flashinfer-python (CUDA only)") from None
+    require_cuda(name)
+    return flashinfer
+
+
+def flashinfer_prefill_target() -> Target:
+    flashinfer = _import_flashinfer("flashinfer-prefill")
+
+    def prefill(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        is_causal: bool = False,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA is native: num_qo_heads a multiple of num_kv_heads
+        *,
+        softcap: float | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        results = [
+            flashinfer.single_prefill_with_kv_cache(
+                q,  # (L, Hq, E)
+                k,  # (S, Hkv, E), kv_layout="NHD"
+                v,  # (S, Hkv, Ev)
+                causal=is_causal,
+                sm_scale=scale,
+                logits_soft_cap=softcap,  # None = 0 = off
+                return_lse=return_lse,
+            )
+            for q, k, v in zip(query, key, value, strict=True)
+        ]
+        if not return_lse:
+            return torch.stack(results)  # B x (L, Hq, Ev) -> (B, L, Hq, Ev)
+        out = torch.stack([o for o, _ in results])  # B x (L, Hq, Ev) -> (B, L, Hq, Ev)
+        lse = torch.stack([lse for _, lse in results]).transpose(1, 2)  # B x (L, Hq) -> (B, L, Hq) -> (B, Hq, L)
+        return out, lse
+
+    # Causal is bottom-right (its docstring builds the mask with diagonal=kv_len - qo_len). Inference only.
+    caps = Capabilities(
+        masks=frozenset(),
+        causal="bottom-right",
+        grad=False,
+        value_dim=False,
+        dtypes=("bfloat16", "float16"),
+        devices=("cuda",),
+        layout="BLHD",
+        features=frozenset({"softcap", "lse"}),
+        lse_base="2",
+    )
+    description = f"flashinfer {flashinfer.__version__} single_prefill_with_kv_cache on {torch.cuda.get_device_name()}"
+    return Target("flashinfer-prefill", prefill, caps, description, device="cuda")
+
+
+def flashinfer_decode_target() -> Target:
+    flashinfer = _import_flashinfer("flashinfer-decode")
+
+    def decode(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA is native: num_qo_heads a multiple of num_kv_heads
+        *,
+        softcap: float | None = None,
+        return_lse: bool = False,
+    ) -> Any:
+        # each query row is one decode step against all S keys: (Hq, E) against (S, Hkv, E)
+        results = [
+            [
+                flashinfer.single_decode_with_kv_cache(
+                    q, k, v, sm_scale=scale, logits_soft_cap=softcap, return_lse=return_lse
+                )
+                for q in q_rows  # (Hq, E)
+            ]
+            for q_rows, k, v in zip(query, key, value, strict=True)  # (L, Hq, E), (S, Hkv, E), (S, Hkv, Ev)
+        ]
+        if not return_lse:
+            return torch.stack([torch.stack(rows) for rows in results])  # B x L x (Hq, Ev) -> (B, L, Hq, Ev)
+        out = torch.stack([torch.stack([o for o, _ in rows]) for rows in results])  # (B, L, Hq, Ev)
+        lse = torch.stack([torch.stack([lse for _, lse in rows], dim=-1) for rows in results])  # B x (Hq, L)
+        return out, lse  # (B, Hq, L)
+
+    # A decode step sees every key (no causal flag); no mask; inference only.
+    caps = Capabilities(
+        masks=frozenset(),
+        causal=None,
+        grad=False,
+        value_dim=False,
+        dtypes=("bfloat16", "float16"),
+        devices=("cuda",),
+        layout="BLHD",
+        features=frozenset({"softcap", "lse"}),
+        lse_base="2",
+    )
+    description = f"flashinfer {flashinfer.__version__} single_decode_with_kv_cache on {torch.cuda.get_device_name()}"
+    return Target("flashinfer-decode", decode, caps, description, device="cuda")
 
 
 def _aligned_bias(bias: Tensor) -> Tensor:
@@ -76,13 +220,20 @@ def _aligned_bias(bias: Tensor) -> Tensor:
     return storage[..., :S]  # (..., L, S), row stride S'
 
 
-def xformers_target() -> Target:
+def _import_xformers(name: str) -> Any:
+    """The xformers module (its ``ops`` imported), or TargetUnavailable for the target ``name``."""
     try:
         import xformers
-        import xformers.ops as xops
+        import xformers.ops
     except ImportError:
         raise TargetUnavailable("xformers is not installed: pip install xformers (CUDA only)") from None
-    require_cuda("xformers")
+    require_cuda(name)
+    return xformers
+
+
+def xformers_target() -> Target:
+    xformers = _import_xformers("xformers")
+    xops = xformers.ops
 
     def xformers_attention(
         query: Tensor,
@@ -113,7 +264,7 @@ def xformers_target() -> Target:
 
     # Tensor biases are additive (no bool masks). float64 is not supported by any xformers operator.
     caps = Capabilities(
-        masks=frozenset({"float"}), dropout=True, dtypes=HALF_AND_SINGLE, devices=("cuda",), layout="BLHD"
+        masks=frozenset({"float"}), dropout="inverted", dtypes=HALF_AND_SINGLE, devices=("cuda",), layout="BLHD"
     )
     description = f"xformers {xformers.__version__} memory_efficient_attention on {torch.cuda.get_device_name()}"
     return Target("xformers", xformers_attention, caps, description, device="cuda")

@@ -1,4 +1,5 @@
-"""Built-in targets of Hugging Face transformers: its eager and SDPA attention functions (transformers 5.24.0)."""
+"""Built-in targets of Hugging Face transformers: its eager and SDPA attention functions (transformers 5.24.0),
+and the eager functions of the models that bring features: Gemma 2 (softcap) and gpt-oss (sinks)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,7 @@ def hf_eager_target() -> Target:
 
     # Masks are additive only (a bool mask would be *added*); no is_causal (callers build the mask).
     # float64 is not declared: the softmax runs in float32 (dtype=torch.float32), ~1e-7 from the float64 oracle.
-    caps = Capabilities(masks=frozenset({"float"}), causal=None, dropout=True, dtypes=HALF_AND_SINGLE)
+    caps = Capabilities(masks=frozenset({"float"}), causal=None, dropout="inverted", dtypes=HALF_AND_SINGLE)
     return Target("hf-eager", hf_eager, caps, f"transformers {transformers.__version__} eager_attention_forward")
 
 
@@ -88,5 +89,87 @@ def hf_sdpa_target() -> Target:
 
     # is_causal is top-left (SDPA's) except that sdpa_attention_forward drops it when L == 1 (the decoding step:
     # the one query then sees every key, as bottom-right would). Not declarable; the properties report it.
-    caps = Capabilities(dropout=True)
+    caps = Capabilities(dropout="inverted")
     return Target("hf-sdpa", hf_sdpa, caps, f"transformers {transformers.__version__} sdpa_attention_forward")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model-specific eager attention functions with features (checked against transformers 5.24.0)
+#
+# HF's sliding windows live in its mask functions (masking_utils: the window is built into the 4-D mask, counted
+# with the query's own key, always causal), not in the eager functions, which ignore ``sliding_window``: there is
+# no eager function that takes a window to adapt.
+
+
+def hf_gemma2_eager_target() -> Target:
+    transformers = _import_transformers()
+    from transformers.models.gemma2.modeling_gemma2 import eager_attention_forward
+
+    def hf_gemma2(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
+        *,
+        softcap: float | None = None,
+    ) -> Tensor:
+        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
+        scaling = scale if scale is not None else query.size(-1) ** -0.5  # Gemma2Attention: query_pre_attn_scalar
+        out, _ = eager_attention_forward(
+            layer,
+            query,
+            key,
+            value,
+            attention_mask=as_4d(attn_mask),
+            dropout=dropout_p,
+            scaling=scaling,
+            softcap=softcap,  # c * tanh(s / c) of the scaled logits, before the mask is added (Gemma 2's cap)
+        )
+        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+
+    # As hf-eager: additive masks only, no is_causal, softmax in float32 (float64 not declared).
+    caps = Capabilities(
+        masks=frozenset({"float"}),
+        causal=None,
+        dropout="inverted",
+        dtypes=HALF_AND_SINGLE,
+        features=frozenset({"softcap"}),
+    )
+    description = f"transformers {transformers.__version__} Gemma 2 eager_attention_forward (softcap)"
+    return Target("hf-gemma2-eager", hf_gemma2, caps, description)
+
+
+def hf_gpt_oss_eager_target() -> Target:
+    transformers = _import_transformers()
+    from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward
+
+    def hf_gpt_oss(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        attn_mask: Tensor | None = None,
+        dropout_p: float = 0.0,
+        scale: float | None = None,
+        enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
+        *,
+        sinks: Tensor | None = None,
+    ) -> Tensor:
+        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
+        # GptOssAttention.sinks is an (Hq,) parameter in the model's dtype, concatenated to the logits as one more
+        # column. No sinks is a sink of -inf (e^-inf = 0 in the denominator): the function always has one.
+        Hq = query.size(1)
+        layer.sinks = torch.full((Hq,), -torch.inf, dtype=query.dtype) if sinks is None else sinks.to(query.dtype)
+        scaling = scale if scale is not None else query.size(-1) ** -0.5  # GptOssAttention.scaling = head_dim**-0.5
+        out, _ = eager_attention_forward(
+            layer, query, key, value, attention_mask=as_4d(attn_mask), scaling=scaling, dropout=dropout_p
+        )
+        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+
+    # Additive masks only, no is_causal (callers build the mask). The softmax runs in the inputs' dtype (float64
+    # included). A row with no admissible key and no sink is -inf - (-inf) = NaN (observed, not declared).
+    caps = Capabilities(masks=frozenset({"float"}), causal=None, dropout="inverted", features=frozenset({"sinks"}))
+    description = f"transformers {transformers.__version__} gpt-oss eager_attention_forward (sinks)"
+    return Target("hf-gpt-oss-eager", hf_gpt_oss, caps, description)

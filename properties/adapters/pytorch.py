@@ -9,14 +9,14 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.targets import FEATURES, Capabilities, Target
 from attncheck.reference.attention import merge_masks
 
 
 def reference_target() -> Target:
     from attncheck.reference.attention import scaled_dot_product_attention
 
-    caps = Capabilities(dropout=True, masked_rows="zeros")
+    caps = Capabilities(dropout="inverted", masked_rows="zeros", features=frozenset(FEATURES))
     return Target(
         "reference", scaled_dot_product_attention, caps, "attncheck.reference.attention.scaled_dot_product_attention"
     )
@@ -24,7 +24,7 @@ def reference_target() -> Target:
 
 def torch_sdpa_target() -> Target:
     fn = torch.nn.functional.scaled_dot_product_attention
-    caps = Capabilities(dropout=True)
+    caps = Capabilities(dropout="inverted")
     return Target("torch-sdpa", fn, caps, f"torch {torch.__version__} SDPA, default dispatch")
 
 
@@ -42,7 +42,7 @@ def _sdpa_backend(backend_name: str, caps: Capabilities) -> Target:
 
 
 def torch_sdpa_math_target() -> Target:
-    return _sdpa_backend("MATH", Capabilities(dropout=True))
+    return _sdpa_backend("MATH", Capabilities(dropout="inverted"))
 
 
 def torch_sdpa_flash_target() -> Target:
@@ -124,7 +124,7 @@ def _mha(name: str, need_weights: bool) -> Target:
         out, _ = module(x_q, x_k, x_v, attn_mask=mask, need_weights=need_weights, is_causal=hint)
         return out.view(B, L, H, d_k).transpose(1, 2)  # (B, L, H*d_k) -> (B, L, H, d_k) -> (B, H, L, d_k)
 
-    caps = Capabilities(gqa=False, scale=False, dropout=True, value_dim=False)
+    caps = Capabilities(gqa=False, scale=False, dropout="inverted", value_dim=False)
     path = "explicit softmax, need_weights=True" if need_weights else "torch SDPA inside, need_weights=False"
     return Target(name, mha, caps, f"torch {torch.__version__} nn.MultiheadAttention, identity projections ({path})")
 
@@ -145,7 +145,7 @@ def torch_mha_noweights_target() -> Target:
 
 def flex_attention_target() -> Target:
     try:
-        from torch.nn.attention.flex_attention import and_masks, create_block_mask, flex_attention
+        from torch.nn.attention.flex_attention import AuxRequest, and_masks, create_block_mask, flex_attention
     except ImportError:
         raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
 
@@ -157,11 +157,21 @@ def flex_attention_target() -> Target:
         is_causal: bool = False,
         scale: float | None = None,
         enable_gqa: bool = False,
-    ) -> Tensor:
+        *,
+        window: tuple[int, int] | None = None,
+        softcap: float | None = None,
+        return_lse: bool = False,
+    ) -> Any:
         B, Hq, L, _ = query.shape
         S = key.size(-2)
-        score_mod = None
+        score_mods = []
         mask_mods = []
+        if softcap is not None:  # first: flex hands score_mod the scaled q . k, and the cap precedes the bias
+
+            def cap(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return softcap * torch.tanh(score / softcap)  # the tanh soft-cap of the FlexAttention docs
+
+            score_mods.append(cap)
         if attn_mask is not None:
             mask = attn_mask.expand(B, Hq, L, S)  # (B, Hq, L, S), stride 0 over broadcast dimensions
             if mask.dtype == torch.bool:
@@ -175,19 +185,45 @@ def flex_attention_target() -> Target:
                 def add_bias(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
                     return score + mask[b, h, q_idx, kv_idx]
 
-                score_mod = add_bias
+                score_mods.append(add_bias)
         if is_causal:
 
             def causal(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
                 return kv_idx <= q_idx  # top-left, the causal mask_mod of the FlexAttention docs
 
             mask_mods.append(causal)
+        if window is not None:  # the sliding-window mask_mod of the FlexAttention docs, with both bounds
+            left, right = (L + S if side < 0 else side for side in window)  # -1: no key is L + S away
+
+            def band(b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+                return (kv_idx >= q_idx - left) & (kv_idx <= q_idx + right)  # top-left, as causal above
+
+            mask_mods.append(band)
+
+        def score_mod(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+            for mod in score_mods:
+                score = mod(score, b, h, q_idx, kv_idx)
+            return score
+
         block_mask = create_block_mask(and_masks(*mask_mods), B, Hq, L, S, device=query.device) if mask_mods else None
-        return flex_attention(
-            query, key, value, score_mod=score_mod, block_mask=block_mask, scale=scale, enable_gqa=enable_gqa
+        result = flex_attention(
+            query,
+            key,
+            value,
+            score_mod=score_mod if score_mods else None,
+            block_mask=block_mask,
+            scale=scale,
+            enable_gqa=enable_gqa,
+            return_aux=AuxRequest(lse=True) if return_lse else None,
         )
+        if return_lse:
+            out, aux = result
+            return out, aux.lse  # (B, Hq, L), natural log
+        return result  # (B, Hq, L, Ev)
 
     # Eager (no torch.compile): it runs on CPU at tens to hundreds of ms per call; compiling costs ~17 s per new
     # shape on CPU, too much for property tests. CPU backward raises NotImplementedError, hence grad=False.
-    caps = Capabilities(grad=False, masked_rows="zeros")
+    # Features (torch 2.13.0): window as a mask_mod, softcap as a score_mod, lse through return_aux=AuxRequest(lse=
+    # True) (natural log, -inf on rows with no key). No sinks: a score_mod cannot add a key to the denominator.
+    caps = Capabilities(grad=False, masked_rows="zeros", features=frozenset({"window", "softcap", "lse"}))
     return Target("flex-attention", flex, caps, f"torch {torch.__version__} flex_attention, eager")
