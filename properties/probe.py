@@ -438,7 +438,13 @@ def observe_conventions(target: Target) -> dict[str, str]:
     seen["dropout"] = DROPOUT[dropout] if dropout in DROPOUT else dropout
     if dropout in ("inverted", "renormalised"):
         target.caps = target.caps.replace(dropout=dropout)
-    if caps.scale:
+    if not caps.unscaled:  # the default scale: eq. (1)'s 1/sqrt(d_k), or none at all (T5)
+        out, causal = run(base), base.is_causal
+        if out is not None and not _agrees(out, oracle(q, k, v, is_causal=causal)):
+            if _agrees(out, oracle(q, k, v, scale=1.0, is_causal=causal)):
+                seen["default scale"] = "none: q . k unscaled (declare unscaled=yes: attncheck then scales q)"
+                target.caps = target.caps.replace(unscaled=True)
+    if caps.scale and not target.caps.unscaled:
         out = run(base, scale=0.5)
         causal = base.is_causal
         if out is not None:
@@ -509,6 +515,7 @@ def declaration(target: Target) -> tuple[str, str]:
             "gqa",
             "gqa_mapping",
             "scale",
+            "unscaled",
             "dropout",
             "grad",
             "value_dim",

@@ -42,6 +42,9 @@ def _label(row: dict[str, Any]) -> str:
     label = LABEL[row["status"]]
     if row["known_failures"] and row["status"] in ("passed", "skipped"):
         label += f" ({len(row['known_failures'])} known)"
+    causes = sorted({c["root_cause"] for c in row["checks"] if c.get("root_cause")})
+    if row["status"] == "error" and causes:  # the crash is printed once, as a root cause of the run
+        label += f" (root cause {', '.join(map(str, causes))})"
     return label
 
 
@@ -75,19 +78,28 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
     for t in data["targets"]:
+        run_causes = 0
         for cause in t["root_causes"]:  # each root cause once, before what it explains
-            console.rule(
-                f"[bold red]{escape(t['name'])}: root cause, found by the first probe: {escape(cause['case'])}"
-            )
+            if "checks" in cause:  # the same crash in several checks during the run
+                run_causes += 1
+                where = f"root cause {run_causes} of the run: {cause['case']}"
+            else:
+                where = f"root cause, found by the first probe: {cause['case']}"
+            console.rule(f"[bold red]{escape(t['name'])}: {escape(where)}")
             console.print(cause["message"], markup=False)
+            if cause.get("checks"):
+                console.print(f"in: {', '.join(cause['checks'])}", markup=False)
+            if cause.get("counterexample"):
+                example = format_counterexample(cause["counterexample"])
+                console.print(f"minimal counterexample: {example}", markup=False)
             console.print(f"fix: {cause['fix']}", markup=False)
             console.print("reproduce with:", markup=False)
             console.print(cause["repro"], markup=False)
     for t in data["targets"]:
         for row in t["properties"]:
             for check in row["checks"]:  # every failing check with its own counterexample and repro
-                if check["status"] not in ("failed", "error"):
-                    continue
+                if check["status"] not in ("failed", "error") or check.get("root_cause"):
+                    continue  # passed, or a crash already printed once as a root cause of the run
                 found = [check, *check["more_failures"]]  # each distinct bug Hypothesis found in the check
                 for n, failure in enumerate(found, 1):
                     which = f" (distinct failure {n} of {len(found)})" if len(found) > 1 else ""

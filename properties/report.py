@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ast
 import platform
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -74,6 +75,7 @@ class Report:
         rows = []
         found = next((t for t in self.targets if t.name == target), None)
         blocking = [f for f in (found.findings if found else []) if f.blocks_all]
+        crashes = {key: n for n, (key, _) in enumerate(self._crashes(target), 1)}
         for name in PROPERTIES:
             results = self._results_of(target, name)
             if (
@@ -95,6 +97,9 @@ class Report:
             first = next(iter(failed + errors), None)
             if first is not None:
                 message = first.message
+                cause = crashes.get(crash_key(first.message)) if not failed else None
+                if cause is not None:  # reported once, as a root cause; the property points at it
+                    message = f"raised (root cause {cause} of the run, below): {first.message}"
             elif passed and not judged and not known:
                 message = "no check called the target: " + "; ".join(sorted({r.message for r in skipped}))
             else:
@@ -121,12 +126,44 @@ class Report:
                             "target_calls": r.target_calls,
                             "duration": round(r.duration, 3),
                             "more_failures": r.more,
+                            "root_cause": crashes.get(crash_key(r.message)) if r.status == ERROR else None,
                         }
                         for r in results
                     ],
                 }
             )
         return rows
+
+    def _crashes(self, target: str) -> list[tuple[str, list[CheckResult]]]:
+        """Errors of ``target`` that raised the same exception (the same one line up to numbers) in two or more
+        checks: one root cause each, found during the run (a data-dependent crash the first probe did not meet),
+        in the order they first appear."""
+        groups: dict[str, list[CheckResult]] = {}
+        for name in PROPERTIES:
+            for r in self._results_of(target, name):
+                if r.status == ERROR:
+                    groups.setdefault(crash_key(r.message), []).append(r)
+        return [(key, results) for key, results in groups.items() if len(results) > 1]
+
+    def run_root_causes(self, target: str) -> list[dict[str, Any]]:
+        """The crashes of :meth:`_crashes` as root causes: the exception's line, the first check's minimal
+        counterexample and repro, and every check it explains."""
+        causes = []
+        for _, results in self._crashes(target):
+            first = results[0]
+            causes.append(
+                {
+                    "case": f"raised in {len(results)} checks during the run",
+                    "message": first.message,
+                    "repro": first.repro,
+                    "counterexample": first.counterexample,
+                    "fix": "a fix in the target, or a declaration that keeps these inputs away from it; "
+                    "the checks it explains are reported as errors with a pointer here",
+                    "blocks_all": False,
+                    "checks": [f"{r.property}::{r.check}" for r in results],
+                }
+            )
+        return causes
 
     def observations_of(self, target: str) -> dict[str, list[str]]:
         seen: dict[str, set[str]] = {}
@@ -165,7 +202,7 @@ class Report:
                     "description": t.description,
                     "device": t.device,
                     "capabilities": (t.declared or t.caps).to_dict(),
-                    "root_causes": [f.to_dict() for f in t.findings],
+                    "root_causes": [f.to_dict() for f in t.findings] + self.run_root_causes(t.name),
                     "observations": self.observations_of(t.name),
                     "properties": self.properties_of(t.name),
                 }
@@ -260,6 +297,11 @@ def problem_from_notes(exc: BaseException) -> Problem | None:
         except (SyntaxError, ValueError, TypeError):
             return None
     return None
+
+
+def crash_key(message: str) -> str:
+    """What identifies one crash across checks: the exception's line with its numbers (shapes, sizes) blanked."""
+    return re.sub(r"\d+", "#", message)
 
 
 def one_line(exc: BaseException) -> str:

@@ -94,6 +94,9 @@ class Capabilities:
     # (einops "(r h)", tiling); Target translates an interleaved target to the contract by reordering the heads
     gqa_mapping: GqaMapping = "grouped"
     scale: bool = True  # the scale= argument is honoured
+    # the target computes q . k with no scale at all, by design (T5 folds 1/sqrt(d_k) into its initialisation):
+    # Target multiplies the query by the contract's scale (scale= or 1/sqrt(E)) and passes no scale= argument
+    unscaled: bool = False
     # dropout_p > 0: False (unsupported), "inverted" (kept weights / (1 - p), SDPA) or "renormalised" (kept
     # weights renormalised to sum to 1 per row); True is read as "inverted"
     dropout: Dropout = False
@@ -180,7 +183,7 @@ class Capabilities:
             f"causal={self.causal or 'no'}",
             f"lengths={self.lengths}",
             f"gqa={self.gqa_mapping if self.gqa else 'no'}",
-            f"scale={'yes' if self.scale else 'no'}",
+            f"scale={'yes' if self.scale else 'no'}{' (unscaled q.k: attncheck scales q)' if self.unscaled else ''}",
             f"grad={'yes' if self.grad else 'no'}",
             f"dropout={self.dropout or 'no'}",
             f"Ev!=E={'yes' if self.value_dim else 'no'}",
@@ -255,6 +258,9 @@ class Target:
             sinks = None if sinks is None else _interleave_heads(sinks, group, -1)
             if attn_mask is not None and attn_mask.dim() >= 3 and attn_mask.size(-3) == Hq:
                 attn_mask = _interleave_heads(attn_mask, group, -3)
+        if caps.unscaled:  # eq. (1)'s 1/sqrt(d_k) (or scale=) applied to q: the target's q . k is then the contract's
+            query = query * (scale if scale is not None else query.size(-1) ** -0.5)
+            scale = None
         given = {
             "attn_mask": attn_mask,
             "dropout_p": dropout_p if dropout_p else None,
@@ -577,7 +583,7 @@ def parse_capability(text: str) -> dict[str, Any]:
     if not sep or key not in fields:
         raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
     value: Any = raw
-    if key in ("gqa", "scale", "grad", "value_dim", "window_counts_self", "paged") or (
+    if key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
         key == "dropout" and raw in YES_NO
     ):
         if raw.lower() not in YES_NO:

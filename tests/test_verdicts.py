@@ -13,6 +13,8 @@ from typing import Any
 
 import pytest
 
+from attncheck.properties.catalog import PROPERTIES
+
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "tests.fixtures.cli_targets"
 
@@ -57,7 +59,7 @@ def test_a_target_that_cannot_be_called_is_blocked_in_seconds(tmp_path: Path) ->
     """One root cause, reported once: every property blocked by the first probe's plain call, nothing else run."""
     result, data, elapsed = verify(tmp_path, f"{FIX}:raises")
     assert result.returncode == 1
-    assert set(statuses(data).values()) == {"blocked"} and len(statuses(data)) == 14
+    assert set(statuses(data).values()) == {"blocked"} and len(statuses(data)) == len(PROPERTIES)
     causes = data["targets"][0]["root_causes"]
     assert len(causes) == 1 and causes[0]["case"] == "plain call" and "kernel exploded" in causes[0]["message"]
     assert result.stdout.count("kernel exploded") == 1  # said once, not once per property
@@ -172,6 +174,7 @@ def probe(target: str) -> subprocess.CompletedProcess[str]:
         ("blhd", "causal alignment: L=2, S=5: top-left", "--cap layout=BLHD"),
         ("causal_built_in", "without is_causal: causal anyway", "--cap causal=always"),
         ("positional_mask", "unexpected keyword argument 'attn_mask'", "--cap masks=none --cap causal=none"),
+        ("unscaled", "default scale: none: q . k unscaled", "--cap unscaled=yes"),
     ],
 )
 def test_probe_observes_conventions_and_prints_the_declaration(name: str, observed: str, declared: str) -> None:
@@ -286,3 +289,32 @@ def test_distinct_bugs_of_one_check_are_each_reported(tmp_path: Path) -> None:
     assert all(f["counterexample"] and f["repro"] for f in found)
     assert check["status"] == "failed"  # the wrong answer leads; the crash is the second report
     assert "(distinct failure 2 of 2)" in result.stdout
+
+
+def test_a_crash_met_in_many_checks_is_one_root_cause(tmp_path: Path) -> None:
+    """The same exception (up to its numbers) raised in several checks during the run is printed once, as a root
+    cause listing the checks it explains; each of those checks is an error that points at it."""
+    args = ("--property", "permutation_equivariance", "--property", "shift_and_linearity", "--max-examples", "30")
+    result, data, _ = verify(tmp_path, f"{FIX}:raises_on_many_keys", *args)
+    assert result.returncode == 1
+    target = data["targets"][0]
+    causes = [c for c in target["root_causes"] if "checks" in c]
+    assert len(causes) == 1, target["root_causes"]
+    cause = causes[0]
+    assert "no tile schedule for" in cause["message"] and len(cause["checks"]) >= 2
+    errors = [f"{p['name']}::{c['name']}" for p in target["properties"] for c in p["checks"] if c["status"] == "error"]
+    assert sorted(errors) == sorted(cause["checks"])
+    assert all(c["root_cause"] == 1 for p in target["properties"] for c in p["checks"] if c["status"] == "error")
+    assert result.stdout.count("no tile schedule for") == 1  # once, not once per check
+    assert "root cause 1 of the run" in result.stdout
+
+
+def test_an_unscaled_target_is_declared_not_failed(tmp_path: Path) -> None:
+    """T5 computes q . k unscaled by design: undeclared, the effective scale is a true finding; declared
+    (unscaled=yes), attncheck scales the query (scale= or 1/sqrt(E)) and the target passes."""
+    args = ("--property", "scaling_variance", "--property", "matches_oracle", "--max-examples", "10")
+    result, data, _ = verify(tmp_path, f"{FIX}:unscaled", *args)
+    assert result.returncode == 1 and statuses(data)["scaling_variance"] == "failed"
+    result, data, _ = verify(tmp_path, f"{FIX}:unscaled", *args, "--cap", "unscaled=yes")
+    assert result.returncode == 0, result.stdout
+    assert statuses(data) == {"scaling_variance": "passed", "matches_oracle": "passed"}
