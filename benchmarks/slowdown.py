@@ -36,9 +36,9 @@ def pytest_configure(config: pytest.Config) -> None:
     make_call = bench.make_call
 
     def slowed_make_call(
-        target: Target, device: str, dtype: torch.dtype, backward: bool, causal: bool, shape: Shape
+        target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape
     ) -> Callable[[], None]:
-        call = make_call(target, device, dtype, backward, causal, shape)
+        call = make_call(target, device, dtype, backward, mask, shape)
         if target.name != name:
             return call
 

@@ -11,8 +11,9 @@ measures finished kernels; the median is cross-checked against CUDA events.
 ``extra_info`` of every benchmark (units in the key names):
 
 * ``flops``: useful floating-point operations per call: forward 4 * B * H * L * S * D over the admissible (query,
-  key) pairs (L * S, or L (L + 1) / 2 under the causal mask: "about half"), x 3.5 for forward + backward
-  (backward = 2.5 x forward, the FlashAttention convention);
+  key) pairs (L * S, or L (L + 1) / 2 under the causal mask: "about half", or O(L * w) under the causal sliding
+  window (w, 0), w = L // 8), x 3.5 for forward + backward (backward = 2.5 x forward, the FlashAttention
+  convention); ``window`` and ``softcap`` (c = 30) cases run for the targets that declare the feature;
 * ``gflops``: flops / median seconds per call;
 * ``gemm_gflops``, ``gemm_n``, ``gemm_fraction``: a same-run (n, n) matmul of the same dtype and device, the
   machine's practical peak, and the attention throughput as a fraction of it;
@@ -40,7 +41,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.benchmarks.workloads import BenchSize, Gemm, Shape, flops
+from attncheck.benchmarks.workloads import SOFTCAP, BenchSize, Gemm, Shape, flops, window_of
 from attncheck.errors import TargetUnavailable
 from attncheck.properties.targets import Capabilities, Target, resolve
 
@@ -55,15 +56,18 @@ def unsupported(caps: Capabilities, device: str, dtype: str, pass_: str, mask: s
         return f"target does not run on {device} (declared devices {caps.devices})"
     if dtype not in caps.dtypes:
         return f"target does not accept {dtype} (declared dtypes {caps.dtypes})"
-    if mask == "causal" and caps.causal != "top-left":
+    if mask in ("causal", "window") and caps.causal != "top-left":
         return f"target has no top-left is_causal (declared causal={caps.causal})"
+    if mask in ("window", "softcap") and mask not in caps.features:
+        return f"target does not declare the {mask} feature"
     if pass_ == "fwdbwd" and not caps.grad:
         return "target is not differentiable (declared grad=False)"
     return None
 
 
-def make_call(target: Target, device: str, dtype: torch.dtype, backward: bool, causal: bool, shape: Shape) -> Callable:
-    """A zero-argument callable that runs one call of ``target.fn`` (and its backward) on fixed inputs.
+def make_call(target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape) -> Callable:
+    """A zero-argument callable that runs one call of ``target.fn`` (and its backward) on fixed inputs, with the
+    mask case's keyword arguments (is_causal, window, softcap) under the target's own names and conventions.
 
     The inputs are created in the target's own layout (BLHD targets get contiguous (B, L, H, D) tensors), so no
     transpose is timed. The forward pass runs without autograd (inputs do not require grad); the backward pass
@@ -74,7 +78,15 @@ def make_call(target: Target, device: str, dtype: torch.dtype, backward: bool, c
     if target.caps.layout == "BLHD":
         q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # (B, H, L, D) -> (B, L, H, D)
     q, k, v = (t.to(device, dtype).requires_grad_(backward) for t in (q, k, v))
-    kwargs: dict[str, Any] = {target.caps.arg_names.get("is_causal", "is_causal"): True} if causal else {}
+    given: dict[str, Any] = {}
+    if mask in ("causal", "window"):
+        given["is_causal"] = True
+    if mask == "window":
+        left, right = window_of(shape)
+        given["window"] = (left + 1 if target.caps.window_counts_self else left, right)  # as Target translates it
+    if mask == "softcap":
+        given["softcap"] = SOFTCAP
+    kwargs = {target.caps.arg_names.get(arg, arg): value for arg, value in given.items()}
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
 
     def forward() -> Tensor:
@@ -180,8 +192,8 @@ def test_attention(
     if reason:
         pytest.skip(f"{target}: {reason}")
     torch_dtype = getattr(torch, dtype)
-    backward, causal = pass_ == "fwdbwd", mask == "causal"
-    call = make_call(resolved, device, torch_dtype, backward, causal, shape)
+    backward = pass_ == "fwdbwd"
+    call = make_call(resolved, device, torch_dtype, backward, mask, shape)
     if benchmark.disabled:  # --benchmark-disable: a smoke test, one call, nothing timed or measured
         benchmark.pedantic(call)
         return
@@ -198,8 +210,10 @@ def test_attention(
         S=shape.L,
         D=shape.D,
         mask=mask,
+        window=list(window_of(shape)) if mask == "window" else None,
+        softcap=SOFTCAP if mask == "softcap" else None,
         iterations=iterations,
-        flops=flops(shape, causal, backward),
+        flops=flops(shape, mask, backward),
         peak_memory_bytes=memory,
         peak_memory_method=memory_method,
         score_matrix_bytes=shape.B * shape.H * shape.L * shape.L * torch_dtype.itemsize,

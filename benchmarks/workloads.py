@@ -51,7 +51,15 @@ FULL = BenchSize(
 SIZES = {"quick": QUICK, "full": FULL}
 DTYPES = ("float32", "bfloat16")
 PASSES = ("fwd", "fwdbwd")  # forward only; forward + backward (torch.autograd.grad w.r.t. q, k, v)
-MASKS = ("noncausal", "causal")
+# noncausal, causal (top-left), window: a causal sliding window (left = L // 8, 0) (Mistral), softcap: Gemma 2's
+# tanh cap (c = SOFTCAP) on non-causal logits. window and softcap run only for targets that declare the feature.
+MASKS = ("noncausal", "causal", "window", "softcap")
+SOFTCAP = 30.0
+
+
+def window_of(shape: Shape) -> tuple[int, int]:
+    """The benchmarks' sliding window: (L // 8, 0) keys, causal, so a windowed kernel does O(L * w) work."""
+    return (shape.L // 8, 0)
 
 
 @dataclass(frozen=True)
@@ -91,13 +99,20 @@ def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
     return Gemm(n, seconds, 2 * n**3 / seconds / 1e9)
 
 
-def flops(shape: Shape, causal: bool, backward: bool) -> int:
+def flops(shape: Shape, mask: str, backward: bool) -> int:
     """Useful FLOPs of one call: 2 matmuls of 2 * D FLOPs per admissible (query, key) pair; backward = 2.5x forward.
 
-    Causal counts the L (L + 1) / 2 admissible pairs of the top-left mask ("about half" of L * S), so a kernel
-    that skips the masked half is not credited with work it did not do.
+    Causal counts the L (L + 1) / 2 admissible pairs of the top-left mask ("about half" of L * S), and a causal
+    window (w, 0) the min(i, w) + 1 keys of query i: w (w + 1) / 2 + (L - w)(w + 1), O(L * w). A kernel that
+    skips the masked pairs is not credited with work it did not do; softcap's tanh is not counted.
     """
     L = S = shape.L
-    pairs = L * (L + 1) // 2 if causal else L * S
+    if mask == "causal":
+        pairs = L * (L + 1) // 2
+    elif mask == "window":
+        w = min(window_of(shape)[0], L - 1)
+        pairs = w * (w + 1) // 2 + (L - w) * (w + 1)  # sum over i of min(i, w) + 1
+    else:
+        pairs = L * S
     forward = 4 * shape.B * shape.H * pairs * shape.D
     return int(forward * 3.5) if backward else forward
