@@ -1,9 +1,10 @@
 """Built-in adapters for third-party attention implementations (docs/design.md, "The target contract").
 
 :data:`BUILTINS` names each built-in target's factory by its import path (one module per library:
-:mod:`.pytorch`, :mod:`.huggingface`, :mod:`.jax`, :mod:`.cuda`), so nothing is imported until a target is
-asked for; a factory returns a :class:`Target` whose function takes the contract's tensors (BHLD, or BLHD where
-the capabilities say so) and keyword arguments. A missing library or device raises :class:`TargetUnavailable`
+:mod:`.pytorch`, :mod:`.huggingface`, :mod:`.jax`, :mod:`.cuda`; the varlen and decode entries in :mod:`.entries`,
+:mod:`.jax` and :mod:`.cuda_entries`), so nothing is imported until a target is asked for; a factory returns a
+:class:`Target` whose function takes the contract's tensors (BHLD, or BLHD where the capabilities say so; the
+entries' own layouts) and keyword arguments. A missing library or device raises :class:`TargetUnavailable`
 with a one-line reason. Other distributions add targets under the entry-point group ``attncheck.targets``.
 
 The adapters translate conventions (layout, mask polarity, argument names) and nothing else: where a library
@@ -30,6 +31,13 @@ jax                  bool: uniform, float: NaN  D: float32 softmax for float64; 
 Features beyond SDPA (docs/features.md): reference all four; flex-attention window, softcap, lse; jax window,
 lse; hf-gemma2-eager softcap; hf-gpt-oss-eager sinks; on CUDA flash-attn window, softcap, lse (+inf on empty
 rows), flashinfer-prefill and flashinfer-decode softcap, lse (base 2).
+
+Varlen and decode entries (docs/design.md, "Beyond SDPA"; causal and window bottom-right within a sequence unless
+said): the reference targets and flex-varlen (:mod:`.entries`); jax-varlen (CPU: a padded batch with per-sequence
+lengths, causal and window top-left, window and lse); on CUDA flash-attn-varlen, flash-attn-kvcache and
+flash-attn-kvcache-paged (window, softcap, lse +inf on empty rows; pages not a multiple of 256 re-laid),
+flashinfer-varlen and flashinfer-decode-paged (softcap, lse base 2; the decode is not causal), xformers-varlen
+(L <= S per sequence) and xformers-decode (contiguous cache), torch-varlen-attn (window, lse).
 
 Every one lets NaN or inf in masked-out *values* reach the output (0 * NaN in P V), as torch SDPA does. That is
 observed and reported (``masked_values="observed"``, the default), not a failure; only the reference declares
@@ -128,6 +136,42 @@ BUILTINS: dict[str, tuple[str, str]] = {
     "reference-decode-paged": (
         "attncheck's KV-cache decode reference, paged cache with a block table (reference/packed.py)",
         "attncheck.properties.adapters.entries:reference_decode_paged_target",
+    ),
+    "jax-varlen": (
+        "jax.nn.dot_product_attention on a padded batch with query_seq_lengths/key_value_seq_lengths (top-left)",
+        "attncheck.properties.adapters.jax:jax_varlen_target",
+    ),
+    "flash-attn-varlen": (
+        "FlashAttention flash_attn_varlen_func (CUDA; cu_seqlens int32; bottom-right; window, softcap, lse +inf)",
+        "attncheck.properties.adapters.cuda_entries:flash_attn_varlen_target",
+    ),
+    "flash-attn-kvcache": (
+        "FlashAttention flash_attn_with_kvcache, contiguous cache (CUDA; cache_seqlens; window, softcap, lse)",
+        "attncheck.properties.adapters.cuda_entries:flash_attn_kvcache_target",
+    ),
+    "flash-attn-kvcache-paged": (
+        "FlashAttention flash_attn_with_kvcache with block_table (CUDA; pages re-laid to 256 entries if needed)",
+        "attncheck.properties.adapters.cuda_entries:flash_attn_kvcache_paged_target",
+    ),
+    "flashinfer-varlen": (
+        "FlashInfer BatchPrefillWithRaggedKVCacheWrapper plan()/run() (CUDA; qo/kv_indptr; softcap, lse base 2)",
+        "attncheck.properties.adapters.cuda_entries:flashinfer_varlen_target",
+    ),
+    "flashinfer-decode-paged": (
+        "FlashInfer BatchDecodeWithPagedKVCacheWrapper plan()/run() (CUDA; one request per query row; lse base 2)",
+        "attncheck.properties.adapters.cuda_entries:flashinfer_decode_paged_target",
+    ),
+    "xformers-varlen": (
+        "xformers memory_efficient_attention with BlockDiagonalMask.from_seqlens (CUDA; bottom-right; L <= S)",
+        "attncheck.properties.adapters.cuda_entries:xformers_varlen_target",
+    ),
+    "xformers-decode": (
+        "xformers memory_efficient_attention with BlockDiagonal[CausalWithOffset]PaddedKeysMask (CUDA)",
+        "attncheck.properties.adapters.cuda_entries:xformers_decode_target",
+    ),
+    "torch-varlen-attn": (
+        "torch.nn.attention.varlen.varlen_attn (CUDA; PyTorch's FlashAttention 2; causal as window (-1, 0))",
+        "attncheck.properties.adapters.cuda_entries:torch_varlen_target",
     ),
 }
 DEFAULT_TARGETS = ("reference", "torch-sdpa")

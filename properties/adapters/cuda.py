@@ -2,6 +2,7 @@
 
 Written against the libraries' documented APIs; without CUDA each factory raises TargetUnavailable. The
 translations (layouts, argument names, GQA) are tested on the CPU against stand-ins (tests/test_adapters.py).
+The varlen and decode entries of the same libraries are in :mod:`.cuda_entries`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""Built-in target of JAX: ``jax.nn.dot_product_attention``, jitted, through numpy on the host (jax 0.10.2)."""
+"""Built-in targets of JAX: ``jax.nn.dot_product_attention``, jitted, through numpy on the host (jax 0.10.2).
+
+* ``jax``: the dense call (BTNH = BLHD).
+* ``jax-varlen``: the varlen entry through the same function's padding arguments: the packed sequences are
+  scattered into a padded (B, T_max, N, H) batch, their lengths passed as ``query_seq_lengths`` and
+  ``key_value_seq_lengths``, and the rows gathered back.
+"""
 
 from __future__ import annotations
 
@@ -11,33 +17,56 @@ from attncheck.errors import TargetUnavailable
 from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d
 from attncheck.properties.targets import Capabilities, Target
 
+STATIC = ("is_causal", "scale", "local_window_size", "return_residual")  # jax.jit's static arguments
+
 # ---------------------------------------------------------------------------------------------------------------
 # JAX
 
 
-def jax_target() -> Target:
+def _import_jax() -> Any:
     try:
         import jax
-        import ml_dtypes
-        import numpy as np
+        import ml_dtypes  # noqa: F401  (bfloat16 on the host)
     except ImportError:
         raise TargetUnavailable("jax is not installed: pip install 'attncheck[jax]'") from None
+    return jax
 
-    def to_numpy(t: Tensor) -> Any:
-        t = t.detach().cpu()
-        if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits as ml_dtypes.bfloat16
-            return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
-        return t.numpy()
 
-    def from_numpy(a: Any, like: Tensor) -> Tensor:
-        a = np.array(a)  # a writable host copy of the jax.Array
-        if a.dtype == ml_dtypes.bfloat16:
-            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(like.device)
-        return torch.from_numpy(a).to(like.device)
+def _to_numpy(t: Tensor) -> Any:
+    import ml_dtypes
 
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:  # numpy has no bfloat16: reinterpret the bits as ml_dtypes.bfloat16
+        return t.view(torch.int16).numpy().view(ml_dtypes.bfloat16)
+    return t.numpy()
+
+
+def _from_numpy(a: Any, like: Tensor) -> Tensor:
+    import ml_dtypes
+    import numpy as np
+
+    a = np.array(a)  # a writable host copy of the jax.Array
+    if a.dtype == ml_dtypes.bfloat16:
+        return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(like.device)
+    return torch.from_numpy(a).to(like.device)
+
+
+def _local_window(window: tuple[int, int] | None, L: int, S: int) -> tuple[int, int] | None:
+    """The contract's window as local_window_size: (left, right) counts as the contract does (the docs: (3, 2)
+    lets token c see 3 keys before it and 2 after), aligned top-left; it has no "unbounded" value: -1 becomes
+    L + S, past every key."""
+    return None if window is None else (L + S if window[0] < 0 else window[0], L + S if window[1] < 0 else window[1])
+
+
+def _dtypes(backend: str) -> tuple[str, ...]:
+    """float32 on the CPU backend (see jax_target), the half types too elsewhere."""
+    return ("float32",) if backend == "cpu" else HALF_AND_SINGLE
+
+
+def jax_target() -> Target:
+    jax = _import_jax()
     backend = jax.default_backend()
-    static = ("is_causal", "scale", "local_window_size", "return_residual")
-    attention = jax.jit(jax.nn.dot_product_attention, static_argnames=static)  # as JAX code runs it
+    attention = jax.jit(jax.nn.dot_product_attention, static_argnames=STATIC)  # as JAX code runs it
 
     def jax_attention(
         query: Tensor,
@@ -53,27 +82,24 @@ def jax_target() -> Target:
     ) -> Tensor | tuple[Tensor, Tensor]:
         L, S = query.size(1), key.size(1)  # (B, T, N, H), (B, S, K, H)
         mask = as_4d(attn_mask)  # (., ., L, S): jax wants 4-D masks broadcastable to (B, N, T, S)
-        bool_mask = to_numpy(mask) if mask is not None and mask.dtype == torch.bool else None
-        bias = to_numpy(mask) if mask is not None and mask.dtype != torch.bool else None
-        # local_window_size=(left, right) counts as the contract does (the docs: (3, 2) lets token c see 3 keys
-        # before it and 2 after), aligned top-left; it has no "unbounded" value: -1 becomes L + S, past every key
-        local = None if window is None else tuple(L + S if side < 0 else side for side in window)
+        bool_mask = _to_numpy(mask) if mask is not None and mask.dtype == torch.bool else None
+        bias = _to_numpy(mask) if mask is not None and mask.dtype != torch.bool else None
         with jax.enable_x64(True):  # float64 stays float64 (jax would silently compute float32 otherwise)
             result = attention(
-                to_numpy(query),
-                to_numpy(key),
-                to_numpy(value),
+                _to_numpy(query),
+                _to_numpy(key),
+                _to_numpy(value),
                 bias=bias,
                 mask=bool_mask,
                 scale=scale,
                 is_causal=is_causal,
-                local_window_size=local,
+                local_window_size=_local_window(window, L, S),
                 return_residual=return_lse,
             )  # (B, T, N, Ev), and with return_residual the lse (B, T, N)
         if return_lse:
             out, lse = result
-            return from_numpy(out, query), from_numpy(lse, query).transpose(1, 2)  # lse (B, T, N) -> (B, N, T)
-        return from_numpy(result, query)
+            return _from_numpy(out, query), _from_numpy(lse, query).transpose(1, 2)  # lse (B, T, N) -> (B, N, T)
+        return _from_numpy(result, query)
 
     # BTNH = BLHD. value must have key's shape (Ev == E). No dropout, no autograd through numpy.
     # float64 is not declared: jax computes the softmax in float32 for every input dtype (~1e-7 off in float64).
@@ -87,12 +113,11 @@ def jax_target() -> Target:
     # the lse is finite, about -2.4e38 (_dot_product_attention_core masks with -0.7 * finfo(float32).max and returns
     # logsumexp of those logits): a merge treats it as -inf wherever another split has a key, so it is a
     # convention, declared lse_empty="any" (observed and reported), not a wrong answer.
-    dtypes = ("float32",) if backend == "cpu" else HALF_AND_SINGLE
     features = frozenset({"window", "lse"})
     caps = Capabilities(
         grad=False,
         value_dim=False,
-        dtypes=dtypes,
+        dtypes=_dtypes(backend),
         devices=("cpu",),
         layout="BLHD",
         features=features,
@@ -100,3 +125,80 @@ def jax_target() -> Target:
     )
     description = f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention) on the {backend} backend"
     return Target("jax", jax_attention, caps, description)
+
+
+def jax_varlen_target() -> Target:
+    import numpy as np
+
+    jax = _import_jax()
+    backend = jax.default_backend()
+    attention = jax.jit(jax.nn.dot_product_attention, static_argnames=STATIC)
+
+    def jax_varlen(
+        query: Tensor,
+        key: Tensor,
+        value: Tensor,
+        cu_seqlens_q: Tensor,
+        cu_seqlens_k: Tensor,
+        max_seqlen_q: int,
+        max_seqlen_k: int,
+        *,
+        is_causal: bool = False,
+        scale: float | None = None,
+        window: tuple[int, int] | None = None,
+        return_lse: bool = False,
+    ) -> Tensor | tuple[Tensor, Tensor]:
+        bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
+        B, T, S = len(bq) - 1, max(max_seqlen_q, 1), max(max_seqlen_k, 1)
+        Hq = query.size(1)
+        q = query.new_zeros(B, T, Hq, query.size(-1))  # (B, T_max, N, H)
+        k = key.new_zeros(B, S, *key.shape[1:])  # (B, S_max, K, H)
+        v = value.new_zeros(B, S, *value.shape[1:])  # (B, S_max, K, H)
+        for b in range(B):  # sequence b at the start of its padded row
+            q[b, : bq[b + 1] - bq[b]] = query[bq[b] : bq[b + 1]]
+            k[b, : bk[b + 1] - bk[b]], v[b, : bk[b + 1] - bk[b]] = key[bk[b] : bk[b + 1]], value[bk[b] : bk[b + 1]]
+        lengths_q = np.diff(np.asarray(bq, dtype=np.int32))  # (B,) int32, as documented
+        lengths_k = np.diff(np.asarray(bk, dtype=np.int32))
+        with jax.enable_x64(True):  # as jax_target; the lengths stay int32
+            result = attention(
+                _to_numpy(q),
+                _to_numpy(k),
+                _to_numpy(v),
+                scale=scale,
+                is_causal=is_causal,
+                query_seq_lengths=lengths_q,
+                key_value_seq_lengths=lengths_k,
+                local_window_size=_local_window(window, T, S),
+                return_residual=return_lse,
+            )  # (B, T_max, N, H), and with return_residual the lse (B, T_max, N)
+        out, lse = (_from_numpy(r, query) for r in result) if return_lse else (_from_numpy(result, query), None)
+        packed = query.new_zeros(*query.shape[:-1], value.size(-1))  # (Tq + pad, Hq, Ev); padding rows 0
+        packed_lse = torch.full((Hq, query.size(0)), float("-inf"), device=query.device)  # (Hq, Tq + pad)
+        for b in range(B):  # the first seqlens_q[b] rows of padded row b are sequence b's
+            packed[bq[b] : bq[b + 1]] = out[b, : bq[b + 1] - bq[b]]
+            if lse is not None:
+                packed_lse[:, bq[b] : bq[b + 1]] = lse[b, : bq[b + 1] - bq[b]].transpose(0, 1)  # (n, N) -> (N, n)
+        return (packed, packed_lse) if return_lse else packed
+
+    # jax 0.10.2, jax/_src/nn/functions.py (xla implementation, the default): _apply_masks ANDs the causal mask
+    # (tril over the padded (T, S) box), the window mask (query_pos - left <= key_pos <= query_pos + right) and the
+    # padding mask (query row < query_seq_lengths[b], key < key_value_seq_lengths[b]). Each sequence sits at the
+    # start of its padded row, so causal and window align top-left within each sequence: causal="top-left". Rows
+    # past the query length are masked and zeroed (_dot_product_attention_core multiplies them by the query padding
+    # mask); they are not gathered back. Masked logits are -0.7 * finfo(float32).max, not -inf: a query row with no
+    # admissible key averages all S_max padded values (its sequence's values and the zero padding), so
+    # masked_rows is not declared (observed), and its lse is finite (lse_empty="any", as jax). Dtypes, GQA (N
+    # query heads over K kv heads, grouped), Ev == E, no autograd through numpy: as jax.
+    caps = Capabilities(
+        entry="varlen",
+        causal="top-left",
+        masks=frozenset(),
+        grad=False,
+        value_dim=False,
+        dtypes=_dtypes(backend),
+        devices=("cpu",),
+        features=frozenset({"window", "lse"}),
+        lse_empty="any",
+    )
+    description = f"jax {jax.__version__} jax.jit(jax.nn.dot_product_attention) with *_seq_lengths on {backend}"
+    return Target("jax-varlen", jax_varlen, caps, description)
