@@ -122,6 +122,7 @@ def _attend(
     causal_alignment: str = "top-left",
     window_alignment: str = "top-left",
     cap_after_masking: bool = False,
+    cap_of_biased_logits: bool = False,
     cap_before_scaling: bool = False,
     sink_value: bool = False,
     lse_with_sink: bool = True,
@@ -136,7 +137,12 @@ def _attend(
     if f.softcap is not None and cap_before_scaling:
         s = f.softcap * torch.tanh(s / f.softcap)  # (the cap of the unscaled dot products)
     s = s * c.softmax_scale
-    if f.softcap is not None and not cap_before_scaling and not cap_after_masking:
+    float_mask = c.attn_mask is not None and c.attn_mask.is_floating_point()
+    if f.softcap is not None and cap_of_biased_logits and float_mask:
+        s = f.softcap * torch.tanh((s + c.attn_mask.to(s.dtype)) / f.softcap)  # (x-transformers: bias, then cap)
+        mask = merge_masks(None, c.is_causal, L, S, causal_alignment, q.device)  # type: ignore[arg-type]
+        mask = merge_masks(mask, False, L, S, window_alignment, q.device, window=f.window)  # type: ignore[arg-type]
+    elif f.softcap is not None and not cap_before_scaling and not cap_after_masking:
         s = f.softcap * torch.tanh(s / f.softcap)  # Gemma 2: capped before the mask
     s = masked_scores(s, additive_bias(mask, s.dtype))  # (B, Hq, L, S)
     if f.softcap is not None and cap_after_masking:
@@ -212,6 +218,13 @@ def softcap_ignored(c: Call, f: Features) -> tuple[Tensor, Tensor]:
 def softcap_after_masking(c: Call, f: Features) -> tuple[Tensor, Tensor]:
     """Cap after masking: tanh(-inf) = -1, so masked keys get logit -c and leak (FlashAttention PR#1025)."""
     return _attend(c, f, cap_after_masking=True)  # BUG
+
+
+@mutant("softcap")
+def softcap_of_the_biased_logits(c: Call, f: Features) -> tuple[Tensor, Tensor]:
+    """The cap of the logits after the float mask is added, c * tanh((s + bias) / c), boolean masks after it
+    (x-transformers' Attend, attend.py:569-573): a -inf in a float mask becomes -c and its key leaks."""
+    return _attend(c, f, cap_of_biased_logits=True)  # BUG
 
 
 @mutant("softcap")
@@ -402,3 +415,9 @@ def test_correct_implementation_passes(name: str, prop: str) -> None:
     failures, passes, skips = run_property(target, prop)
     assert not failures, f"false alarm on the correct {name!r}: {failures}"
     assert passes, f"{name!r}: no check of {prop} ran (skipped: {skips})"
+
+
+def test_a_cap_of_the_biased_logits_is_named() -> None:
+    """The softcap check isolates the cause when the output is the cap of the biased logits."""
+    failures, _, _ = run_property(MUTANTS["softcap_of_the_biased_logits"].target(), "softcap", CATCH_SETTINGS)  # type: ignore[arg-type]
+    assert any("the cap of the logits *after* the float mask was added" in f for f in failures), failures
