@@ -25,9 +25,9 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from attncheck.properties.checks import check, observe, row_convention
+from attncheck.properties.checks import assert_close, check, observe, row_convention
 from attncheck.properties.features import SINK_STD, SOFTCAPS, windows
-from attncheck.properties.oracle import Budget, expect, oracle
+from attncheck.properties.oracle import Budget, expect, expect_lse, oracle
 from attncheck.properties.problems import DTYPES, seeds
 from attncheck.properties.targets import Capabilities, Target
 
@@ -294,6 +294,61 @@ def expected(target: Target, p: VarlenProblem | DecodeProblem) -> tuple[Tensor, 
         ref, live = torch.stack(outs), torch.stack(lives)  # (B, Lq, Hq, Ev), (B, Lq, Hq, 1)
     tol = max(budgets, key=lambda t: t.value, default=Budget(0.0, 0.0, 1.0, 0.0, DTYPES[p.dtype]))
     return ref, tol, live
+
+
+def expected_lse(target: Target, p: VarlenProblem | DecodeProblem, lse_dtype: torch.dtype) -> tuple[Tensor, Budget]:
+    """(float64 oracle lse in the entry's layout, the largest per-sequence lse budget) of the call ``p`` makes,
+    for a target returning its lse in ``lse_dtype``: varlen (Hq, Tq + pad), -inf on padding rows; decode
+    (B, Hq, Lq). Rows with no admissible key and no sink are -inf (their lse is judged against ``lse_empty``)."""
+    kwargs = p.features()
+    kwargs.pop("block_table", None)
+    budgets: list[Budget] = []
+
+    def dense(q: Tensor, k: Tensor, v: Tensor, alignment: str) -> Tensor:
+        q4, k4, v4 = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # (L, H, D) -> (1, H, L, D)
+        ref, tol = expect_lse(
+            q4, k4, v4, None, alignment, lse_dtype, target.precision(q.dtype), enable_gqa=True, **kwargs
+        )
+        budgets.append(tol)
+        return ref[0]  # (1, Hq, L) -> (Hq, L)
+
+    if isinstance(p, VarlenProblem):
+        q, k, v, cu_q, cu_k, _, _ = p.tensors()
+        ref = torch.full((p.Hq, q.size(0)), float("-inf"), dtype=torch.float64)  # (Hq, Tq + pad)
+        bq, bk = cu_q.tolist(), cu_k.tolist()
+        for b in range(len(p.seqlens_q)):
+            rows, keys = slice(bq[b], bq[b + 1]), slice(bk[b], bk[b + 1])
+            ref[:, rows] = dense(q[rows], k[keys], v[keys], target.caps.alignment)
+    else:
+        q, _, _, lengths = p.tensors()
+        contiguous = p.replace(page_size=0, spare_blocks=0, table_seed=0).tensors()
+        k_all, v_all = contiguous[1:3]
+        ref = torch.stack(
+            [dense(q[b], k_all[b, :n], v_all[b, :n], "bottom-right") for b, n in enumerate(lengths.tolist())]
+        )  # (B, Hq, Lq)
+    tol = max(budgets, key=lambda t: t.value, default=Budget(0.0, 0.0, 1.0, 0.0, lse_dtype))
+    return ref, tol
+
+
+def judge_lse(target: Target, p: VarlenProblem | DecodeProblem, lse: Tensor, rows: Tensor) -> None:
+    """The entry's returned lse (natural log, after Target's conversion) against the float64 oracle's, on the
+    ``rows`` that are queries (same layout as lse); rows with no admissible key and no sink have the declared
+    ``lse_empty`` (docs/features.md)."""
+    ref, tol = expected_lse(target, p, lse.dtype)
+    rows = rows.to(lse.device)
+    live = rows & torch.isfinite(ref).to(lse.device)
+    assert_close(lse, ref, tol, f"lse vs each sequence's float64 logsumexp: {p.format()}", None, live)
+    dead = rows & ~live
+    declared = target.caps.lse_empty
+    if bool(dead.any()):
+        values = sorted({str(float(x)) for x in lse[dead].tolist()})
+        observe(target, "lse of rows without keys", ", ".join(values))
+        check(
+            declared == "any" or bool((lse[dead] == float(declared)).all()),
+            f"rows with no admissible key return lse {', '.join(values)}; the declared value is {declared} "
+            f"(--cap lse_empty=...): {p.format()}",
+            None,
+        )
 
 
 def judge_empty_rows(target: Target, out: Tensor, live: Tensor, p: _EntryProblem, rows: Tensor) -> None:

@@ -22,7 +22,14 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, require
-from attncheck.properties.packed import PAGE_SIZES, DecodeProblem, decode_problems, expected, judge_empty_rows
+from attncheck.properties.packed import (
+    PAGE_SIZES,
+    DecodeProblem,
+    decode_problems,
+    expected,
+    judge_empty_rows,
+    judge_lse,
+)
 from attncheck.properties.problems import seeds
 from attncheck.properties.targets import Target
 
@@ -97,3 +104,17 @@ def test_paged_cache_is_layout_independent(
     _, tol, live = expected(target, p)
     what = f"output with page size {page_size} and block-table seed {table_seed} vs page size {p.page_size}"
     assert_close(other, out, tol, f"{what}: {p.format()}", None, live)
+
+
+@prop("decode")
+@given(data=st.data())
+def test_decode_lse_equals_the_sliced_cache(target: Target, data: st.DataObject) -> None:
+    """With ``return_lse`` (declared ``lse``): lse (B, Hq, Lq) equals the logsumexp of each sequence's sliced cache
+    (natural log, the sink included), as for the dense entry; sequences without keys have the declared lse_empty."""
+    _require_decode(target)
+    require("lse" in target.caps.features, "the target does not declare lse (--feature lse)")
+    p = data.draw(decode_problems(target.caps), label="problem")
+    out, lse = _call(target, p, return_lse=True)
+    ref, tol, live = expected(target, p)
+    assert_close(out, ref, tol, f"decode output with return_lse vs the sliced cache: {p.format()}", None, live)
+    judge_lse(target, p, lse, torch.ones_like(lse, dtype=torch.bool))

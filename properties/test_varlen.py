@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, require, target_grads
-from attncheck.properties.packed import VarlenProblem, expected, judge_empty_rows, varlen_problems
+from attncheck.properties.packed import VarlenProblem, expected, judge_empty_rows, judge_lse, varlen_problems
 from attncheck.properties.targets import Target
 
 
@@ -134,3 +134,19 @@ def test_reordering_segments_reorders_outputs(target: Target, data: st.DataObjec
         None,
         live_back,
     )
+
+
+@prop("varlen")
+@given(data=st.data())
+def test_varlen_lse_equals_each_sequence_alone(target: Target, data: st.DataObject) -> None:
+    """With ``return_lse`` (declared ``lse``): lse (Hq, Tq) equals each sequence's own logsumexp (natural log, the
+    sink included); rows of sequences without keys have the declared lse_empty; the output is unchanged."""
+    _require_varlen(target)
+    require("lse" in target.caps.features, "the target does not declare lse (--feature lse)")
+    p = data.draw(varlen_problems(target.caps), label="problem")
+    out, lse = target.varlen(*p.tensors(target.device), **p.features(target.device), return_lse=True)
+    ref, tol, live = expected(target, p)
+    where = (live & _rows(p)).to(out.device)  # (Tq + pad, Hq, 1)
+    assert_close(out, ref, tol, f"packed output with return_lse vs each sequence alone: {p.format()}", None, where)
+    rows = _rows(p).squeeze(-1).transpose(0, 1).expand(p.Hq, -1)  # (Tq + pad, 1, 1) -> (Hq, Tq + pad)
+    judge_lse(target, p, lse, rows)

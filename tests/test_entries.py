@@ -190,6 +190,28 @@ def split_kv_drops_a_split(q: Tensor, k_cache: Tensor, v_cache: Tensor, **kw: An
     return decode_attention(q, k_cache, v_cache, **kw)  # type: ignore[return-value]
 
 
+@mutant("varlen", VARLEN)
+def varlen_lse_one_row_off(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Any:
+    """The lse written one packed row off (an offset bug between the (Hq, Tq) lse and the rows) while the output
+    is right: a split-KV or ring merge then rescales each row with another row's lse."""
+    result = varlen_attention(q, k, v, **kw)
+    if not kw.get("return_lse"):
+        return result
+    out, lse = result  # type: ignore[misc]
+    return out, lse.roll(1, dims=-1)  # BUG: row t's lse at row t + 1
+
+
+@mutant("decode", DECODE)
+def decode_lse_in_base_2(q: Tensor, k_cache: Tensor, v_cache: Tensor, **kw: Any) -> Any:
+    """A decode kernel that keeps log2-scaled logits and returns log2(sum) + m (FlashInfer's internal form) while
+    declaring a natural-log lse: the output is right, the lse is off by a factor 1 / ln 2."""
+    result = decode_attention(q, k_cache, v_cache, **kw)
+    if not kw.get("return_lse"):
+        return result
+    out, lse = result  # type: ignore[misc]
+    return out, lse / torch.log(torch.tensor(2.0))  # BUG: log2, declared natural
+
+
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name: str) -> None:
     entry, caps, fn = MUTANTS[name]
