@@ -526,6 +526,9 @@ def declaration(target: Target) -> tuple[str, str]:
             "entry",
             "paged",
             "features",
+            "window_counts_self",
+            "lse_base",
+            "lse_empty",
             "arg_names",
         )
         if getattr(caps, f) != getattr(default, f)
