@@ -208,6 +208,15 @@ def probe(target: Target) -> list[Finding]:
             f"--cap mask_shapes={','.join(target.caps.mask_shapes)}",
         )
         findings = [merged if f is shapes[0] else f for f in findings if f is shapes[0] or f not in shapes]
+    dtypes = [f for f in findings if f.case.startswith("dtype ")]
+    if len(dtypes) > 1:  # likewise the dtypes it refuses (e.g. float32 buffers that meet bfloat16 and float16)
+        merged = Finding(
+            "dtypes " + ", ".join(f.case.removeprefix("dtype ") for f in dtypes),
+            "; ".join(dict.fromkeys(f.message for f in dtypes)),
+            dtypes[0].repro,
+            f"--cap dtypes={','.join(target.caps.dtypes)}",
+        )
+        findings = [merged if f is dtypes[0] else f for f in findings if f is dtypes[0] or f not in dtypes]
     return findings
 
 

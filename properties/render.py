@@ -43,7 +43,7 @@ def _label(row: dict[str, Any]) -> str:
     if row["known_failures"] and row["status"] in ("passed", "skipped"):
         label += f" ({len(row['known_failures'])} known)"
     causes = sorted({c["root_cause"] for c in row["checks"] if c.get("root_cause")})
-    if row["status"] == "error" and causes:  # the crash is printed once, as a root cause of the run
+    if row["status"] in ("error", "blocked") and causes:  # the crash is printed once, as a root cause of the run
         label += f" (root cause {', '.join(map(str, causes))})"
     return label
 

@@ -70,8 +70,9 @@ class Report:
 
     def properties_of(self, target: str) -> list[dict[str, Any]]:
         """Per-property aggregate for ``target``: failed if a check failed, else error if the target raised or
-        hung in one, else passed if a check that called the target passed, else known-failure if a check is a
-        known failure, else skipped (not applicable, or no check called the target)."""
+        hung in one (blocked when every such crash is a root cause of the run, met in several checks and reported
+        once), else passed if a check that called the target passed, else known-failure if a check is a known
+        failure, else skipped (not applicable, or no check called the target)."""
         rows = []
         found = next((t for t in self.targets if t.name == target), None)
         blocking = [f for f in (found.findings if found else []) if f.blocks_all]
@@ -94,12 +95,15 @@ class Report:
             known = [r for r in results if r.status == "xfailed"]
             skipped = [r for r in results if r.status == "skipped"]
             status = FAILED if failed else ERROR if errors else PASSED if judged else KNOWN if known else SKIPPED
+            causes = sorted({crashes.get(crash_key(r.message)) or 0 for r in errors})
+            if status == ERROR and 0 not in causes:  # every error is a crash reported once, as a root cause
+                status = BLOCKED
             first = next(iter(failed + errors), None)
             if first is not None:
                 message = first.message
-                cause = crashes.get(crash_key(first.message)) if not failed else None
-                if cause is not None:  # reported once, as a root cause; the property points at it
-                    message = f"raised (root cause {cause} of the run, below): {first.message}"
+                if status == BLOCKED:
+                    which = ", ".join(map(str, causes))
+                    message = f"blocked by root cause {which} of the run (the target raised): {first.message}"
             elif passed and not judged and not known:
                 message = "no check called the target: " + "; ".join(sorted({r.message for r in skipped}))
             else:

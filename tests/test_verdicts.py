@@ -203,14 +203,16 @@ def test_the_probed_declaration_verifies(tmp_path: Path) -> None:
     assert set(statuses(data).values()) == {"passed"}
 
 
-def test_a_float64_call_returned_as_float32_is_one_root_cause_per_dtype() -> None:
-    """The probe names the dtype that comes back, once per input dtype, and the run goes on without it."""
+def test_dtypes_returned_as_float32_are_one_root_cause_with_one_declaration() -> None:
+    """The probe names the dtype that comes back for each input dtype, in one finding whose declaration keeps
+    every dtype that works (not one fix per dtype, each leaving the others to fail), and the run goes on."""
     from attncheck.properties.probe import probe as first_probe
     from tests.mutants import MUTANTS
 
     target = MUTANTS["float64_returns_float32"].target()
     findings = first_probe(target)
-    assert [f.case for f in findings] == ["dtype float64", "dtype bfloat16", "dtype float16"]
+    assert [f.case for f in findings] == ["dtypes float64, bfloat16, float16"]
+    assert findings[0].fix == "--cap dtypes=float32"
     assert "returned dtype torch.float32, expected torch.float64" in findings[0].message
     assert target.caps.dtypes == ("float32",) and target.declared is not None
     assert target.declared.dtypes == ("float64", "float32", "bfloat16", "float16")
@@ -305,6 +307,9 @@ def test_a_crash_met_in_many_checks_is_one_root_cause(tmp_path: Path) -> None:
     errors = [f"{p['name']}::{c['name']}" for p in target["properties"] for c in p["checks"] if c["status"] == "error"]
     assert sorted(errors) == sorted(cause["checks"])
     assert all(c["root_cause"] == 1 for p in target["properties"] for c in p["checks"] if c["status"] == "error")
+    # a property whose only red checks are that crash is blocked by it, not one more red row
+    assert set(statuses(data).values()) <= {"blocked", "passed"} and "blocked" in statuses(data).values()
+    assert "BLOCKED (root cause 1)" in result.stdout
     assert result.stdout.count("no tile schedule for") == 1  # once, not once per check
     assert "root cause 1 of the run" in result.stdout
 
