@@ -328,12 +328,13 @@ MAPPING = {"grouped": "h // (Hq / Hkv) (grouped, as SDPA)", "interleaved": "h % 
 
 
 def causal_alignments(target: Target) -> list[tuple[Problem, str]]:
-    """For each causal shape the declared lengths allow (L < S, L > S, a single query), the alignment the
-    target's is_causal output matches: "top-left", "bottom-right", "not causal" or "neither"."""
+    """For each causal shape the declared lengths allow (L < S, L > S, a single query, and queries over 17 keys,
+    past a kernel's block of 8 or 16 keys), the alignment the target's is_causal output matches: "top-left",
+    "bottom-right", "not causal" or "neither"."""
     caps = target.caps
     dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
     seen: list[tuple[Problem, str]] = []
-    for L, S in ((2, 5), (5, 2), (1, 3)):
+    for L, S in ((2, 5), (5, 2), (1, 3), (1, 17), (4, 17)):
         if caps.lengths == "equal" or (caps.lengths == "q<=k" and L > S):
             continue
         p = Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3)  # type: ignore[arg-type]
