@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Rebuild REPORT.md from REPORT_head.md, the tallies of results/baseline against verdicts.tsv, and REPORT_tail.md.
+# Rebuild REPORT.md from REPORT_head.md, the tallies of results/baseline against verdicts.tsv, REPORT_tail.md,
+# then REPORT_declared.md and the tallies of results/declared against verdicts_declared.tsv.
 cd "$(dirname "$0")"
 MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash keras_dpa diffusers_attn hf_gpt2_upcast hf_t5 hf_whisper_eager"
 {
@@ -11,4 +12,13 @@ MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash k
   echo "Each row: the check, the verdict, a root-cause label shared by the rows it explains, the evidence (library file:line, relative to site-packages/<package>/), and the minimal counterexample and message as attncheck printed them."
   python sections.py
   cat REPORT_tail.md
+  # results/declared, judged in verdicts_declared.tsv (root causes included)
+  cat REPORT_declared.md
+  export RES=results/declared VERDICTS=verdicts_declared.tsv
+  ONLY="$MAIN" python tally.py | sed -n '1,13p'
+  printf '\nVariants (same libraries: float32 only declared, or the features beyond SDPA):\n\n'
+  ONLY="mea_flash_f32 ring_flash_f32 xt_attend_softcap xt_attend_sinks" python tally.py | sed -n '1,6p'
+  printf "\nDeclared: the fields that differ from the SDPA contract. Red checks: status failed or error; root causes: the first probe's and the run's, judged one by one (TRUE / FALSE). Wall time in seconds on a loaded 2-core machine.\n\n### Red verdicts per implementation (results/declared)\n\n"
+  echo "As above; root causes first (with the printed fix), error checks that point at a root cause collapsed into one row."
+  python sections.py | sed 's/^### /#### /'
 } > REPORT.md

@@ -84,14 +84,54 @@ def _xt(q, k, v, attn_mask, dropout_p, is_causal, scale, flash):
     return out
 
 
-@declare(causal="bottom-right", dropout=True)  # create_causal_mask = triu(j - i + 1): right-aligned
+# create_causal_mask = triu(j - i + 1): right-aligned; GQA repeats 'b kvh n d -> b (r kvh) n d' (attend.py:532)
+# compute dtype: the einsum path's softmax is F.softmax(..., dtype=torch.float32) (attend.py:262) and the weights go
+# back to the input dtype after it (attn.type(dtype), attend.py:629): float64 calls run at float32 precision by design.
+# (The flash path calls F.scaled_dot_product_attention in the input dtype: no compute_dtype there.)
+@declare(causal="bottom-right", dropout=True, gqa_mapping="interleaved", compute_dtype="float32")
 def xt_attend(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     return _xt(q, k, v, attn_mask, dropout_p, is_causal, scale, flash=False)
 
 
-@declare(causal="bottom-right", dropout=True)
+@declare(causal="bottom-right", dropout=True, gqa_mapping="interleaved")
 def xt_attend_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     return _xt(q, k, v, attn_mask, dropout_p, is_causal, scale, flash=True)
+
+
+# x-transformers' features beyond SDPA (einsum path; flash refuses both): Gemma-2-style logit softclamp
+# (softclamp_logits, attend.py:572: applied to sim * scale + attn_bias, before the bool mask and causal fill) and
+# learned per-head attention sinks (head_learned_sink, attend.py:609: a logit column concatenated after the
+# masking, dropped after the softmax), set here to the sinks of the call.
+
+
+def _xt_features(q, k, v, attn_mask, is_causal, scale, **features):
+    from x_transformers.attend import Attend
+
+    sinks = features.pop("sinks", None)
+    m = Attend(causal=is_causal, scale=scale, heads=q.size(1), **features)
+    if m.head_attn_sink is not None:
+        m.head_attn_sink.data = sinks.to(q.dtype)  # (Hq,) the call's sink logits
+    mask = bias = None
+    if attn_mask is not None:
+        if attn_mask.dtype == torch.bool:
+            mask = _mask4d(attn_mask)
+        else:
+            bias = _mask4d(attn_mask)
+    out, _ = m(q, k, v, mask=mask, attn_bias=bias)
+    return out
+
+
+@declare(causal="bottom-right", gqa_mapping="interleaved", compute_dtype="float32", features={"softcap"})
+def xt_attend_softcap(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, softcap=None):
+    clamp = {"softclamp_logits": True, "logit_softclamp_value": softcap} if softcap is not None else {}
+    return _xt_features(q, k, v, attn_mask, is_causal, scale, **clamp)
+
+
+@declare(causal="bottom-right", gqa_mapping="interleaved", compute_dtype="float32", features={"sinks"})
+def xt_attend_sinks(q, k, v, attn_mask=None, is_causal=False, scale=None, enable_gqa=False, *, sinks=None):
+    if sinks is None:
+        return _xt_features(q, k, v, attn_mask, is_causal, scale)
+    return _xt_features(q, k, v, attn_mask, is_causal, scale, head_learned_sink=True, sinks=sinks)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -115,7 +155,12 @@ def mea_attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale
     return attention(q, k, v, mask=mask, causal=is_causal, attn_bias=bias)
 
 
-@declare(gqa=False, scale=False, dropout=True)
+# No compute_dtype: memory_efficient_attention() computes in the input dtype throughout; the "float64 at about
+# float32 precision" it shows is its eps = 1e-8 in the denominator (memory_efficient_attention.py:92,163), a bias.
+# dropout: F.dropout on exp_weight (memory_efficient_attention.py:77) enters both the numerator and the denominator
+# sums (:160-163), so the kept weights renormalise to 1 per row: "renormalised" (declared "inverted" until the
+# declared run's first pass, which attncheck flagged correctly).
+@declare(gqa=False, scale=False, dropout="renormalised", mask_shapes=("key_padding",))  # bool masks: (B, S) key padding only
 def mea_chunked(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     from memory_efficient_attention_pytorch.memory_efficient_attention import memory_efficient_attention
 
@@ -151,7 +196,9 @@ def mea_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=Non
 # float64 is not declared: same float32 running-max buffer as mea_flash (ring_flash_attention.py:121).
 # value_dim: o = torch.zeros_like(q) (ring_flash_attention.py:121).
 # causal: per bucket triu(1 + kc_len - qc_len) on the diagonal bucket (ring_flash_attention.py:206): right-aligned.
-@declare(layout="BLHD", causal="bottom-right", scale=False, masks=("bool",), value_dim=False, dtypes=("float32", "bfloat16", "float16"))
+# masks: (B, S) key padding only; GQA: query head h reads kv head h % Hkv (the probe's findings, declared)
+@declare(layout="BLHD", causal="bottom-right", scale=False, masks=("bool",), value_dim=False,
+         dtypes=("float32", "bfloat16", "float16"), mask_shapes=("key_padding",), gqa_mapping="interleaved")
 def ring_flash(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     from ring_attention_pytorch.ring_flash_attention import ring_flash_attn
 
@@ -206,7 +253,9 @@ def diffusers_attn(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 # 9. transformers GPT2Attention (cross-attention, eager, reorder_and_upcast_attn=True), identity projections
 
 
-@declare(masks=("float",), causal=None, gqa=False, value_dim=False, dropout=True)
+# compute dtype: reorder_and_upcast_attn computes the scores in a float32 buffer with q.float(), k.float()
+# (modeling_gpt2.py:120,125), softmaxes in float32 and casts the weights to value.dtype (modeling_gpt2.py:135-137).
+@declare(masks=("float",), causal=None, gqa=False, value_dim=False, dropout=True, compute_dtype="float32")
 def hf_gpt2_upcast(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     from transformers import GPT2Config
     from transformers.models.gpt2.modeling_gpt2 import GPT2Attention
@@ -238,7 +287,9 @@ def hf_gpt2_upcast(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scal
 # 10. transformers T5Attention (cross-attention, eager, no relative bias), identity projections
 
 
-@declare(masks=("float",), causal=None, gqa=False, value_dim=False, dropout=True)
+# No compute_dtype for T5 or Whisper: their eager_attention_forward softmaxes in the input dtype
+# (t5/modeling_t5.py:168, whisper/modeling_whisper.py:234).
+@declare(masks=("float",), causal=None, gqa=False, value_dim=False, dropout=True, unscaled=True)  # T5: no 1/sqrt(d)
 def hf_t5(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
     from transformers import T5Config
     from transformers.models.t5.modeling_t5 import T5Attention
@@ -287,4 +338,4 @@ def hf_whisper_eager(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, sc
 mea_flash_f32 = declare(gqa=False, scale=False, masks=("bool",), causal="bottom-right", value_dim=False,
                         dtypes=("float32",))(lambda *a, **kw: mea_flash(*a, **kw))
 ring_flash_f32 = declare(layout="BLHD", causal="bottom-right", scale=False, masks=("bool",), value_dim=False,
-                         dtypes=("float32",))(lambda *a, **kw: ring_flash(*a, **kw))
+                         dtypes=("float32",), mask_shapes=("key_padding",), gqa_mapping="interleaved")(lambda *a, **kw: ring_flash(*a, **kw))
