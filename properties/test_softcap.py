@@ -66,11 +66,14 @@ def _capped_before_the_float_mask(
         both = torch.isfinite(after) & live.expand_as(after).to(after.device)
         if not bool(both.any()) or float((out.double() - after)[both].abs().max()) > tol.value:
             raise
+        leak = (
+            " (here a -inf in the float mask becomes -c and its key gets weight)" if bool(mask.isneginf().any()) else ""
+        )
         check(
             False,
             f"{what}: the output is c tanh((s + float mask) / c), the cap of the logits *after* the float mask was "
             f"added (within {tol.explain()}); the contract caps s = scale q . k first and adds the mask after "
-            "(Gemma 2), so a -inf in a float mask becomes -c and its key gets weight",
+            f"(Gemma 2){leak}",
             p,
         )
 
