@@ -21,4 +21,6 @@ MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash k
   printf "\nDeclared: the fields that differ from the SDPA contract. Red checks: status failed or error; root causes: the first probe's and the run's, judged one by one (TRUE / FALSE). Wall time in seconds on a loaded 2-core machine.\n\n### Red verdicts per implementation (results/declared)\n\n"
   echo "As above; root causes first (with the printed fix), error checks that point at a root cause collapsed into one row."
   python sections.py | sed 's/^### /#### /'
+  cat REPORT_reviewed.md
+  RES=results/reviewed python tally.py | sed -n '1,18p'
 } > REPORT.md

@@ -37,13 +37,18 @@ def target_json(n, res=None):
 
 
 def red_checks(t):
-    """[(property::check, check dict)] for every check whose status is failed or error."""
-    return [(p["name"] + "::" + c["name"], c) for p in t["properties"] for c in p["checks"] if c["status"] in ("failed", "error")]
+    """[(property::check, check dict)] for every check whose status is failed or error, except errors that the
+    report attributes to a root cause of the run (printed once there, judged as that root cause)."""
+    return [(p["name"] + "::" + c["name"], c) for p in t["properties"] for c in p["checks"]
+            if c["status"] == "failed" or (c["status"] == "error" and not c.get("root_cause"))]
 
 
 def root_causes(t):
     """[(root_cause::<case>, entry)]: the first probe's root causes and those of the run (absent in old runs)."""
-    return [("root_cause::" + rc["case"], rc) for rc in t.get("root_causes") or []]
+    def key(rc):  # a root cause of the run is named by its exception, not by how many checks met it
+        return "raised: " + rc["message"].split(" raised ", 1)[-1][:60] if "checks" in rc else rc["case"]
+
+    return [("root_cause::" + key(rc), rc) for rc in t.get("root_causes") or []]
 
 
 def declared(caps):
