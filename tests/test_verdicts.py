@@ -323,3 +323,12 @@ def test_an_unscaled_target_is_declared_not_failed(tmp_path: Path) -> None:
     result, data, _ = verify(tmp_path, f"{FIX}:unscaled", *args, "--cap", "unscaled=yes")
     assert result.returncode == 0, result.stdout
     assert statuses(data) == {"scaling_variance": "passed", "matches_oracle": "passed"}
+
+
+def test_crashes_are_one_cause_up_to_their_numbers_only() -> None:
+    """Two checks meet one crash when the exception's line differs in its numbers alone (sizes, shapes)."""
+    from attncheck.properties.report import crash_key
+
+    first = "TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 16, 8)"
+    assert crash_key(first) == crash_key("TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 33, 4)")
+    assert crash_key(first) != crash_key("TargetError: target 'k' raised RuntimeError: out of memory for (1, 2)")
