@@ -4,7 +4,7 @@ The main CLI (``properties/cli.py``) adds these sub-commands to its ``bench`` gr
 sets ``func`` to a handler ``handler(args) -> int`` that returns the exit status. Standalone::
 
     python -m attncheck.benchmarks.cli compare BASELINE.json CANDIDATE.json [--threshold PCT] [--alpha A] [--force]
-                                     [--markdown PATH] [--json PATH]
+                                     [--list-unmatched] [--markdown PATH] [--json PATH]
     python -m attncheck.benchmarks.cli history PATH... [--plot DIR] [--threshold PCT] [--alpha A]
 
 Exit status: compare 0 (no regression), 1 (a benchmark significantly slower beyond the threshold), 2 (unusable
@@ -24,7 +24,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attncheck.benchmarks.report import make_console, print_comparison, print_history, write_comparison, write_plots
+from attncheck.benchmarks.report import (
+    UNMATCHED_SHOWN,
+    make_console,
+    print_comparison,
+    print_history,
+    write_comparison,
+    write_plots,
+)
 from attncheck.benchmarks.statistics import DEFAULT_ALPHA, DEFAULT_THRESHOLD, compare_runs, trends
 from attncheck.benchmarks.storage import load_history, load_note, load_run, machine_differences
 from attncheck.errors import UsageError
@@ -82,6 +89,12 @@ def register(subparsers: Any) -> None:
     compare.add_argument("candidate", type=Path, help="pytest-benchmark JSON with raw rounds (stats.data)")
     _add_statistics_options(compare)
     compare.add_argument("--force", action="store_true", help="compare runs recorded on different machines")
+    compare.add_argument(
+        "--list-unmatched",
+        action="store_true",
+        help="name every benchmark found in only one of the runs (default: one summary line for those of targets "
+        f"the other run lacks, and the first {UNMATCHED_SHOWN} names of the others)",
+    )
     compare.add_argument("--markdown", type=Path, metavar="PATH", help="also write a markdown report")
     compare.add_argument("--json", type=Path, metavar="PATH", help="also write a JSON report")
     compare.set_defaults(func=compare_command)
@@ -124,7 +137,7 @@ def compare_command(args: argparse.Namespace) -> int:
         notes = [note for note in (load_note(baseline), load_note(candidate)) if note]
         if mismatch:
             notes.append(f"different machines, compared because of --force: {'; '.join(mismatch)}")
-        print_comparison(make_console(), comparison, notes)
+        print_comparison(make_console(), comparison, notes, args.list_unmatched)
         write_comparison(comparison, mismatch, notes, args.markdown, args.json)
     except UsageError as exc:  # BenchmarkDataError too
         return _error(str(exc))

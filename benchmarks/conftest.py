@@ -7,7 +7,9 @@ run them explicitly, e.g.::
 
 Every case is one pytest parameter set ``(target, device, dtype, pass_, mask, shape)``, so the benchmark's
 ``fullname`` (what ``attncheck bench compare`` matches on) reads like
-``benchmarks/test_attention.py::test_attention[torch-sdpa-cpu-float32-fwd-causal-B1H4L512D128]``.
+``benchmarks/test_attention.py::test_attention[torch-sdpa-cpu-float32-fwd-causal-B1H4L512D128]``. The model
+benchmarks (``benchmarks/test_model.py``) take ``(model_target, device)``: :data:`MODEL_TARGETS`, or the
+``--bench-targets``, on every device.
 """
 
 from __future__ import annotations
@@ -72,8 +74,20 @@ def devices() -> tuple[str, ...]:
     return ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
 
 
+# Attention targets of the model benchmarks when --bench-targets is not given: a whole Transformer per target is
+# too long a benchmark to run for every built-in.
+MODEL_TARGETS = ("reference", "torch-sdpa")
+
+
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize ``test_attention`` over every built-in target x device x dtype x pass x mask x shape."""
+    """Parametrize ``test_attention`` over every built-in target x device x dtype x pass x mask x shape, and the
+    model benchmarks over :data:`MODEL_TARGETS` (or ``--bench-targets``) x device."""
+    if "model_target" in metafunc.fixturenames:
+        given = metafunc.config.getoption("--bench-targets")
+        targets = MODEL_TARGETS if given is None else bench_targets(metafunc.config)
+        pairs = [(target, device) for target in targets for device in devices()]
+        metafunc.parametrize("model_target,device", pairs, ids=[f"{t}-{d}" for t, d in pairs])
+        return
     names = ("target", "device", "dtype", "pass_", "mask", "shape")
     if not set(names) <= set(metafunc.fixturenames):
         return

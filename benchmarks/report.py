@@ -4,7 +4,10 @@ and JSON reports, PNG plots.
 Nothing here computes a statistic (:mod:`attncheck.benchmarks.statistics` does) or reads a run
 (:mod:`attncheck.benchmarks.storage` does). Every file is written through
 :func:`attncheck.properties.render.write_atomic`: a reader sees the old file or the complete new one, never a
-partial write. Tables and reports list benchmarks slower first, then too noisy, faster, unchanged.
+partial write. Tables and reports list benchmarks slower first, then too noisy, faster, unchanged. Benchmarks in
+only one of the runs are summarised, not listed, when the other run lacks their target altogether (a run of one
+target against a baseline of all): one line per side on the terminal (``--list-unmatched`` lists them), a
+collapsed list in the markdown report, the full lists in the JSON report.
 """
 
 from __future__ import annotations
@@ -33,12 +36,14 @@ from attncheck.benchmarks.statistics import (
     Comparison,
     Result,
     Trend,
+    Unmatched,
 )
-from attncheck.benchmarks.storage import Run, machine_differences, run_label
+from attncheck.benchmarks.storage import Run, machine_differences, run_labels
 from attncheck.properties.render import write_atomic
 
 STATUS_ORDER = {SLOWER: 0, NOISY: 1, FASTER: 2, UNCHANGED: 3}
 STYLE = {SLOWER: "bold red", FASTER: "green", NOISY: "yellow"}
+UNMATCHED_SHOWN = 10  # unexplained benchmarks of one run named on the terminal without --list-unmatched
 
 
 def time_unit(seconds: float) -> tuple[float, str]:
@@ -60,6 +65,22 @@ def _in_report_order(comparison: Comparison) -> list[Result]:
     return sorted(comparison.results, key=lambda r: (STATUS_ORDER[r.status], -r.ratio))
 
 
+def _benchmarks(n: int) -> str:
+    return f"{n} benchmark{'' if n == 1 else 's'}"
+
+
+def _unmatched_sides(comparison: Comparison) -> list[tuple[str, str, Unmatched]]:
+    """(this side, the other side, its unmatched benchmarks) for the baseline and the candidate."""
+    c = comparison
+    return [("baseline", "candidate", c.only_in_baseline), ("candidate", "baseline", c.only_in_candidate)]
+
+
+def _explained(side: str, other: str, u: Unmatched) -> str:
+    """The summary of the benchmarks of one run whose target the other run lacks altogether."""
+    targets = ", ".join(u.absent_targets)
+    return f"{_benchmarks(len(u.explained))} only in the {side} (targets not in the {other}: {targets})"
+
+
 # --- terminal -------------------------------------------------------------------------------------------------
 
 
@@ -72,9 +93,15 @@ def make_console() -> Console:
     return console
 
 
-def print_comparison(console: Console, comparison: Comparison, notes: Sequence[str]) -> None:
+def print_comparison(
+    console: Console, comparison: Comparison, notes: Sequence[str], list_unmatched: bool = False
+) -> None:
     """The notes (busy machine...), a rich table of the comparison (slower first, then too noisy, faster,
-    unchanged), and a summary line."""
+    unchanged), the benchmarks in only one run, and a summary line.
+
+    Benchmarks in one run only: a line per side for those whose target the other run lacks, named only with
+    ``list_unmatched``; the others named (the first :data:`UNMATCHED_SHOWN`, or all with ``list_unmatched``).
+    """
     c = comparison
     for note in notes:
         console.print(f"note: {note}", style="yellow")
@@ -99,9 +126,18 @@ def print_comparison(console: Console, comparison: Comparison, notes: Sequence[s
             style=STYLE.get(r.status),
         )
     console.print(table)
-    for title, names in (("only in the baseline", c.only_in_baseline), ("only in the candidate", c.only_in_candidate)):
-        if names:
-            console.print(f"{len(names)} {title}: " + ", ".join(names))
+    for side, other, u in _unmatched_sides(c):
+        if u.explained:
+            listed = ": " + ", ".join(u.explained) if list_unmatched else "; --list-unmatched names them"
+            console.print(_explained(side, other, u) + listed)
+        if u.unexplained:
+            shown = u.unexplained if list_unmatched else u.unexplained[:UNMATCHED_SHOWN]
+            more = len(u.unexplained) - len(shown)
+            console.print(
+                f"{_benchmarks(len(u.unexplained))} only in the {side}: "
+                + ", ".join(shown)
+                + (f", and {more} more (--list-unmatched names them)" if more else "")
+            )
     summary = ", ".join(f"{n} {status}" for status, n in c.counts().items())
     verdict = "REGRESSION (exit 1)" if c.exit_code else "no significant regression"
     console.print(
@@ -111,10 +147,12 @@ def print_comparison(console: Console, comparison: Comparison, notes: Sequence[s
 
 
 def print_history(console: Console, runs: Sequence[Run], results: Sequence[Trend]) -> None:
-    """Rich trend table: one row per benchmark, change points as "x1.30 at <label> (run i/n)"."""
+    """Rich trend table: one row per benchmark, change points as "x1.30 at <label> (run i/n)" (labels of
+    :func:`~attncheck.benchmarks.storage.run_labels`)."""
     if any(machine_differences(runs[0].machine_info, r.machine_info) for r in runs[1:]):
         console.print("note: the runs come from different machines; a change point may be a machine change")
-    table = Table(title=f"{len(runs)} runs, {run_label(runs[0])} .. {run_label(runs[-1])}", title_justify="left")
+    labels = run_labels(runs)
+    table = Table(title=f"{len(runs)} runs, {labels[0]} .. {labels[-1]}", title_justify="left")
     table.add_column("benchmark", overflow="fold")
     for column in ("runs", "first", "last", "best", "change"):
         table.add_column(column, justify="right")
@@ -122,7 +160,7 @@ def print_history(console: Console, runs: Sequence[Run], results: Sequence[Trend
     for t in results:
         medians = t.medians
         points = ", ".join(
-            f"x{cp.ratio:.2f} at {run_label(runs[cp.index])} (run {cp.index + 1}/{len(runs)}, p={cp.p_value:.1g})"
+            f"x{cp.ratio:.2f} at {labels[cp.index]} (run {cp.index + 1}/{len(runs)}, p={cp.p_value:.1g})"
             for cp in t.change_points
         )
         table.add_row(
@@ -163,9 +201,16 @@ def to_markdown(comparison: Comparison, notes: list[str]) -> str:
             f"| `{r.name}` | {format_seconds(r.baseline_median)} | {format_seconds(r.candidate_median)} "
             f"| {r.ratio:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.p_value:.2g} | {r.status} | {r.reason} |"
         )
-    for title, names in (("Only in the baseline", c.only_in_baseline), ("Only in the candidate", c.only_in_candidate)):
-        if names:
-            lines += ["", f"{title} ({len(names)}):", ""] + [f"- `{n}`" for n in names]
+    for side, other, u in _unmatched_sides(c):
+        if u.fullnames:  # a summary, then every name in a collapsed block (GitHub renders <details> folded)
+            lines.append("")
+            if u.explained:
+                lines.append(_explained(side, other, u) + ".")
+            if u.unexplained:
+                count = _benchmarks(len(u.unexplained))
+                lines.append(f"{count} only in the {side}, of targets that both runs benchmark or that record none.")
+            lines += ["", f"<details><summary>Only in the {side} ({len(u.fullnames)})</summary>", ""]
+            lines += [f"- `{n}`" for n in u.fullnames] + ["", "</details>"]
     return "\n".join(lines) + "\n"
 
 
@@ -199,8 +244,10 @@ def to_json(comparison: Comparison, machine_mismatch: list[str], notes: list[str
             }
             for r in c.results
         ],
-        "only_in_baseline": c.only_in_baseline,
-        "only_in_candidate": c.only_in_candidate,
+        "only_in_baseline": c.only_in_baseline.fullnames,
+        "only_in_candidate": c.only_in_candidate.fullnames,
+        "targets_only_in_baseline": c.only_in_baseline.absent_targets,
+        "targets_only_in_candidate": c.only_in_candidate.absent_targets,
     }
 
 
@@ -266,7 +313,7 @@ def plot_trend(t: Trend, runs: Sequence[Run], path: str | os.PathLike[str]) -> N
             label="change point" if i == 0 else "_nolegend_",
         )
         ax.text(cp.index - 0.45, 0.97, f"x{cp.ratio:.2f}", transform=ax.get_xaxis_transform(), ha="left", va="top")
-    ax.set_xticks(range(len(runs)), [run_label(r) for r in runs], rotation=60, ha="right", fontsize=7)
+    ax.set_xticks(range(len(runs)), run_labels(runs), rotation=60, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(runs) - 0.5)
     ax.set_ylabel(f"time per call ({unit})")
     ax.set_title(t.name, fontsize=8)

@@ -5,7 +5,9 @@ is noise, and where a history changed level. Pure computation on raw rounds: no 
 Comparing two runs
 ==================
 
-Benchmarks present in only one run are listed, not errors. Per benchmark:
+Benchmarks present in only one run are not errors: :class:`Unmatched` sorts them into those whose target (the
+benchmark's ``extra_info["target"]``) the other run does not benchmark at all, as when a run of one target is
+compared with a baseline of every target, and the others, which are the surprising ones. Per benchmark in both:
 
 ratio
     median(candidate rounds) / median(baseline rounds). Medians, not means: round times are right-skewed
@@ -55,18 +57,34 @@ Change points of a history
 
 Runs are ordered as :func:`attncheck.benchmarks.storage.order_runs` does.
 
-Binary segmentation of the piecewise-constant fit: in a segment of runs, the split is placed where the sum of
-absolute deviations of the log run-medians from each side's median is smallest (an L1 fit, so one outlier run
-does not attract the split), and it is kept only if
+Two stages. First, binary segmentation of the piecewise-constant fit: in a segment of runs, the split is placed
+where the sum of absolute deviations of the log run-medians from each side's median is smallest (an L1 fit, so
+one outlier run does not attract the split), and it is kept if
 
 * the pooled raw rounds of the two sides differ by Mann-Whitney U at p < alpha / m, m the number of split
   positions examined in the segment (Bonferroni: the best of m splits is being tested), and
-* the step between the sides' pooled medians exceeds the threshold (default 10%, as in ``bench compare``).
+* the step between the sides' pooled medians exceeds the threshold (default 10%, as in ``bench compare``);
 
-Each kept split recurses into its two sides. Pooling the rounds of several runs ignores that rounds of one run
-share that run's conditions, which makes the p-value optimistic; the threshold is what protects against
-run-to-run drift, exactly as in ``bench compare`` (see above). Finally each change point's ratio and p-value are
-recomputed between the two *adjacent* final segments.
+each kept split recurses into its two sides. Second, confirmation by ``bench compare``'s own rule
+(:func:`classify`, above): a split survives only if compare's decision on the pooled rounds of its two adjacent
+final segments is *slower* or *faster*, with the rank test at alpha / m (m the split positions of those two
+segments together) and the same 1 - alpha bootstrap CI, seeded from the benchmark's fullname as in ``compare``.
+A split that fails is dropped, its segments merge, and the remaining splits are confirmed again.
+
+The first stage alone cannot use compare's rule: the two sides of a split are pooled over segments that may hold
+further steps, and the median of such a mixture is unstable, so its bootstrap CI straddles the band even for large
+steps; the final segments of the second stage hold no further step. The confirmation is what makes history and
+compare agree: in a history of two runs (m = 1) the pooled rounds are the two runs' rounds, and the confirmation
+is ``compare``'s decision on those two runs, same CI, same p-value, same seed, so a pair that compare calls too
+noisy or unchanged is never a change point. (The converse needs the first stage to propose every pair compare
+calls slower or faster: the bootstrap ratios centre on the ratio of medians, so a CI beyond the band has it beyond;
+``tests/test_bench_history.py`` checks both directions on pairs around the threshold.) In a longer history a
+change point pools the rounds of several runs on each side, and can be confirmed where one pair of adjacent runs
+alone is too noisy (more rounds narrow the CI, as in ``compare``).
+
+Pooling the rounds of several runs ignores that rounds of one run share that run's conditions, which makes the
+p-value optimistic; the threshold is what protects against run-to-run drift, exactly as in ``bench compare`` (see
+above). Finally each change point's ratio and p-value are recomputed between the two *adjacent* final segments.
 
 A change at the last run is found like any other (the latest run regressed), and is indistinguishable from a
 one-off slow run until more runs arrive. A one-run excursion inside the history (slower at one run, back at
@@ -134,6 +152,30 @@ class Result:
 
 
 @dataclass(frozen=True)
+class Unmatched:
+    """The benchmarks of one run that the other run lacks (matched by fullname)."""
+
+    fullnames: list[str]  # all of them, in the run's order
+    absent_targets: list[str]  # their targets that the other run does not benchmark at all, sorted
+    unexplained: list[str]  # fullnames whose target the other run does benchmark, or that record no target
+
+    @property
+    def explained(self) -> list[str]:
+        """The fullnames of benchmarks of :attr:`absent_targets`."""
+        unexplained = set(self.unexplained)
+        return [f for f in self.fullnames if f not in unexplained]
+
+
+def unmatched(run: Run, other: Run) -> Unmatched:
+    """The benchmarks of ``run`` missing from ``other``, sorted by whether ``other`` benchmarks their target."""
+    names = [f for f in run.benchmarks if f not in other.benchmarks]
+    present = {b.target for b in other.benchmarks.values()}
+    absent = {t for f in names if (t := run.benchmarks[f].target) is not None} - present
+    unexplained = [f for f in names if run.benchmarks[f].target not in absent]
+    return Unmatched(names, sorted(absent), unexplained)
+
+
+@dataclass(frozen=True)
 class Comparison:
     """All results of comparing a candidate run with a baseline run."""
 
@@ -142,8 +184,8 @@ class Comparison:
     threshold: float
     alpha: float
     results: list[Result]  # in the baseline's order
-    only_in_baseline: list[str]  # fullnames
-    only_in_candidate: list[str]
+    only_in_baseline: Unmatched
+    only_in_candidate: Unmatched
 
     @property
     def exit_code(self) -> int:
@@ -201,13 +243,18 @@ def classify(
     return NOISY, f"CI straddles the {band} band"
 
 
+def seeded_ci(fullname: str, baseline: np.ndarray, candidate: np.ndarray, alpha: float) -> tuple[float, float]:
+    """The bootstrap CI at 1 - alpha of one benchmark's ratio, seeded from its fullname (see the module docstring)."""
+    rng = np.random.default_rng([SEED, zlib.crc32(fullname.encode())])
+    return bootstrap_ratio_ci(baseline, candidate, 1 - alpha, rng)
+
+
 def compare_samples(
     fullname: str, baseline: np.ndarray, candidate: np.ndarray, alpha: float
 ) -> tuple[float, tuple[float, float], float]:
     """(ratio of medians, its bootstrap CI at 1 - alpha, two-sided Mann-Whitney p) of one benchmark."""
-    rng = np.random.default_rng([SEED, zlib.crc32(fullname.encode())])
     ratio, p_value = rank_test(baseline, candidate)
-    return ratio, bootstrap_ratio_ci(baseline, candidate, 1 - alpha, rng), p_value
+    return ratio, seeded_ci(fullname, baseline, candidate, alpha), p_value
 
 
 def compare_runs(
@@ -231,8 +278,8 @@ def compare_runs(
         threshold,
         alpha,
         results,
-        [f for f in baseline.benchmarks if f not in candidate.benchmarks],
-        [f for f in candidate.benchmarks if f not in baseline.benchmarks],
+        unmatched(baseline, candidate),
+        unmatched(candidate, baseline),
     )
 
 
@@ -285,9 +332,21 @@ def _step(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> tuple[fl
     return rank_test(np.concatenate(before), np.concatenate(after))
 
 
-def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float) -> list[int]:
-    """Indices (into ``rounds``) of the first run after each change; see the module docstring."""
-    levels = np.log([np.median(r) for r in rounds])
+def is_change(
+    fullname: str, before: np.ndarray, after: np.ndarray, threshold: float, alpha: float, tests: int = 1
+) -> bool:
+    """Whether ``bench compare``'s rule calls ``after`` slower or faster than ``before``, the rank test at
+    alpha / tests (Bonferroni, Dunn 1961) and the CI at 1 - alpha; with ``tests=1`` exactly compare's decision."""
+    _, p_value = rank_test(before, after)
+    if p_value >= alpha / tests:  # classify() then returns neither SLOWER nor FASTER: no bootstrap needed
+        return False
+    ci = seeded_ci(fullname, before, after, alpha)
+    status, _ = classify(ci, p_value, (before.size, after.size), threshold, alpha / tests)
+    return status in (SLOWER, FASTER)
+
+
+def _segmentation(levels: np.ndarray, rounds: Sequence[np.ndarray], threshold: float, alpha: float) -> list[int]:
+    """The splits of binary segmentation: candidates for :func:`change_points` (see the module docstring)."""
     found: list[int] = []
     segments = [(0, len(rounds))]
     # Binary segmentation (Scott & Knott 1974; Vostrikova 1981): split at the best single change point, keep the
@@ -306,11 +365,36 @@ def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float) 
     return sorted(found)
 
 
+def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float, fullname: str = "") -> list[int]:
+    """Indices (into ``rounds``) of the first run after each change; see the module docstring. ``fullname``
+    seeds the bootstrap of the confirmation, as in ``compare``."""
+    splits = _segmentation(np.log([np.median(r) for r in rounds]), rounds, threshold, alpha)
+    # Confirmation by compare's rule between the adjacent final segments; the first split that fails is dropped,
+    # which merges its two segments and changes its neighbours' tests, so the survivors are tested again.
+    while True:
+        edges = [0, *splits, len(rounds)]
+        failing = [
+            i
+            for i, k in enumerate(splits)
+            if not is_change(
+                fullname,
+                np.concatenate(rounds[edges[i] : k]),  # pooled rounds of the segment before the split
+                np.concatenate(rounds[k : edges[i + 2]]),  # and after it
+                threshold,
+                alpha,
+                tests=edges[i + 2] - edges[i] - 1,  # the split positions of the two segments together
+            )
+        ]
+        if not failing:
+            return splits
+        del splits[failing[0]]
+
+
 def trend(
     fullname: str, name: str, positions: list[int], rounds: list[np.ndarray], threshold: float, alpha: float
 ) -> Trend:
     """The trend of one benchmark, its change points measured between adjacent final segments."""
-    splits = change_points(rounds, threshold, alpha)
+    splits = change_points(rounds, threshold, alpha, fullname)
     edges = [0, *splits, len(rounds)]
     points = []
     for i, k in enumerate(splits):

@@ -2,12 +2,14 @@
 
 Input: pytest-benchmark JSON files *with raw rounds* (``stats.data``: seconds per call, one value per round;
 ``--benchmark-json PATH`` always writes them, ``--benchmark-save NAME`` only with ``--benchmark-save-data``).
-Benchmarks are matched across files by ``fullname``. Every problem with a file raises
+Benchmarks are matched across files by ``fullname``; ``extra_info["target"]``, where a benchmark records one,
+says which attention target it measured. Every problem with a file raises
 :class:`~attncheck.errors.BenchmarkDataError` with a message that names the file.
 
 A history is files or directories (searched recursively for ``*.json``, e.g. pytest-benchmark's ``.benchmarks/``),
 ordered by ``commit_info.time`` (when the measured code was committed), then by ``datetime`` (when the run was
 made), then by path; a run without either time is an error, since its place in the history would be a guess.
+Runs are labelled by commit (:func:`run_labels`), with the run's time, then a number, where runs share a commit.
 
 Machines: two runs are comparable only when their ``machine_info`` agree on :data:`IDENTITY_FIELDS`; volatile
 fields (``cpu.hz_actual``, ``release``, the load average) may differ.
@@ -21,7 +23,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
-from collections.abc import Iterable
+from collections import Counter
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +58,7 @@ class Benchmark:
     fullname: str
     name: str
     rounds: np.ndarray  # (n_rounds,) seconds per call, > 0
+    target: str | None = None  # the attention target it measured (extra_info["target"]), None if not recorded
 
     @property
     def median(self) -> float:
@@ -116,7 +120,11 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         if fullname in benchmarks:
             raise BenchmarkDataError(f"{path}: benchmark {fullname!r} appears twice")
         name = entry.get("name")
-        benchmarks[fullname] = Benchmark(fullname, name if isinstance(name, str) else fullname, rounds)
+        extra = entry.get("extra_info")
+        target = extra.get("target") if isinstance(extra, dict) else None
+        benchmarks[fullname] = Benchmark(
+            fullname, name if isinstance(name, str) else fullname, rounds, target if isinstance(target, str) else None
+        )
     commit_info = doc.get("commit_info")
     when = doc.get("datetime")
     return Run(
@@ -176,6 +184,26 @@ def run_label(run: Run) -> str:
     if isinstance(commit, str) and commit:
         return commit[:7] + ("*" if run.commit_info.get("dirty") else "")
     return (run.datetime or "?")[:16].replace("T", " ")
+
+
+def run_labels(runs: Sequence[Run]) -> list[str]:
+    """A label per run that tells apart runs of one commit: :func:`run_label`, plus the run's time (month-day
+    hours:minutes:seconds) where several runs share a commit, plus ``#i`` (i-th of them, in the given order)
+    where labels still coincide."""
+    labels = [run_label(run) for run in runs]
+    shared = Counter(labels)
+    labels = [
+        f"{label} {(run.datetime or '?')[5:19].replace('T', ' ')}"
+        if shared[label] > 1 and run.commit_info.get("id")
+        else label
+        for label, run in zip(labels, runs, strict=True)
+    ]
+    shared, seen = Counter(labels), Counter[str]()
+    numbered = []
+    for label in labels:
+        seen[label] += 1
+        numbered.append(f"{label} #{seen[label]}" if shared[label] > 1 else label)
+    return numbered
 
 
 def _field(info: dict[str, Any], dotted: str) -> Any:

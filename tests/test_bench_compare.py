@@ -359,3 +359,64 @@ def test_standalone_module_entry_point(tmp_path: Path) -> None:
     )
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "slower" in proc.stdout
+
+
+# --- runs of a subset of targets ------------------------------------------------------------------------------
+
+
+def targeted_run(path: Path, targets: dict[str, str]) -> Path:
+    """A run whose benchmarks (name -> target) record their target in ``extra_info``, as the benchmarks do."""
+    doc = run_doc({name: rounds(1e-3, seed=i) for i, name in enumerate(targets)})
+    for entry in doc["benchmarks"]:
+        entry["extra_info"]["target"] = targets[entry["name"]]
+    return write_json(path, doc)
+
+
+def grid(targets: list[str], cases: int) -> dict[str, str]:
+    return {f"test_attention[{t}-case{i}]": t for t in targets for i in range(cases)}
+
+
+def test_one_target_against_the_full_baseline_is_one_summary_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new user's run of one target against a 4-target baseline: 87 benchmarks of the 3 absent targets are one
+    line on the terminal (names with --list-unmatched), a collapsed list in markdown, full lists in JSON."""
+    full = grid(["reference", "torch-sdpa", "hf-eager", "jax"], 29)  # 116 benchmarks
+    base = targeted_run(tmp_path / "base.json", full)
+    cand = targeted_run(tmp_path / "cand.json", grid(["torch-sdpa"], 29))
+    md, js = tmp_path / "report.md", tmp_path / "report.json"
+    code, out, _ = run_cli(capsys, "compare", base, cand, "--markdown", md, "--json", js)
+    assert code == 0, out
+    (line,) = [line for line in out.splitlines() if "only in the" in line]
+    assert line == (
+        "87 benchmarks only in the baseline (targets not in the candidate: hf-eager, jax, reference); "
+        "--list-unmatched names them"
+    )
+    assert "jax-case" not in out and "reference-case" not in out and "29 unchanged" in out
+    report = json.loads(js.read_text())
+    assert report["targets_only_in_baseline"] == ["hf-eager", "jax", "reference"]
+    assert report["targets_only_in_candidate"] == [] and report["only_in_candidate"] == []
+    assert len(report["only_in_baseline"]) == 87 and len(report["benchmarks"]) == 29
+    text = md.read_text()
+    assert "87 benchmarks only in the baseline (targets not in the candidate: hf-eager, jax, reference)." in text
+    assert (
+        "<details><summary>Only in the baseline (87)</summary>" in text
+        and "`benchmarks/test_attention.py::test_attention[jax-case28]`" in text
+    )
+    code, out, _ = run_cli(capsys, "compare", base, cand, "--list-unmatched")
+    assert code == 0 and all(name in out for name in full)
+
+
+def test_missing_benchmarks_of_a_target_in_both_runs_are_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A benchmark that vanished although its target ran is the surprising kind: named (the first 10 of them)."""
+    base = targeted_run(tmp_path / "base.json", {**grid(["torch-sdpa"], 15), **grid(["jax"], 3)})
+    cand = targeted_run(tmp_path / "cand.json", {"test_attention[torch-sdpa-case0]": "torch-sdpa"})
+    code, out, _ = run_cli(capsys, "compare", base, cand)
+    assert code == 0
+    assert "3 benchmarks only in the baseline (targets not in the candidate: jax)" in out
+    assert "14 benchmarks only in the baseline: " in out and "and 4 more (--list-unmatched names them)" in out
+    assert "torch-sdpa-case10]" in out and "torch-sdpa-case11]" not in out  # in the baseline's order
+    code, out, _ = run_cli(capsys, "compare", base, cand, "--list-unmatched")
+    assert "torch-sdpa-case14]" in out and "jax-case2]" in out and "more" not in out

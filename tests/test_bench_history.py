@@ -6,13 +6,24 @@ Synthetic runs come from :mod:`tests.test_bench_compare`'s pytest-benchmark JSON
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from matplotlib.axes import Axes
 
-from attncheck.benchmarks.report import plot_name
-from attncheck.benchmarks.statistics import change_points, trends
-from attncheck.benchmarks.storage import load_history, load_run
+from attncheck.benchmarks.report import plot_name, plot_trend
+from attncheck.benchmarks.statistics import (
+    FASTER,
+    NOISY,
+    SLOWER,
+    UNCHANGED,
+    change_points,
+    compare_runs,
+    rank_test,
+    trends,
+)
+from attncheck.benchmarks.storage import Benchmark, Run, load_history, load_run, run_labels
 from tests.test_bench_compare import NAME, assert_one_line_error, recorded_baselines, rounds, run_cli, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -103,3 +114,86 @@ def test_bad_run_in_history_is_one_line_exit_2_and_plots_untouched(
 def test_recorded_baseline_twice_has_no_change_point(baseline: Path) -> None:
     run = load_run(baseline)
     assert all(not t.change_points for t in trends([run, run], threshold=0.1, alpha=0.01))
+
+
+# --- runs of one commit; history and compare agree ------------------------------------------------------------
+
+
+def test_runs_of_one_commit_are_told_apart(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two runs of one commit get their run time in the label, and runs that share that too a number; the table and
+    the plots use these labels."""
+    day = "2026-01-02T09:00:00+00:00"
+    paths = [
+        write_run(tmp_path / "a.json", {NAME: rounds(1e-3, seed=0)}, commit_id="aaaaaaa1", when=day),
+        write_run(tmp_path / "b.json", {NAME: rounds(1e-3, seed=1)}, commit_id="aaaaaaa1", when=day),
+        write_run(tmp_path / "c.json", {NAME: rounds(1e-3, seed=2)}, commit_id="aaaaaaa1", when=day[:11] + "10:30:05"),
+        write_run(tmp_path / "d.json", {NAME: rounds(1e-3, seed=3)}, commit_id="bbbbbbb2", when=day[:11] + "11:00:00"),
+    ]
+    runs = load_history(paths)
+    assert run_labels(runs) == [
+        "aaaaaaa 01-02 09:00:00 #1",
+        "aaaaaaa 01-02 09:00:00 #2",
+        "aaaaaaa 01-02 10:30:05",
+        "bbbbbbb",
+    ]
+    ticks: list[str] = []
+    original = Axes.set_xticks
+
+    def spy(self: Axes, positions: Any, labels: Any = None, **kwargs: Any) -> Any:
+        ticks.extend(labels)
+        return original(self, positions, labels, **kwargs)
+
+    monkeypatch.setattr(Axes, "set_xticks", spy)
+    (t,) = trends(runs, threshold=0.1, alpha=0.01)
+    plot_trend(t, runs, tmp_path / "plot.png")
+    assert ticks == run_labels(runs)
+
+
+def two_runs(base: list[float], cand: list[float]) -> list[Run]:
+    """Two runs of NAME of one commit, as the history and compare read them."""
+    fullname = f"benchmarks/test_attention.py::{NAME}"
+    return [
+        Run(
+            Path(f"{i}.json"),
+            {},
+            {"id": "0123456789abcdef"},
+            f"2026-01-01T0{i}:00:00",
+            {fullname: Benchmark(fullname, NAME, np.array(data))},
+        )
+        for i, data in enumerate((base, cand))
+    ]
+
+
+def test_history_and_compare_agree_on_two_runs() -> None:
+    """For two runs, history has a change point exactly when compare calls the second slower or faster: over pairs
+    around the threshold (ratios 0.85 to 1.2, 2% to 15% noise), where the two rules used to part."""
+    decisions = []
+    for seed in range(10):
+        for ratio in (0.85, 0.9, 1.05, 1.1, 1.12, 1.15, 1.2):
+            for noise in (0.02, 0.05, 0.15):
+                runs = two_runs(
+                    rounds(1e-3, noise=noise, seed=2 * seed), rounds(ratio * 1e-3, noise=noise, seed=2 * seed + 1)
+                )
+                (result,) = compare_runs(*runs).results
+                (t,) = trends(runs, threshold=0.1, alpha=0.01)
+                assert bool(t.change_points) == (result.status in (SLOWER, FASTER)), (seed, ratio, noise, result)
+                decisions.append(result.status)
+    assert {SLOWER, FASTER, NOISY, UNCHANGED} <= set(decisions)  # every kind of decision was exercised
+
+
+def test_same_commit_pair_that_compare_calls_noisy_is_no_change_point(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The new user's case: two runs of one commit, +14% with p < alpha but a CI that straddles the 10% band.
+    History used to mark it (the rank test and the ratio of medians alone); compare calls it too noisy."""
+    base, cand = rounds(1e-3, noise=0.05, seed=0), rounds(1.12e-3, noise=0.05, seed=1)
+    ratio, p_value = rank_test(np.array(base), np.array(cand))
+    assert ratio > 1.1 and p_value < 0.01  # what the old history rule marked as a change
+    day = "2026-01-02T09:00:00+00:00"
+    (tmp_path / "runs").mkdir()
+    a = write_run(tmp_path / "runs" / "a.json", {NAME: base}, commit_id="aaaaaaa1", when=day)
+    b = write_run(tmp_path / "runs" / "b.json", {NAME: cand}, commit_id="aaaaaaa1", when=day[:11] + "10:00:00")
+    code, out, _ = run_cli(capsys, "compare", a, b)
+    assert code == 0 and "too noisy" in out and "CI straddles" in out
+    code, out, _ = run_cli(capsys, "history", tmp_path / "runs")
+    assert code == 0 and "x1.1" not in out and "aaaaaaa 01-02 09:00:00 .. aaaaaaa 01-02 10:00:00" in out
