@@ -24,7 +24,7 @@ from attncheck.properties.adapters.entries import (
 from attncheck.properties.packed import DecodeProblem, VarlenProblem, expected
 from attncheck.properties.targets import Capabilities, Target, resolve
 from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
-from tests.test_meta import run_property
+from tests.test_meta import CATCH_SETTINGS, run_property
 
 VARLEN, DECODE, PAGED = (
     _REFERENCE.replace(entry="varlen"),
@@ -215,7 +215,7 @@ def decode_lse_in_base_2(q: Tensor, k_cache: Tensor, v_cache: Tensor, **kw: Any)
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught(name: str) -> None:
     entry, caps, fn = MUTANTS[name]
-    failures, passes, skips = run_property(Target(name, fn, caps), entry)
+    failures, passes, skips = run_property(Target(name, fn, caps), entry, CATCH_SETTINGS)
     wrong = [f for f in failures if " raised " not in f]  # a wrong answer, not the mutant crashing
     assert wrong, f"mutant {name} not caught by {entry} (failed {failures}, passed {passes}, skipped {skips})"
 

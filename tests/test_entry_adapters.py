@@ -25,7 +25,7 @@ from attncheck.properties.packed import DecodeProblem, VarlenProblem, expected
 from attncheck.properties.targets import Target, availability, resolve
 from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
 from tests.fixtures import entry_stand_ins
-from tests.test_meta import run_property
+from tests.test_meta import CATCH_SETTINGS, run_property
 
 CUDA_ENTRIES: dict[str, Callable[[], Target]] = {
     "flash-attn-varlen": cuda_entries.flash_attn_varlen_target,
@@ -62,7 +62,7 @@ def assert_entry_property_passes(target: Target) -> None:
 
 
 def assert_entry_property_fails(target: Target) -> None:
-    failures, passes, _ = run_property(target, target.caps.entry)
+    failures, passes, _ = run_property(target, target.caps.entry, CATCH_SETTINGS)
     wrong = [f for f in failures if " raised " not in f]  # a wrong answer, not a crash
     assert wrong, f"{target.name}: the mistranslation was not caught (failed {failures}, passed {passes})"
 

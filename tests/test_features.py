@@ -23,17 +23,15 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import Phase, settings
 from torch import Tensor
 
 from attncheck.properties.targets import FEATURES, Capabilities, Target, resolve
 from attncheck.reference.attention import additive_bias, merge_masks
 from tests.meta_call import NEG_INF, TIMEOUT, Call, masked_scores, zero_unseen_values
-from tests.test_meta import META_SETTINGS, run_property
+from tests.test_meta import CATCH_SETTINGS, run_property
 
 FEATURE_PROPERTIES = ("window", "softcap", "sinks", "lse")
 # A mutant only has to be caught: no shrinking (tests/test_meta.py shrinks), which is most of a failing check's time
-CATCH_SETTINGS = settings(META_SETTINGS, phases=(Phase.explicit, Phase.reuse, Phase.generate))
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from hypothesis import settings
+from hypothesis import Phase, settings
 from torch import Tensor
 
 from attncheck.properties.catalog import PROPERTIES, check_settings, checks, profile_settings
@@ -27,6 +27,8 @@ from tests.mutants import MUTANTS
 from tests.variants import VARIANTS, variant_target
 
 META_SETTINGS = profile_settings("ci", max_examples=20)
+# Whether a mutant is caught needs a failing example, not its shrunk form: the same 20 examples, no shrinking
+CATCH_SETTINGS = settings(META_SETTINGS, phases=(Phase.explicit, Phase.reuse, Phase.generate))
 
 
 def run_property(target: Target, prop: str, chosen: settings = META_SETTINGS) -> tuple[list[str], list[str], list[str]]:
@@ -84,7 +86,7 @@ def test_meta_settings_reach_the_checks() -> None:
 @pytest.mark.parametrize("name", sorted(MUTANTS))
 def test_mutant_is_caught_by_its_property(name: str) -> None:
     m = MUTANTS[name]
-    failures, passes, skips = run_property(m.target(), m.property)
+    failures, passes, skips = run_property(m.target(), m.property, CATCH_SETTINGS)
     assert failures, f"mutant {name!r} was not caught by {m.property} (passed: {passes}; skipped: {skips})"
 
 
