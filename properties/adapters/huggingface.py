@@ -34,6 +34,31 @@ def _import_transformers() -> Any:
     return transformers
 
 
+def _eager_call(
+    forward: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    attn_mask: Tensor | None,
+    dropout_p: float,
+    scale: float | None,
+    layer_attrs: dict[str, Any] | None = None,
+    **extra: Any,
+) -> Tensor:
+    """One call of a transformers ``eager_attention_forward``: a layer carrying num_key_value_groups (GQA), its
+    training flag and ``layer_attrs`` (gpt-oss reads its sinks there), the layers' default scaling head_dim**-0.5
+    (LlamaAttention.scaling; Gemma 2's query_pre_attn_scalar**-0.5 with the scalar = head_dim), and ``extra``
+    keywords of that model's function. BHLD in; the function returns (B, L, Hq, Ev), given back as BHLD."""
+    layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
+    for name, attr in (layer_attrs or {}).items():
+        setattr(layer, name, attr)
+    scaling = scale if scale is not None else query.size(-1) ** -0.5
+    out, _ = forward(
+        layer, query, key, value, attention_mask=as_4d(attn_mask), scaling=scaling, dropout=dropout_p, **extra
+    )
+    return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+
+
 def hf_eager_target() -> Target:
     transformers = _import_transformers()
     from transformers.models.llama.modeling_llama import eager_attention_forward
@@ -47,12 +72,7 @@ def hf_eager_target() -> Target:
         scale: float | None = None,
         enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
     ) -> Tensor:
-        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
-        scaling = scale if scale is not None else query.size(-1) ** -0.5  # LlamaAttention.scaling = head_dim**-0.5
-        out, _ = eager_attention_forward(
-            layer, query, key, value, attention_mask=as_4d(attn_mask), scaling=scaling, dropout=dropout_p
-        )
-        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale)
 
     # Masks are additive only (a bool mask would be *added*); no is_causal (callers build the mask).
     # float64 is not declared: the softmax runs in float32 (dtype=torch.float32), ~1e-7 from the float64 oracle.
@@ -116,19 +136,8 @@ def hf_gemma2_eager_target() -> Target:
         *,
         softcap: float | None = None,
     ) -> Tensor:
-        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
-        scaling = scale if scale is not None else query.size(-1) ** -0.5  # Gemma2Attention: query_pre_attn_scalar
-        out, _ = eager_attention_forward(
-            layer,
-            query,
-            key,
-            value,
-            attention_mask=as_4d(attn_mask),
-            dropout=dropout_p,
-            scaling=scaling,
-            softcap=softcap,  # c * tanh(s / c) of the scaled logits, before the mask is added (Gemma 2's cap)
-        )
-        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+        # softcap: c * tanh(s / c) of the scaled logits, before the mask is added (Gemma 2's cap)
+        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale, softcap=softcap)
 
     # As hf-eager: additive masks only, no is_causal, softmax in float32 (float64 not declared).
     caps = Capabilities(
@@ -157,16 +166,11 @@ def hf_gpt_oss_eager_target() -> Target:
         *,
         sinks: Tensor | None = None,
     ) -> Tensor:
-        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
         # GptOssAttention.sinks is an (Hq,) parameter in the model's dtype, concatenated to the logits as one more
         # column. No sinks is a sink of -inf (e^-inf = 0 in the denominator): the function always has one.
         Hq = query.size(1)
-        layer.sinks = torch.full((Hq,), -torch.inf, dtype=query.dtype) if sinks is None else sinks.to(query.dtype)
-        scaling = scale if scale is not None else query.size(-1) ** -0.5  # GptOssAttention.scaling = head_dim**-0.5
-        out, _ = eager_attention_forward(
-            layer, query, key, value, attention_mask=as_4d(attn_mask), scaling=scaling, dropout=dropout_p
-        )
-        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+        logits = torch.full((Hq,), -torch.inf, dtype=query.dtype) if sinks is None else sinks.to(query.dtype)
+        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale, {"sinks": logits})
 
     # Additive masks only, no is_causal (callers build the mask). The softmax runs in the inputs' dtype (float64
     # included). A row with no admissible key and no sink is -inf - (-inf) = NaN (observed, not declared).
