@@ -28,27 +28,33 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--slowdown-target", default="torch-sdpa", metavar="NAME", help="the built-in target to slow")
 
 
-def pytest_configure(config: pytest.Config) -> None:
-    import attncheck.benchmarks.test_attention as bench
-
-    fraction = config.getoption("--slowdown") / 100
-    name = config.getoption("--slowdown-target")
-    make_call = bench.make_call
+@pytest.fixture(autouse=True)
+def _slow_target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Wrap the benchmark module's ``make_call`` for this test (the module object pytest imported, whatever its
+    name: ``benchmarks.test_attention`` in a checkout, ``attncheck.benchmarks.test_attention`` elsewhere)."""
+    make_call = getattr(request.module, "make_call", None)
+    if make_call is None:
+        return
+    fraction = request.config.getoption("--slowdown") / 100
+    name = request.config.getoption("--slowdown-target")
 
     def slowed_make_call(
         target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape
     ) -> Callable[[], None]:
         call = make_call(target, device, dtype, backward, mask, shape)
-        if target.name != name:
-            return call
+        return slowed(call, fraction) if target.name == name else call
 
-        def slowed() -> None:
-            start = time.perf_counter()
-            call()
-            end = time.perf_counter() + fraction * (time.perf_counter() - start)
-            while time.perf_counter() < end:  # busy: the extra time is CPU work, like a slower kernel's
-                pass
+    monkeypatch.setattr(request.module, "make_call", slowed_make_call)
 
-        return slowed
 
-    bench.make_call = slowed_make_call
+def slowed(call: Callable[[], None], fraction: float) -> Callable[[], None]:
+    """``call`` followed by a busy wait of ``fraction`` of its own duration (also ``bench ab --slowdown-b``)."""
+
+    def slowed_call() -> None:
+        start = time.perf_counter()
+        call()
+        end = time.perf_counter() + fraction * (time.perf_counter() - start)
+        while time.perf_counter() < end:  # busy: the extra time is CPU work, like a slower kernel's
+            pass
+
+    return slowed_call
