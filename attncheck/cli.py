@@ -2,7 +2,9 @@
 
 ``attncheck verify`` is a thin front over pytest: it runs the property tests of this package through the
 attncheck pytest plugin (one source of truth, not two runners), shows progress, and renders the report.
-Exit codes: 0 no property failed, 1 some property failed, 2 usage error (bad target, bad flag, bad file).
+Exit codes: 0 no property failed, 1 some property failed, 2 usage error (bad target, bad flag, bad file, an
+output path that cannot be written: checked before the run). ``--json``, ``--markdown`` and ``--html`` write
+the report as JSON, as a markdown matrix and as one self-contained HTML page (:mod:`attncheck.properties.html`).
 """
 
 from __future__ import annotations
@@ -24,16 +26,18 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 def verify(args: argparse.Namespace) -> int:
     import pytest
 
+    from attncheck.properties.html import verify_page
     from attncheck.properties.plugin import AttncheckPlugin
-    from attncheck.properties.render import markdown, render_table, write_atomic, write_json
+    from attncheck.properties.render import check_writable, markdown, render_table, write_atomic, write_json
     from attncheck.properties.targets import resolve_targets
 
     settings = VerifySettings.from_options(lambda dest: getattr(args, dest), args.targets)
     if args.list_checks:
         return list_checks()
-    for flag, path in (("--json", args.json), ("--markdown", args.markdown)):
-        if path and Path(path).is_dir():
-            raise UsageError(f"{flag} {path}: is a directory")
+    outputs = (("--json", args.json), ("--markdown", args.markdown), ("--html", args.html))
+    for flag, path in outputs:
+        if path:
+            check_writable(flag, path)  # before the run: a typo must not cost it
     for path in settings.known_failures:
         if not Path(path).is_file():
             raise UsageError(f"--known-failures {path}: no such file")
@@ -64,12 +68,18 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError(collector.error or "the property run was interrupted (collection error)")
     report = plugin.report
     sys.stdout.write(render_table(report, color=sys.stdout.isatty()))
-    if args.json:
-        write_json(report, args.json)
-        print(f"report written to {args.json}")
-    if args.markdown:
-        write_atomic(args.markdown, markdown(report.to_json()).encode())
-        print(f"markdown matrix written to {args.markdown}")
+    try:
+        if args.json:
+            write_json(report, args.json)
+            print(f"report written to {args.json}")
+        if args.markdown:
+            write_atomic(args.markdown, markdown(report.to_json()).encode())
+            print(f"markdown matrix written to {args.markdown}")
+        if args.html:
+            write_atomic(args.html, verify_page(report.to_json(), report.failed()).encode())
+            print(f"HTML report written to {args.html}")
+    except OSError as exc:
+        raise UsageError(f"cannot write {exc.filename or 'the report'}: {exc.strerror or exc}") from None
     return EXIT_FAILED if report.failed() else EXIT_OK
 
 
@@ -207,6 +217,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_verify_options(v.add_argument, add_capability=caps.add_argument)
     v.add_argument(
         "--markdown", metavar="PATH", help="write the properties x targets matrix as markdown (for CI comments)"
+    )
+    v.add_argument(
+        "--html",
+        metavar="PATH",
+        help="write a self-contained HTML page: the matrix, each failure's counterexample and repro one click away",
     )
     v.add_argument("--seed", type=int, help="Hypothesis seed (ignored by the derandomized ci profile)")
     v.add_argument("-j", "--jobs", type=int, metavar="N", help="spread the checks over N processes (pytest-xdist)")

@@ -1,4 +1,8 @@
-"""Rendering a :class:`~attncheck.properties.plugin.Report`: the conformance table, failure details, atomic JSON."""
+"""Rendering a :class:`~attncheck.properties.plugin.Report`: the conformance table, failure details, atomic JSON.
+
+The HTML page of a report is :mod:`attncheck.properties.html`; :func:`write_atomic` and :func:`check_writable`
+serve every report file of attncheck (verify's and the benchmarks').
+"""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from attncheck.errors import UsageError
 from attncheck.properties.problems import format_counterexample
 
 if TYPE_CHECKING:
@@ -37,7 +42,7 @@ LABEL = {
 }
 
 
-def _label(row: dict[str, Any]) -> str:
+def verdict_label(row: dict[str, Any]) -> str:
     """A property's status as a cell: passed, FAILED, skipped (not applicable) or known failure."""
     label = LABEL[row["status"]]
     if row["known_failures"] and row["status"] in ("passed", "skipped"):
@@ -51,7 +56,7 @@ def _label(row: dict[str, Any]) -> str:
 def _cell(row: dict[str, Any] | None) -> str:
     if row is None:
         return "-"
-    return f"[{STYLE[row['status']]}]{_label(row)}[/] {row['duration']:.1f}s"
+    return f"[{STYLE[row['status']]}]{verdict_label(row)}[/] {row['duration']:.1f}s"
 
 
 def render_table(report: Report, color: bool = True, width: int = 160) -> str:
@@ -139,6 +144,27 @@ def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
         raise
 
 
+def check_writable(flag: str, path: str | os.PathLike[str], directory: bool = False) -> None:
+    """Raise :class:`UsageError` (one line) when :func:`write_atomic` could not write ``path``: a file, or with
+    ``directory`` a folder to write files into. Called before a run starts, so that a typo does not cost the run.
+
+    Missing folders are fine (:func:`write_atomic` creates them); the nearest one that exists must be a writable
+    directory.
+    """
+    path = Path(path)
+    if directory and path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: exists and is not a directory")
+    if not directory and path.is_dir():
+        raise UsageError(f"{flag} {path}: is a directory")
+    folder = path if directory else path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise UsageError(f"{flag} {path}: {folder} is not a directory")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UsageError(f"{flag} {path}: cannot write into {folder}")
+
+
 def markdown(data: dict[str, Any]) -> str:
     """The properties x targets matrix of a JSON report (``Report.to_json()``) as a markdown table."""
     names = [t["name"] for t in data["targets"]]
@@ -152,7 +178,9 @@ def markdown(data: dict[str, Any]) -> str:
             if row is None:
                 cells.append("-")
                 continue
-            cells.append(f"**{_label(row)}**" if row["status"] in ("failed", "error", "blocked") else _label(row))
+            cells.append(
+                f"**{verdict_label(row)}**" if row["status"] in ("failed", "error", "blocked") else verdict_label(row)
+            )
         lines.append(f"| {prop} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
