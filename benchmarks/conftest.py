@@ -14,6 +14,7 @@ benchmarks (``benchmarks/test_model.py``) take ``(model_target, device)``: :data
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import platform
 from collections.abc import Callable
@@ -38,6 +39,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=None,
         help="torch.set_num_threads(N) for the run (default: torch's, one per core); recorded in machine_info. "
         "On a shared machine 1 thread is far less sensitive to other processes than oversubscribed OpenMP threads",
+    )
+    parser.addoption(
+        "--bench-rounds",
+        type=int,
+        default=None,
+        metavar="N",
+        help="timed rounds per benchmark instead of the grid's (quick 20, full 10): more rounds narrow the "
+        "confidence intervals of bench compare, on a busy machine especially",
     )
     parser.addoption(
         "--bench-targets",
@@ -67,7 +76,13 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def bench_size(config: pytest.Config) -> BenchSize:
-    return SIZES[config.getoption("--bench-size")]
+    size = SIZES[config.getoption("--bench-size")]
+    rounds = config.getoption("--bench-rounds")
+    if rounds is None:
+        return size
+    if rounds < 5:
+        raise pytest.UsageError(f"--bench-rounds must be >= 5 (bench compare's minimum sample), got {rounds}")
+    return dataclasses.replace(size, rounds=rounds)
 
 
 def devices() -> tuple[str, ...]:

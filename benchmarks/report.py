@@ -1,5 +1,5 @@
 """Rendering of ``attncheck bench compare`` and ``attncheck bench history``: rich tables on the terminal, markdown
-and JSON reports, PNG plots.
+and JSON reports, plots (PNG files, or images for the HTML page of :mod:`attncheck.benchmarks.html`).
 
 Nothing here computes a statistic (:mod:`attncheck.benchmarks.statistics` does) or reads a run
 (:mod:`attncheck.benchmarks.storage` does). Every file is written through
@@ -7,7 +7,9 @@ Nothing here computes a statistic (:mod:`attncheck.benchmarks.statistics` does) 
 partial write. Tables and reports list benchmarks slower first, then too noisy, faster, unchanged. Benchmarks in
 only one of the runs are summarised, not listed, when the other run lacks their target altogether (a run of one
 target against a baseline of all): one line per side on the terminal (``--list-unmatched`` lists them), a
-collapsed list in the markdown report, the full lists in the JSON report.
+collapsed list in the markdown report, the full lists in the JSON report. The cells of a comparison row
+(:func:`result_cells`), of a trend row (:func:`trend_cells`) and the summary line (:func:`comparison_summary`) are
+made once here, for the terminal, the markdown report and the HTML page alike.
 """
 
 from __future__ import annotations
@@ -20,13 +22,14 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rich.console import Console
 from rich.table import Table
 
 from attncheck.benchmarks.statistics import (
+    DEFAULT_THRESHOLD,
     FASTER,
     NOISY,
     RESAMPLES,
@@ -41,8 +44,12 @@ from attncheck.benchmarks.statistics import (
 from attncheck.benchmarks.storage import Run, machine_differences, run_labels
 from attncheck.properties.render import write_atomic
 
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
 STATUS_ORDER = {SLOWER: 0, NOISY: 1, FASTER: 2, UNCHANGED: 3}
 STYLE = {SLOWER: "bold red", FASTER: "green", NOISY: "yellow"}
+TREND_COLUMNS = ("benchmark", "runs", "first", "last", "best", "change", "change points")  # of trend_cells
 UNMATCHED_SHOWN = 10  # unexplained benchmarks of one run named on the terminal without --list-unmatched
 
 
@@ -60,9 +67,49 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds / scale:.3g} {unit}"
 
 
-def _in_report_order(comparison: Comparison) -> list[Result]:
+def in_report_order(comparison: Comparison) -> list[Result]:
     """The results slower first, then too noisy, faster, unchanged; the largest ratio first within each."""
     return sorted(comparison.results, key=lambda r: (STATUS_ORDER[r.status], -r.ratio))
+
+
+def result_cells(r: Result) -> list[str]:
+    """A comparison row: benchmark, baseline and candidate medians, ratio, CI, p, result, why."""
+    return [
+        r.name,
+        format_seconds(r.baseline_median),
+        format_seconds(r.candidate_median),
+        f"{r.ratio:.3f}",
+        f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
+        f"{r.p_value:.2g}",
+        r.status,
+        r.reason,
+    ]
+
+
+def comparison_summary(c: Comparison) -> str:
+    """The counts per status, the threshold and alpha, and the verdict (what the exit status of compare says)."""
+    summary = ", ".join(f"{n} {status}" for status, n in c.counts().items())
+    verdict = "REGRESSION (exit 1)" if c.exit_code else "no significant regression"
+    return f"{summary}; threshold {c.threshold:.0%}, alpha {c.alpha:g}: {verdict}"
+
+
+def trend_cells(t: Trend, labels: Sequence[str]) -> list[str]:
+    """A trend row: benchmark, runs, first, last and best median, change, and the change points as
+    "x1.30 at <label> (run i/n, p=...)" (``labels``: :func:`~attncheck.benchmarks.storage.run_labels` of the runs)."""
+    medians = t.medians
+    points = ", ".join(
+        f"x{cp.ratio:.2f} at {labels[cp.index]} (run {cp.index + 1}/{len(labels)}, p={cp.p_value:.1g})"
+        for cp in t.change_points
+    )
+    return [
+        t.name,
+        str(len(t.positions)),
+        format_seconds(medians[0]),
+        format_seconds(medians[-1]),
+        format_seconds(medians.min()),
+        f"{t.change:+.1%}",
+        points or "-",
+    ]
 
 
 def _benchmarks(n: int) -> str:
@@ -113,18 +160,8 @@ def print_comparison(
     table.add_column("p", justify="right")
     table.add_column("result")
     table.add_column("why")
-    for r in _in_report_order(c):
-        table.add_row(
-            r.name,
-            format_seconds(r.baseline_median),
-            format_seconds(r.candidate_median),
-            f"{r.ratio:.3f}",
-            f"[{r.ci_low:.3f}, {r.ci_high:.3f}]",
-            f"{r.p_value:.2g}",
-            r.status,
-            r.reason,
-            style=STYLE.get(r.status),
-        )
+    for r in in_report_order(c):
+        table.add_row(*result_cells(r), style=STYLE.get(r.status))
     console.print(table)
     for side, other, u in _unmatched_sides(c):
         if u.explained:
@@ -138,41 +175,30 @@ def print_comparison(
                 + ", ".join(shown)
                 + (f", and {more} more (--list-unmatched names them)" if more else "")
             )
-    summary = ", ".join(f"{n} {status}" for status, n in c.counts().items())
-    verdict = "REGRESSION (exit 1)" if c.exit_code else "no significant regression"
-    console.print(
-        f"{summary}; threshold {c.threshold:.0%}, alpha {c.alpha:g}: {verdict}",
-        style="bold red" if c.exit_code else None,
-    )
+    console.print(comparison_summary(c), style="bold red" if c.exit_code else None)
+
+
+def machines_note(runs: Sequence[Run]) -> str | None:
+    """A note when the runs of a history come from different machines, else None."""
+    if any(machine_differences(runs[0].machine_info, r.machine_info) for r in runs[1:]):
+        return "the runs come from different machines; a change point may be a machine change"
+    return None
 
 
 def print_history(console: Console, runs: Sequence[Run], results: Sequence[Trend]) -> None:
     """Rich trend table: one row per benchmark, change points as "x1.30 at <label> (run i/n)" (labels of
     :func:`~attncheck.benchmarks.storage.run_labels`)."""
-    if any(machine_differences(runs[0].machine_info, r.machine_info) for r in runs[1:]):
-        console.print("note: the runs come from different machines; a change point may be a machine change")
+    if (note := machines_note(runs)) is not None:
+        console.print(f"note: {note}")
     labels = run_labels(runs)
     table = Table(title=f"{len(runs)} runs, {labels[0]} .. {labels[-1]}", title_justify="left")
-    table.add_column("benchmark", overflow="fold")
-    for column in ("runs", "first", "last", "best", "change"):
+    first, *numbers, last = TREND_COLUMNS
+    table.add_column(first, overflow="fold")
+    for column in numbers:
         table.add_column(column, justify="right")
-    table.add_column("change points")
+    table.add_column(last)
     for t in results:
-        medians = t.medians
-        points = ", ".join(
-            f"x{cp.ratio:.2f} at {labels[cp.index]} (run {cp.index + 1}/{len(runs)}, p={cp.p_value:.1g})"
-            for cp in t.change_points
-        )
-        table.add_row(
-            t.name,
-            str(len(t.positions)),
-            format_seconds(medians[0]),
-            format_seconds(medians[-1]),
-            format_seconds(medians.min()),
-            f"{t.change:+.1%}",
-            points or "-",
-            style="yellow" if t.change_points else None,
-        )
+        table.add_row(*trend_cells(t, labels), style="yellow" if t.change_points else None)
     console.print(table)
 
 
@@ -196,11 +222,9 @@ def to_markdown(comparison: Comparison, notes: list[str]) -> str:
         "| benchmark | baseline | candidate | ratio | CI | p | result | why |",
         "|---|---:|---:|---:|---|---:|---|---|",
     ]
-    for r in _in_report_order(c):
-        lines.append(
-            f"| `{r.name}` | {format_seconds(r.baseline_median)} | {format_seconds(r.candidate_median)} "
-            f"| {r.ratio:.3f} | [{r.ci_low:.3f}, {r.ci_high:.3f}] | {r.p_value:.2g} | {r.status} | {r.reason} |"
-        )
+    for r in in_report_order(c):
+        name, *cells = result_cells(r)
+        lines.append(f"| `{name}` | " + " | ".join(cells) + " |")
     for side, other, u in _unmatched_sides(c):
         if u.fullnames:  # a summary, then every name in a collapsed block (GitHub renders <details> folded)
             lines.append("")
@@ -226,6 +250,15 @@ def to_json(comparison: Comparison, machine_mismatch: list[str], notes: list[str
         "seed": SEED,
         "machine_mismatch": machine_mismatch,
         "notes": notes,
+        "metrics": {
+            device: {
+                "metric": choice.metric,
+                "reason": choice.reason,
+                "calibration_s_per_unit": list(choice.speeds),
+                "comparable": choice.comparable,
+            }
+            for device, choice in c.choices.items()
+        },
         "summary": c.counts(),
         "exit_code": c.exit_code,
         "benchmarks": [
@@ -237,6 +270,7 @@ def to_json(comparison: Comparison, machine_mismatch: list[str], notes: list[str
                 "ratio": r.ratio,
                 "ci": [r.ci_low, r.ci_high],
                 "p_value": r.p_value,
+                "metric": r.metric,
                 "baseline_median_s": r.baseline_median,
                 "candidate_median_s": r.candidate_median,
                 "baseline_rounds": r.baseline_rounds,
@@ -278,9 +312,26 @@ def plot_name(t: Trend) -> str:
     return f"{slug}-{hashlib.sha1(t.fullname.encode()).hexdigest()[:8]}.png"
 
 
-def plot_trend(t: Trend, runs: Sequence[Run], path: str | os.PathLike[str]) -> None:
-    """PNG of one benchmark: median per run, the rounds' interquartile range as a band, the piecewise-constant
-    levels between change points, and the change points as dashed lines; written atomically.
+def metric_of(obj: object) -> str:
+    """What a trend, a result or a comparison measures, for labels: its ``metric``, else those of its results,
+    else wall time (runs recorded before attncheck measured anything else)."""
+    if hasattr(obj, "metric"):
+        return str(obj.metric)
+    return ", ".join(sorted({metric_of(r) for r in getattr(obj, "results", ())})) or "wall time"
+
+
+def trend_figure(t: Trend, runs: Sequence[Run], threshold: float = DEFAULT_THRESHOLD) -> Figure:
+    """The plot of one benchmark: median per run, the rounds' interquartile range as a band, the piecewise-constant
+    levels between change points, and the change points as dashed red lines labelled with their ratio; x ticks
+    labelled by :func:`~attncheck.benchmarks.storage.run_labels` (runs of one commit told apart).
+
+    The y axis spans at least the threshold band around the median of the run medians, [m / (1 + t), m (1 + t)]
+    (``compare``'s band, symmetric in log time), and more where the data need it. An axis fitted to the data alone
+    makes a 2% wobble fill the plot and look like a step; with the band as the smallest span, a change below the
+    threshold fills at most about half the height (a 2% step at t = 10%, a tenth of it), so what ``compare``
+    calls unchanged looks small and a change point looks like one. The alternative, an axis from 0, is honest
+    too but squeezes a 30% step into a third of the height and hides the rounds' spread; the band keeps the
+    scale tied to the rule that decides what a change is.
 
     Uses matplotlib's Agg canvas directly (no pyplot), so no global backend state is touched.
     """
@@ -313,18 +364,36 @@ def plot_trend(t: Trend, runs: Sequence[Run], path: str | os.PathLike[str]) -> N
             label="change point" if i == 0 else "_nolegend_",
         )
         ax.text(cp.index - 0.45, 0.97, f"x{cp.ratio:.2f}", transform=ax.get_xaxis_transform(), ha="left", va="top")
+    middle = float(np.median(medians)) / scale
+    low, high = min(q1.min(), middle / (1 + threshold)), max(q3.max(), middle * (1 + threshold))
+    margin = 0.05 * (high - low)
+    ax.set_ylim(low - margin, high + margin)
     ax.set_xticks(range(len(runs)), run_labels(runs), rotation=60, ha="right", fontsize=7)
     ax.set_xlim(-0.5, len(runs) - 0.5)
-    ax.set_ylabel(f"time per call ({unit})")
+    ax.set_ylabel(f"{metric_of(t)} per call ({unit})")
     ax.set_title(t.name, fontsize=8)
     ax.legend(loc="best", fontsize=7)
+    return fig
+
+
+def trend_image(t: Trend, runs: Sequence[Run], threshold: float = DEFAULT_THRESHOLD) -> bytes:
+    """:func:`trend_figure` as PNG bytes: the files of ``--plot`` and the images of the HTML page alike."""
     buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=100)
-    write_atomic(path, buffer.getvalue())
+    trend_figure(t, runs, threshold).savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
 
 
-def write_plots(directory: Path, runs: Sequence[Run], results: Sequence[Trend]) -> None:
+def plot_trend(
+    t: Trend, runs: Sequence[Run], path: str | os.PathLike[str], threshold: float = DEFAULT_THRESHOLD
+) -> None:
+    """:func:`trend_image` written atomically to ``path``."""
+    write_atomic(path, trend_image(t, runs, threshold))
+
+
+def write_plots(
+    directory: Path, runs: Sequence[Run], results: Sequence[Trend], threshold: float = DEFAULT_THRESHOLD
+) -> None:
     """One PNG per benchmark (:func:`plot_trend`) into ``directory``, created if absent, named by :func:`plot_name`."""
     directory.mkdir(parents=True, exist_ok=True)
     for t in results:
-        plot_trend(t, runs, directory / plot_name(t))
+        plot_trend(t, runs, directory / plot_name(t), threshold)

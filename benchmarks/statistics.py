@@ -2,6 +2,39 @@
 is noise, and where a history changed level. Pure computation on raw rounds: no file is read or written here
 (:mod:`attncheck.benchmarks.storage` reads the runs, :mod:`attncheck.benchmarks.report` renders the results).
 
+Which metric decides
+====================
+
+Runs recorded by :func:`attncheck.benchmarks.timing.timed_rounds` hold, per round, the wall time, the process CPU
+time and the time of a fixed calibration kernel run next to the round (:mod:`attncheck.benchmarks.timing`).
+:func:`choose_metrics` picks, per device group of benchmarks (the calibration kernel's device), one metric for all
+of them, and says why:
+
+* the machine speed of each run is the median over its benchmarks of the calibration kernel's time per unit, in
+  CPU time on the CPU (a neighbour that takes time slices does not change it) and wall time on a GPU;
+* on the CPU, speeds within :data:`CPU_SPEED_LIMIT` (1.3x) of each other: **normalised wall time**, each round's
+  wall time over the geometric mean of the calibration rounds on either side of it. A busy neighbour or a slower
+  machine slows both alike and cancels out; CPU time does not see time slices others took, but it does see another
+  process on the core's other hardware thread, and not uniformly (measured here: a busy neighbour on the other
+  vCPU slowed the calibration kernel 1.22x, a bfloat16 attention kernel 1.55x, a float32 one 1.1x), and two runs
+  under one steady load flagged 1-15% of unchanged benchmarks in CPU time, 1-4% in normalised wall time.
+  **CPU time is the witness**: a benchmark is slower or faster only where CPU time, by the same rule, says so too;
+  where it does not, *too noisy*, and the reason gives CPU time's ratio. Each clock fails in its own way (the
+  calibration kernel's speed can move without the attention's: in one quiet pair it ran 1.06x faster overall and
+  up to 1.3x for some benchmarks, which normalised wall time read as 1.2x slowdowns; CPU time did not), and a
+  kernel that does more work moves both. Over 13 pairs of runs the witness cut the unchanged benchmarks flagged
+  from 29 of 928 to 9 and the 20% slowdowns caught from 78 of 112 to 67;
+* on a GPU, speeds within :data:`SPEED_TOLERANCE` (the default threshold, 10%): **wall time** (a GPU's wall time
+  is its own; the host's CPU time is spent waiting);
+* speeds further apart (on the CPU more than any busy neighbour moved them here, 1.22-1.27x: another kind of
+  machine): ``bench compare`` refuses the runs with the measured speeds (exit 2); with ``--force`` it compares
+  normalised wall time;
+* runs without those records (older files), or with different calibration kernels: **wall time**, and the
+  reason names the files.
+
+The figures behind these choices (A/A and A/B comparisons, quiet and under load) are in ``benchmarks/README.md``,
+"Comparing under load".
+
 Comparing two runs
 ==================
 
@@ -106,6 +139,8 @@ References
 * F. Friedrich et al., "Complexity penalized M-estimation: fast computation", J. Comput. Graph. Statist. 17(1),
   201-224 (2008): the L1 (median) fit of a piecewise-constant signal, as cited by asv's ``step_detect.py``.
 * O. J. Dunn, "Multiple comparisons among means", J. Amer. Statist. Assoc. 56(293), 52-64 (1961): Bonferroni.
+* F. Wilcoxon, "Individual comparisons by ranking methods", Biometrics Bulletin 1(6), 80-83 (1945): the signed-rank
+  test of ``bench ab``'s paired rounds.
 * R. J. Hyndman, Y. Fan, "Sample quantiles in statistical packages", Amer. Statist. 50(4), 361-365 (1996):
   definition 7, numpy's default quantile.
 """
@@ -119,7 +154,8 @@ from pathlib import Path
 
 import numpy as np
 
-from attncheck.benchmarks.storage import Run
+from attncheck.benchmarks.storage import CPU, METRICS, NORMALISED_CPU, NORMALISED_WALL, WALL, Benchmark, Run
+from attncheck.errors import UsageError
 
 DEFAULT_THRESHOLD = 0.10  # fraction: +10%, asv compare's default --factor 1.1
 DEFAULT_ALPHA = 0.01
@@ -128,6 +164,111 @@ RESAMPLES = 5000  # bootstrap resamples; the 0.5% tails of a 99% CI rest on 25 r
 SEED = 0  # base seed of the bootstrap, combined with a CRC32 of each benchmark's fullname
 
 SLOWER, FASTER, UNCHANGED, NOISY = "slower", "faster", "unchanged", "too noisy"
+# Calibration speeds of GPU runs within this factor are one speed, compared in wall time; on the CPU, runs within
+# CPU_SPEED_LIMIT are compared in normalised wall time. Beyond them the machines differ in a way no metric measured
+# here corrects: compare refuses without --force (see "Which metric decides" in the module docstring).
+SPEED_TOLERANCE = 1 + DEFAULT_THRESHOLD
+CPU_SPEED_LIMIT = 1.3
+UNTIMED = "untimed"  # the device group of benchmarks recorded without CPU time and calibration rounds
+
+
+# --- which metric decides ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MetricChoice:
+    """The metric that compares one device's benchmarks across some runs, and why it was chosen."""
+
+    device: str  # "cpu", "cuda" (the calibration kernel's device) or UNTIMED
+    metric: str  # one of storage.METRICS
+    reason: str  # one sentence, printed by compare and history
+    speeds: tuple[float, ...]  # per run: median seconds per calibration unit (CPU time on cpu), () if UNTIMED
+    comparable: bool = True  # False: measured speeds differ by more than CPU_SPEED_LIMIT or SPEED_TOLERANCE
+    witness: str | None = None  # a second metric that must see the same change before one is reported
+
+    @property
+    def speed_ratio(self) -> float:
+        """Slowest run's calibration time over the fastest's (1.0 without calibration)."""
+        known = [v for v in self.speeds if np.isfinite(v)]
+        return max(known) / min(known) if known else 1.0
+
+    def rounds(self, bench: Benchmark) -> np.ndarray:
+        """``bench``'s rounds in this metric; normalised ones are in seconds at the first run's calibration speed
+        (normalised rounds are multiples of a calibration unit: times the first run's unit, seconds again)."""
+        values = bench.metric(self.metric)
+        if values is None:
+            raise UsageError(f"benchmark {bench.fullname!r} has no {self.metric} rounds")
+        if self.metric in (NORMALISED_WALL, NORMALISED_CPU):
+            return values * next(v for v in self.speeds if np.isfinite(v))
+        return values
+
+    def witness_rounds(self, bench: Benchmark) -> np.ndarray | None:
+        """``bench``'s rounds in the :attr:`witness` metric, None without one."""
+        return None if self.witness is None else bench.metric(self.witness)
+
+
+def device_of(*benches: Benchmark) -> str:
+    """The calibration device of benchmarks that all recorded one calibration kernel, else UNTIMED."""
+    kernels = {b.timing.kernel if b.timing else None for b in benches}
+    if len(kernels) != 1 or None in kernels:
+        return UNTIMED
+    return kernels.pop().partition(":")[0]  # type: ignore[union-attr]  # "cpu: float32 matmul ..." -> "cpu"
+
+
+def _speed(run: Run, device: str) -> float:
+    """Median over ``run``'s benchmarks on ``device`` of their median seconds per calibration unit: CPU time on the
+    CPU (a busy neighbour does not slow it), wall time on a GPU (the host's CPU time there is spent waiting)."""
+    medians = [
+        np.median(b.timing.calibration_cpu if device == "cpu" else b.timing.calibration_wall)
+        for b in run.benchmarks.values()
+        if b.timing and device_of(b) == device
+    ]
+    return float(np.median(medians)) if medians else float("nan")
+
+
+def choose_metrics(runs: Sequence[Run], forced: str | None = None) -> dict[str, MetricChoice]:
+    """Per device group of the runs' benchmarks, the metric they are compared in (see the module docstring)."""
+    if forced is not None and forced not in METRICS:
+        raise UsageError(f"unknown metric {forced!r}; choose from {', '.join(METRICS)}")
+    groups: dict[str, set[str]] = {}
+    for run in runs:
+        for bench in run.benchmarks.values():
+            groups.setdefault(device_of(bench), set()).add(bench.timing.kernel if bench.timing else "")
+    untimed = [str(run.path) for run in runs if any(b.timing is None for b in run.benchmarks.values())]
+    choices = {}
+    for device, kernels in groups.items():
+        if device == UNTIMED or len(kernels) > 1:
+            why = (
+                f"{', '.join(untimed)} recorded no CPU time or calibration rounds (re-record them with this attncheck "
+                "to compare under load or across machines)"
+                if untimed
+                else f"the runs ran different calibration kernels ({'; '.join(sorted(kernels))})"
+            )
+            if forced not in (None, WALL):
+                raise UsageError(f"cannot compare in {forced}: {why}")
+            choices[device] = choices[UNTIMED] = MetricChoice(device, WALL, f"wall time: {why}", ())
+            continue
+        speeds = tuple(_speed(run, device) for run in runs)
+        choice = MetricChoice(device, WALL, "", speeds)
+        ratio = choice.speed_ratio
+        measured = " vs ".join(f"{v * 1e3:.3g}" for v in speeds if np.isfinite(v))
+        clock = "CPU" if device == "cpu" else "wall"
+        speed = f"calibration {measured} ms of {clock} time per unit, {ratio:.2f}x apart"
+        comparable = ratio <= (CPU_SPEED_LIMIT if device == "cpu" else SPEED_TOLERANCE)
+        if forced is not None:
+            metric, why = forced, f"asked for ({speed})"
+        elif not comparable:
+            metric, why = NORMALISED_WALL, f"the machines ran at different speeds ({speed})"
+        elif device == "cpu":
+            why = f"{speed}; what slows the machine slows the calibration rounds too, and a change counts only "
+            choices[device] = MetricChoice(
+                device, NORMALISED_WALL, f"{NORMALISED_WALL}: {why}where {CPU} sees it too", speeds, True, CPU
+            )
+            continue
+        else:
+            metric, why = WALL, f"the GPUs ran at one speed ({speed}); a GPU's wall time is its own"
+        choices[device] = MetricChoice(device, metric, f"{metric}: {why}", speeds, comparable)
+    return choices
 
 
 # --- comparing two runs ---------------------------------------------------------------------------------------
@@ -139,12 +280,13 @@ class Result:
 
     fullname: str
     name: str
-    status: str  # SLOWER, FASTER, UNCHANGED or NOISY
+    metric: str  # the metric the rounds were compared in (storage.METRICS), chosen by choose_metric
     ratio: float  # candidate median / baseline median
     ci_low: float  # bootstrap CI of the ratio at level 1 - alpha
     ci_high: float
     p_value: float  # two-sided Mann-Whitney U
-    baseline_median: float  # seconds
+    status: str  # SLOWER, FASTER, UNCHANGED or NOISY
+    baseline_median: float  # seconds per call in the metric (normalised: at the baseline machine's speed)
     candidate_median: float
     baseline_rounds: int
     candidate_rounds: int
@@ -186,6 +328,7 @@ class Comparison:
     results: list[Result]  # in the baseline's order
     only_in_baseline: Unmatched
     only_in_candidate: Unmatched
+    choices: dict[str, MetricChoice]  # the metric of each device group's compared benchmarks, and why
 
     @property
     def exit_code(self) -> int:
@@ -257,20 +400,68 @@ def compare_samples(
     return ratio, seeded_ci(fullname, baseline, candidate, alpha), p_value
 
 
+def compare_paired(
+    fullname: str, a: np.ndarray, b: np.ndarray, alpha: float
+) -> tuple[float, tuple[float, float], float]:
+    """(ratio B / A, its bootstrap CI at 1 - alpha, two-sided Wilcoxon signed-rank p) of paired rounds: round i
+    of A and round i of B ran next to each other (``bench ab``), so each pair is compared with itself."""
+    from scipy.stats import wilcoxon
+
+    d = np.log(b) - np.log(a)  # (pairs,) paired log ratios
+    # The ratio of the pair's typical ratio: exp(median of the log ratios); its percentile bootstrap over pairs
+    # (Efron & Tibshirani 1993, ch. 13), resampling whole pairs, seeded per case as compare_samples is.
+    # (A Hodges-Lehmann estimate with the CI that inverts the signed-rank test gave intervals of the same median
+    # width on 48 cases of bench ab under load, 0.092 vs 0.090 in log ratio, and the same verdicts.)
+    rng = np.random.default_rng([SEED, zlib.crc32(fullname.encode())])
+    medians = np.median(d[rng.integers(0, d.size, (RESAMPLES, d.size))], axis=1)  # (RESAMPLES,)
+    low, high = np.exp(np.quantile(medians, [alpha / 2, 1 - alpha / 2]))
+    # Wilcoxon signed-rank (Wilcoxon 1945) of d against 0: exact null distribution for up to 50 pairs without
+    # ties or zeros (scipy's method="auto"), so 6 pairs can reach p = 2 / 2^6 = 0.031 and 8 pairs 0.0078.
+    p_value = float(wilcoxon(d).pvalue) if np.any(d != 0) else 1.0
+    return float(np.exp(np.median(d))), (float(low), float(high)), p_value
+
+
 def compare_runs(
-    baseline: Run, candidate: Run, threshold: float = DEFAULT_THRESHOLD, alpha: float = DEFAULT_ALPHA
+    baseline: Run,
+    candidate: Run,
+    threshold: float = DEFAULT_THRESHOLD,
+    alpha: float = DEFAULT_ALPHA,
+    metric: str | None = None,
 ) -> Comparison:
-    """Compare every benchmark present in both runs (matched by fullname)."""
-    results = []
+    """Compare every benchmark present in both runs (matched by fullname), in the metric :func:`choose_metrics`
+    picks per device, or in ``metric`` for every benchmark where both runs recorded it."""
+    choices = choose_metrics([baseline, candidate], metric)
+    results, used = [], {}
     for fullname, base in baseline.benchmarks.items():
         cand = candidate.benchmarks.get(fullname)
         if cand is None:
             continue
-        ratio, ci, p_value = compare_samples(fullname, base.rounds, cand.rounds, alpha)
-        sizes = (base.rounds.size, cand.rounds.size)
+        device = device_of(base, cand)
+        choice = used[device] = choices[device]
+        before, after = choice.rounds(base), choice.rounds(cand)
+        ratio, ci, p_value = compare_samples(fullname, before, after, alpha)
+        sizes = (before.size, after.size)
         status, reason = classify(ci, p_value, sizes, threshold, alpha)
+        witness = choice.witness_rounds(base), choice.witness_rounds(cand)
+        if status in (SLOWER, FASTER) and witness[0] is not None and witness[1] is not None:
+            seen = change_of(fullname, witness[0], witness[1], threshold, alpha)
+            if seen != status:
+                w_ratio = float(np.median(witness[1]) / np.median(witness[0]))
+                status, reason = NOISY, f"{reason}, but {choice.witness} does not agree ({w_ratio:.3f}x)"
         results.append(
-            Result(fullname, base.name, status, ratio, *ci, p_value, base.median, cand.median, *sizes, reason)
+            Result(
+                fullname,
+                base.name,
+                choice.metric,
+                ratio,
+                *ci,
+                p_value,
+                status,
+                float(np.median(before)),
+                float(np.median(after)),
+                *sizes,
+                reason,
+            )
         )
     return Comparison(
         baseline.path,
@@ -280,6 +471,7 @@ def compare_runs(
         results,
         unmatched(baseline, candidate),
         unmatched(candidate, baseline),
+        used,
     )
 
 
@@ -300,8 +492,9 @@ class Trend:
     fullname: str
     name: str
     positions: list[int]  # indices into the ordered runs
-    rounds: list[np.ndarray]  # raw rounds (seconds) of each of those runs
+    rounds: list[np.ndarray]  # rounds (seconds per call, in ``metric``) of each of those runs
     change_points: list[ChangePoint]
+    metric: str = WALL  # what the rounds measure (storage.METRICS), chosen by choose_metrics
 
     @property
     def medians(self) -> np.ndarray:
@@ -332,17 +525,36 @@ def _step(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> tuple[fl
     return rank_test(np.concatenate(before), np.concatenate(after))
 
 
-def is_change(
+def change_of(
     fullname: str, before: np.ndarray, after: np.ndarray, threshold: float, alpha: float, tests: int = 1
-) -> bool:
-    """Whether ``bench compare``'s rule calls ``after`` slower or faster than ``before``, the rank test at
-    alpha / tests (Bonferroni, Dunn 1961) and the CI at 1 - alpha; with ``tests=1`` exactly compare's decision."""
+) -> str | None:
+    """SLOWER or FASTER where ``bench compare``'s rule calls ``after`` so against ``before`` in one metric, else
+    None; the rank test at alpha / tests (Bonferroni, Dunn 1961), the CI at 1 - alpha."""
     _, p_value = rank_test(before, after)
     if p_value >= alpha / tests:  # classify() then returns neither SLOWER nor FASTER: no bootstrap needed
-        return False
+        return None
     ci = seeded_ci(fullname, before, after, alpha)
     status, _ = classify(ci, p_value, (before.size, after.size), threshold, alpha / tests)
-    return status in (SLOWER, FASTER)
+    return status if status in (SLOWER, FASTER) else None
+
+
+def is_change(
+    fullname: str,
+    before: Sequence[np.ndarray],
+    after: Sequence[np.ndarray],
+    threshold: float,
+    alpha: float,
+    tests: int = 1,
+) -> bool:
+    """Whether ``bench compare``'s rule calls the pooled rounds ``after`` slower or faster than ``before`` in the
+    decisive metric (element 0) and in the same direction in the witness metric (element 1, where there is one);
+    with ``tests=1`` exactly compare's decision."""
+    status = change_of(fullname, before[0], after[0], threshold, alpha, tests)
+    agree = all(
+        change_of(fullname, then, now, threshold, alpha, tests) == status
+        for then, now in zip(before[1:], after[1:], strict=True)
+    )
+    return status is not None and agree
 
 
 def _segmentation(levels: np.ndarray, rounds: Sequence[np.ndarray], threshold: float, alpha: float) -> list[int]:
@@ -365,9 +577,17 @@ def _segmentation(levels: np.ndarray, rounds: Sequence[np.ndarray], threshold: f
     return sorted(found)
 
 
-def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float, fullname: str = "") -> list[int]:
+def change_points(
+    rounds: Sequence[np.ndarray],
+    threshold: float,
+    alpha: float,
+    fullname: str = "",
+    witness: Sequence[np.ndarray] | None = None,
+) -> list[int]:
     """Indices (into ``rounds``) of the first run after each change; see the module docstring. ``fullname``
-    seeds the bootstrap of the confirmation, as in ``compare``."""
+    seeds the bootstrap of the confirmation, as in ``compare``; ``witness``, the same runs in the choice's witness
+    metric, must confirm each change too, as in ``compare``."""
+    series = [rounds] if witness is None else [rounds, witness]
     splits = _segmentation(np.log([np.median(r) for r in rounds]), rounds, threshold, alpha)
     # Confirmation by compare's rule between the adjacent final segments; the first split that fails is dropped,
     # which merges its two segments and changes its neighbours' tests, so the survivors are tested again.
@@ -378,8 +598,8 @@ def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float, 
             for i, k in enumerate(splits)
             if not is_change(
                 fullname,
-                np.concatenate(rounds[edges[i] : k]),  # pooled rounds of the segment before the split
-                np.concatenate(rounds[k : edges[i + 2]]),  # and after it
+                [np.concatenate(r[edges[i] : k]) for r in series],  # pooled rounds of the segment before the split
+                [np.concatenate(r[k : edges[i + 2]]) for r in series],  # and after it
                 threshold,
                 alpha,
                 tests=edges[i + 2] - edges[i] - 1,  # the split positions of the two segments together
@@ -391,24 +611,43 @@ def change_points(rounds: Sequence[np.ndarray], threshold: float, alpha: float, 
 
 
 def trend(
-    fullname: str, name: str, positions: list[int], rounds: list[np.ndarray], threshold: float, alpha: float
+    fullname: str,
+    name: str,
+    positions: list[int],
+    rounds: list[np.ndarray],
+    threshold: float,
+    alpha: float,
+    metric: str = WALL,
+    witness: Sequence[np.ndarray] | None = None,
 ) -> Trend:
-    """The trend of one benchmark, its change points measured between adjacent final segments."""
-    splits = change_points(rounds, threshold, alpha, fullname)
+    """The trend of one benchmark, its change points measured between adjacent final segments (confirmed in the
+    ``witness`` rounds too, where given)."""
+    splits = change_points(rounds, threshold, alpha, fullname, witness)
     edges = [0, *splits, len(rounds)]
     points = []
     for i, k in enumerate(splits):
         ratio, p_value = _step(rounds[edges[i] : k], rounds[k : edges[i + 2]])
         points.append(ChangePoint(positions[k], ratio, p_value))
-    return Trend(fullname, name, positions, rounds, points)
+    return Trend(fullname, name, positions, rounds, points, metric)
 
 
-def trends(runs: Sequence[Run], threshold: float, alpha: float) -> list[Trend]:
-    """One :class:`Trend` per benchmark, in order of first appearance."""
-    series: dict[str, tuple[str, list[int], list[np.ndarray]]] = {}
+def trends(
+    runs: Sequence[Run], threshold: float, alpha: float, choices: dict[str, MetricChoice] | None = None
+) -> list[Trend]:
+    """One :class:`Trend` per benchmark, in order of first appearance, in the metric of ``choices`` (default
+    :func:`choose_metrics` of all the runs) for the benchmark's device group across its runs."""
+    choices = choose_metrics(runs) if choices is None else choices
+    series: dict[str, tuple[str, list[int], list[Benchmark]]] = {}
     for position, run in enumerate(runs):
         for fullname, bench in run.benchmarks.items():
             entry = series.setdefault(fullname, (bench.name, [], []))
             entry[1].append(position)
-            entry[2].append(bench.rounds)
-    return [trend(f, name, pos, rounds, threshold, alpha) for f, (name, pos, rounds) in series.items()]
+            entry[2].append(bench)
+    results = []
+    for fullname, (name, positions, benches) in series.items():
+        choice = choices[device_of(*benches)]
+        rounds = [choice.rounds(b) for b in benches]
+        witness = [w for b in benches if (w := choice.witness_rounds(b)) is not None]
+        seen = witness if len(witness) == len(benches) else None
+        results.append(trend(fullname, name, positions, rounds, threshold, alpha, choice.metric, seen))
+    return results

@@ -11,8 +11,10 @@ ordered by ``commit_info.time`` (when the measured code was committed), then by 
 made), then by path; a run without either time is an error, since its place in the history would be a guess.
 Runs are labelled by commit (:func:`run_labels`), with the run's time, then a number, where runs share a commit.
 
-Machines: two runs are comparable only when their ``machine_info`` agree on :data:`IDENTITY_FIELDS`; volatile
-fields (``cpu.hz_actual``, ``release``, the load average) may differ.
+Machines: two runs are comparable only when their ``machine_info`` agree on :data:`IDENTITY_FIELDS` (CPU model,
+architecture, Python, torch and its threads, GPU); volatile fields (``cpu.hz_actual``, ``release``, the load
+average) may differ, and so may the host name (:data:`HOST_FIELDS`) when both runs hold calibration rounds, whose
+measured speeds decide (:func:`attncheck.benchmarks.statistics.choose_metrics`).
 
 This is the only module of :mod:`attncheck.benchmarks` that reads files; the statistics
 (:mod:`attncheck.benchmarks.statistics`) work on the :class:`Run` objects it returns.
@@ -34,8 +36,9 @@ import numpy as np
 from attncheck.errors import BenchmarkDataError
 
 # machine_info fields that identify a machine (dotted paths); volatile ones (cpu.hz_actual, release, load) are not.
+# The host name is not among them: a CI runner has a new one every time. Runs from two hosts of one kind are compared
+# by their measured speeds (attncheck.benchmarks.statistics.choose_metrics), which HOST_FIELDS only announces.
 IDENTITY_FIELDS = (
-    "node",
     "machine",
     "system",
     "python_implementation",
@@ -48,7 +51,21 @@ IDENTITY_FIELDS = (
     "attncheck.gpu_name",
     "attncheck.cuda_version",
 )
+# The metrics a benchmark can be compared in (attncheck.benchmarks.timing records them).
+WALL, CPU, NORMALISED_WALL, NORMALISED_CPU = "wall time", "cpu time", "normalised wall time", "normalised cpu time"
+METRICS = (WALL, CPU, NORMALISED_WALL, NORMALISED_CPU)
+HOST_FIELDS = ("node",)
 RECORD_HINT = "record with --benchmark-json PATH, or --benchmark-save NAME --benchmark-save-data"
+
+
+@dataclass(frozen=True)
+class Timing:
+    """What :func:`attncheck.benchmarks.timing.timed_rounds` records next to the wall time of each round."""
+
+    cpu: np.ndarray  # (n_rounds,) process CPU seconds per call
+    kernel: str  # the calibration kernel's description
+    calibration_wall: np.ndarray  # (n_rounds + 1,) wall seconds per calibration unit, before and after each round
+    calibration_cpu: np.ndarray  # (n_rounds + 1,) CPU seconds per calibration unit
 
 
 @dataclass(frozen=True)
@@ -57,12 +74,49 @@ class Benchmark:
 
     fullname: str
     name: str
-    rounds: np.ndarray  # (n_rounds,) seconds per call, > 0
+    rounds: np.ndarray  # (n_rounds,) wall seconds per call, > 0
     target: str | None = None  # the attention target it measured (extra_info["target"]), None if not recorded
+    timing: Timing | None = None  # CPU time and calibration rounds, None in runs recorded without them
 
     @property
     def median(self) -> float:
         return float(np.median(self.rounds))
+
+    def metric(self, name: str) -> np.ndarray | None:
+        """The rounds in one of :data:`METRICS` (None where the run did not record what it needs)."""
+        if name == WALL:
+            return self.rounds
+        if self.timing is None:
+            return None
+        t = self.timing
+        if name == CPU:
+            return t.cpu
+        # Round i lies between calibrations i and i + 1: normalised by their geometric mean, which cancels a
+        # machine speed that drifts linearly across the round.
+        calibration = t.calibration_wall if name == NORMALISED_WALL else t.calibration_cpu
+        between = np.sqrt(calibration[:-1] * calibration[1:])  # (n_rounds,)
+        return (self.rounds if name == NORMALISED_WALL else t.cpu) / between
+
+
+def _timing(path: Path, fullname: str, extra: object, n_rounds: int) -> Timing | None:
+    """The ``extra_info["timing"]`` record of one benchmark, checked; None where it has none."""
+    record = extra.get("timing") if isinstance(extra, dict) else None
+    if record is None:
+        return None
+    try:
+        cal = record["calibration"]
+        cpu, cal_wall, cal_cpu = (np.asarray(x, dtype=float) for x in (record["cpu_s"], cal["wall_s"], cal["cpu_s"]))
+        kernel = str(cal["kernel"])
+    except (TypeError, KeyError, ValueError):
+        raise BenchmarkDataError(f"{path}: benchmark {fullname!r}: extra_info.timing is malformed") from None
+    shapes_ok = cpu.shape == (n_rounds,) and cal_wall.shape == cal_cpu.shape == (n_rounds + 1,)
+    values = np.concatenate([cpu, cal_wall, cal_cpu]) if shapes_ok else np.empty(0)
+    if not shapes_ok or not np.all(np.isfinite(values)) or np.any(values[n_rounds:] <= 0) or np.any(cpu < 0):
+        raise BenchmarkDataError(
+            f"{path}: benchmark {fullname!r}: extra_info.timing does not hold {n_rounds} CPU times and "
+            f"{n_rounds + 1} positive calibration times"
+        )
+    return Timing(cpu, kernel, cal_wall, cal_cpu)
 
 
 @dataclass(frozen=True)
@@ -123,7 +177,11 @@ def load_run(path: str | os.PathLike[str]) -> Run:
         extra = entry.get("extra_info")
         target = extra.get("target") if isinstance(extra, dict) else None
         benchmarks[fullname] = Benchmark(
-            fullname, name if isinstance(name, str) else fullname, rounds, target if isinstance(target, str) else None
+            fullname,
+            name if isinstance(name, str) else fullname,
+            rounds,
+            target if isinstance(target, str) else None,
+            _timing(path, fullname, extra, rounds.size),
         )
     commit_info = doc.get("commit_info")
     when = doc.get("datetime")
@@ -215,11 +273,12 @@ def _field(info: dict[str, Any], dotted: str) -> Any:
     return value
 
 
-def machine_differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
-    """``"field: 'x' != 'y'"`` for each identity field (:data:`IDENTITY_FIELDS`) on which two machine_info differ."""
+def machine_differences(a: dict[str, Any], b: dict[str, Any], fields: Sequence[str] = IDENTITY_FIELDS) -> list[str]:
+    """``"field: 'x' != 'y'"`` for each of ``fields`` (default :data:`IDENTITY_FIELDS`) on which two machine_info
+    differ."""
     return [
         f"{dotted}: {_field(a, dotted)!r} != {_field(b, dotted)!r}"
-        for dotted in IDENTITY_FIELDS
+        for dotted in fields
         if _field(a, dotted) != _field(b, dotted)
     ]
 

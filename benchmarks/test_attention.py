@@ -4,9 +4,13 @@
 
 Each benchmark times ``target.fn`` itself (not ``Target.__call__``, whose per-call watchdog thread would be
 timed too) with ``benchmark.pedantic``: the rounds are fixed by the grid (``BenchSize.rounds``, the sample size
-that ``attncheck bench compare`` tests) and the iterations per round are calibrated once so that a round lasts
-at least ``BenchSize.round_time``. On CUDA the timed callable ends with ``torch.cuda.synchronize()``, so a round
-measures finished kernels; the median is cross-checked against CUDA events.
+that ``attncheck bench compare`` tests; ``--bench-rounds`` overrides it) and the iterations per round are
+calibrated once so that a round lasts at least ``BenchSize.round_time``. Between rounds
+:func:`attncheck.benchmarks.timing.timed_rounds` runs a fixed calibration kernel and reads the process CPU clock:
+``extra_info["timing"]`` holds each round's CPU time and the calibration rounds, from which ``bench compare``
+chooses the metric that decides (:mod:`attncheck.benchmarks.timing`). On CUDA the timed callable ends with
+``torch.cuda.synchronize()`` (:func:`~attncheck.benchmarks.workloads.synchronizer`), so a round measures finished
+kernels; the median is cross-checked against CUDA events.
 
 ``extra_info`` of every benchmark (units in the key names):
 
@@ -41,7 +45,8 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.benchmarks.workloads import SOFTCAP, BenchSize, Gemm, Shape, flops, window_of
+from attncheck.benchmarks.timing import timed_rounds
+from attncheck.benchmarks.workloads import SOFTCAP, BenchSize, Gemm, Shape, flops, synchronizer, window_of
 from attncheck.errors import TargetUnavailable
 from attncheck.properties.targets import Capabilities, Target, resolve
 
@@ -87,7 +92,7 @@ def make_call(target: Target, device: str, dtype: torch.dtype, backward: bool, m
     if mask == "softcap":
         given["softcap"] = SOFTCAP
     kwargs = {target.caps.arg_names.get(arg, arg): value for arg, value in given.items()}
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = synchronizer(device)
 
     def forward() -> Tensor:
         out = target.fn(q, k, v, **kwargs)
@@ -219,7 +224,7 @@ def test_attention(
         score_matrix_bytes=shape.B * shape.H * shape.L * shape.L * torch_dtype.itemsize,
     )
     benchmark.extra_info["pass"] = pass_
-    benchmark.pedantic(call, rounds=size.rounds, iterations=iterations, warmup_rounds=1)
+    timed_rounds(benchmark, call, rounds=size.rounds, iterations=iterations, device=device, round_time=size.round_time)
     median = benchmark.stats.stats.median  # seconds per call
     reference = gemm(device, torch_dtype)
     gflops = benchmark.extra_info["flops"] / median / 1e9

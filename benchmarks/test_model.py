@@ -36,7 +36,8 @@ source tokens src (B, L) and the same sequence as the target: decoder input src[
 
 * ``target``, ``device``, ``dtype`` (float32), ``model`` (copy, base), ``N``, ``d_model``, ``d_ff``, ``h``,
   ``vocab``, ``params`` (parameter count), ``B`` (sequences), ``L`` (tokens per sequence), ``iterations`` (calls
-  per round);
+  per round), ``timing`` (each round's CPU time and the calibration rounds around it:
+  :mod:`attncheck.benchmarks.timing`);
 * ``test_train_step`` and ``test_forward``: ``tokens_per_s``: target tokens per second, B (L - 1) / median seconds;
 * ``test_forward``: ``attention_share``: the median fraction of a forward pass spent in attention calls;
   ``attention_share_per_layer``: {"encoder.0": ..., "decoder.<N-1>": ...}, the median fraction of each layer's
@@ -68,6 +69,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from attncheck.benchmarks.test_attention import calibrate
+from attncheck.benchmarks.timing import timed_rounds
+from attncheck.benchmarks.workloads import synchronizer
 from attncheck.errors import TargetUnavailable
 from attncheck.properties.targets import Capabilities, resolve
 from attncheck.reference.copy_task import PAD, START, copy_batch
@@ -158,10 +161,6 @@ def batch(case: ModelCase, device: str) -> tuple[Tensor, Tensor, Tensor, Tensor,
     return src, tgt_in, tgt_out, padding_mask(src, PAD), target_mask(tgt_in, PAD)
 
 
-def synchronizer(device: str) -> Callable[[], None]:
-    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
-
-
 def describe(
     benchmark: Any, kind: str, transformer: EncoderDecoder, case: ModelCase, target: str, device: str, model: str
 ) -> None:
@@ -184,7 +183,7 @@ def describe(
     )
 
 
-def measure(benchmark: Any, call: Callable[[], None], case: ModelCase) -> float:
+def measure(benchmark: Any, call: Callable[[], None], case: ModelCase, device: str) -> float:
     """Time ``call`` with ``benchmark.pedantic`` (calibrated iterations, ``case.rounds`` rounds); median seconds.
 
     Under ``--benchmark-disable`` it runs ``call`` once and returns NaN.
@@ -194,7 +193,7 @@ def measure(benchmark: Any, call: Callable[[], None], case: ModelCase) -> float:
         return float("nan")
     iterations = calibrate(call, case.round_time)  # its two calls are the warm-up
     benchmark.extra_info["iterations"] = iterations
-    benchmark.pedantic(call, rounds=case.rounds, iterations=iterations)
+    timed_rounds(benchmark, call, rounds=case.rounds, iterations=iterations, device=device, round_time=case.round_time)
     return float(benchmark.stats.stats.median)
 
 
@@ -219,7 +218,7 @@ def test_train_step(
         sync()
 
     describe(benchmark, "train", transformer, case, model_target, device, model)
-    seconds = measure(benchmark, step, case)
+    seconds = measure(benchmark, step, case, device)
     benchmark.extra_info["tokens_per_s"] = tgt_out.numel() / seconds
 
 
@@ -328,7 +327,7 @@ def test_forward(
         sync()
 
     describe(benchmark, "forward", transformer, case, model_target, device, model)
-    seconds = measure(benchmark, forward, case)
+    seconds = measure(benchmark, forward, case, device)
     if benchmark.disabled:
         return
     share, per_layer, calls = attention_shares(transformer, forward, case.rounds, sync)
@@ -377,7 +376,7 @@ def test_greedy_decode(
     new_tokens = case.B * (case.L - 1)
     describe(benchmark, "decode", transformer, case, model_target, device, model)
     benchmark.extra_info.update(decoding=decoding, new_tokens=new_tokens)
-    seconds = measure(benchmark, decode(decoding == "cached"), case)
+    seconds = measure(benchmark, decode(decoding == "cached"), case, device)
     benchmark.extra_info["tokens_per_s"] = new_tokens / seconds
     if decoding == "cached" and not benchmark.disabled:
         full, cached = alternating_medians((decode(False), decode(True)), case.rounds)

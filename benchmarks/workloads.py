@@ -6,6 +6,7 @@ Kept out of ``conftest.py`` so that the benchmark module and ``conftest.py`` imp
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -71,6 +72,12 @@ class Gemm:
     gflops: float  # 2 n^3 / seconds / 1e9
 
 
+def synchronizer(device: str) -> Callable[[], None]:
+    """What every timed call ends with: on a GPU, wait for the kernels it queued (a CUDA call returns once they are
+    launched, so a timer read without it measures the launch); on the CPU, nothing (tests/test_bench_gpu_path.py)."""
+    return torch.cuda.synchronize if device == "cuda" else (lambda: None)
+
+
 def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
     """Median time of an (n, n) @ (n, n) matmul into a preallocated output, timed like the attention calls.
 
@@ -81,7 +88,7 @@ def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
     gen = torch.Generator().manual_seed(0)
     a, b = (torch.randn(n, n, generator=gen).to(device, dtype) for _ in range(2))
     out = torch.empty(n, n, device=device, dtype=dtype)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync = synchronizer(device)
 
     def call() -> None:
         torch.matmul(a, b, out=out)

@@ -98,12 +98,12 @@ def documented_keys() -> set[str]:
     return set(re.findall(r"``([a-z_A-Z]+)``", doc.partition("``extra_info``")[2]))
 
 
-def run_benchmarks(*args: str) -> subprocess.CompletedProcess[str]:
-    """``pytest benchmarks/test_model.py ARGS`` in a fresh process. Without this session's xdist variables: with
-    PYTEST_XDIST_WORKER set (inherited from a worker), pytest-benchmark disables timing."""
+def run_benchmarks(*args: str, module: str = "benchmarks/test_model.py") -> subprocess.CompletedProcess[str]:
+    """``pytest MODULE ARGS`` in a fresh process. Without this session's xdist variables: with PYTEST_XDIST_WORKER
+    set (inherited from a worker), pytest-benchmark disables timing."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTEST_XDIST_", "PYTEST_CURRENT_TEST"))}
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "benchmarks/test_model.py", "-p", "no:cacheprovider", "-q", *args],
+        [sys.executable, "-m", "pytest", module, "-p", "no:cacheprovider", "-q", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
