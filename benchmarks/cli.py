@@ -5,15 +5,19 @@ sets ``func`` to a handler ``handler(args) -> int`` that returns the exit status
 
     python -m attncheck.benchmarks.cli compare BASELINE.json CANDIDATE.json [--threshold PCT] [--alpha A] [--force]
                                      [--list-unmatched] [--markdown PATH] [--json PATH]
-    python -m attncheck.benchmarks.cli history PATH... [--plot DIR] [--threshold PCT] [--alpha A]
+    python -m attncheck.benchmarks.cli history PATH... [--plot DIR] [--html DIR] [--threshold PCT] [--alpha A]
 
 Exit status: compare 0 (no regression), 1 (a benchmark significantly slower beyond the threshold), 2 (unusable
 input, runs from different machines without ``--force``, unwritable output); history 0 or 2. Every error is one
 line ``attncheck: error: ...`` on stderr, and every input is read and checked before any output is written, so
 an error leaves existing report files as they were.
 
+``history --html DIR`` writes ``DIR/index.html``, one self-contained page: a chart per benchmark with its change
+points, the trend table, and the comparison of the last two runs by ``compare``'s rule (none for one run).
+
 Layers: :mod:`~attncheck.benchmarks.storage` reads the runs, :mod:`~attncheck.benchmarks.statistics`
-compares them, :mod:`~attncheck.benchmarks.report` renders the tables, reports and plots.
+compares them, :mod:`~attncheck.benchmarks.report` renders the tables, reports and plots,
+:mod:`~attncheck.benchmarks.html` the history page.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from attncheck.benchmarks.ab import add_parser as add_ab_parser
+from attncheck.benchmarks.html import history_page
 from attncheck.benchmarks.report import (
     UNMATCHED_SHOWN,
     make_console,
@@ -33,8 +39,9 @@ from attncheck.benchmarks.report import (
     write_plots,
 )
 from attncheck.benchmarks.statistics import DEFAULT_ALPHA, DEFAULT_THRESHOLD, compare_runs, trends
-from attncheck.benchmarks.storage import load_history, load_note, load_run, machine_differences
+from attncheck.benchmarks.storage import HOST_FIELDS, load_history, load_note, load_run, machine_differences
 from attncheck.errors import UsageError
+from attncheck.properties.render import check_writable, write_atomic
 
 
 def percent(text: str) -> float:
@@ -101,14 +108,23 @@ def register(subparsers: Any) -> None:
 
     history = subparsers.add_parser(
         "history",
-        help="trend table, change points and plots of many pytest-benchmark JSON runs",
+        help="trend table, change points, plots and an HTML page of many pytest-benchmark JSON runs",
         description="Order pytest-benchmark runs by commit time, show each benchmark's trend and change points "
-        "(binary segmentation with a rank test on the raw rounds), and optionally plot them.",
+        "(binary segmentation with a rank test on the raw rounds, confirmed by compare's rule), and optionally "
+        "plot them (PNG files) or write one self-contained HTML page.",
     )
     history.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="JSON runs, or directories of them")
     _add_statistics_options(history)
     history.add_argument("--plot", type=Path, metavar="DIR", help="write one PNG per benchmark into DIR")
+    history.add_argument(
+        "--html",
+        type=Path,
+        metavar="DIR",
+        help="write DIR/index.html, one self-contained page: a chart per benchmark with its change points marked, "
+        "the trend table, and the comparison of the last two runs (DIR is created if missing)",
+    )
     history.set_defaults(func=history_command)
+    add_ab_parser(subparsers, _add_statistics_options)
 
 
 def _error(message: str) -> int:
@@ -134,9 +150,25 @@ def compare_command(args: argparse.Namespace) -> int:
                 f"({'; '.join(mismatch)}); pass --force to compare anyway"
             )
         comparison = compare_runs(baseline, candidate, args.threshold, args.alpha)
+        hosts = machine_differences(baseline.machine_info, candidate.machine_info, HOST_FIELDS)
+        unmeasured = [c for c in comparison.choices.values() if not c.speeds]
+        if hosts and unmeasured and not args.force:
+            raise UsageError(
+                f"{args.baseline} and {args.candidate} were recorded on different hosts ({'; '.join(hosts)}) and "
+                f"their speeds were not measured: {unmeasured[0].reason.removeprefix('wall time: ')}; "
+                "pass --force to compare anyway"
+            )
+        apart = [c for c in comparison.choices.values() if not c.comparable]
+        if apart and not args.force:
+            raise UsageError(
+                f"{args.baseline} and {args.candidate} ran at different speeds ({apart[0].reason.partition('(')[2]} "
+                "further apart than a busy neighbour moves one machine: the machines differ, and no metric measured "
+                "compares them reliably at this threshold; pass --force to compare in normalised wall time"
+            )
         notes = [note for note in (load_note(baseline), load_note(candidate)) if note]
-        if mismatch:
-            notes.append(f"different machines, compared because of --force: {'; '.join(mismatch)}")
+        if mismatch or hosts:
+            notes.append(f"different machines: {'; '.join(mismatch + hosts)}")
+        notes += [f"decided in {c.reason}" for c in comparison.choices.values()]
         print_comparison(make_console(), comparison, notes, args.list_unmatched)
         write_comparison(comparison, mismatch, notes, args.markdown, args.json)
     except UsageError as exc:  # BenchmarkDataError too
@@ -147,17 +179,25 @@ def compare_command(args: argparse.Namespace) -> int:
 
 
 def history_command(args: argparse.Namespace) -> int:
-    """``bench history``: trend table and change points, PNG plots with ``--plot DIR``; 0, or 2 on an error."""
+    """``bench history``: trend table and change points, PNG plots with ``--plot DIR``, the page with ``--html DIR``;
+    0, or 2 on an error."""
     try:
-        if args.plot is not None and args.plot.exists() and not args.plot.is_dir():
-            raise UsageError(f"--plot {args.plot}: exists and is not a directory")
+        for flag, directory in (("--plot", args.plot), ("--html", args.html)):
+            if directory is not None:
+                check_writable(flag, directory, directory=True)
         runs = load_history(args.paths)
         results = trends(runs, args.threshold, args.alpha)
         console = make_console()
         print_history(console, runs, results)
         if args.plot is not None:
-            write_plots(args.plot, runs, results)
+            write_plots(args.plot, runs, results, args.threshold)
             console.print(f"{len(results)} plots written to {args.plot}")
+        if args.html is not None:
+            # The latest comparison by compare's own rule, the rule that confirms history's change points.
+            latest = compare_runs(runs[-2], runs[-1], args.threshold, args.alpha) if len(runs) > 1 else None
+            index = args.html / "index.html"
+            write_atomic(index, history_page(runs, results, latest, args.threshold, args.alpha).encode())
+            console.print(f"history page written to {index}")
     except UsageError as exc:  # BenchmarkDataError too
         return _error(str(exc))
     except OSError as exc:
@@ -168,9 +208,12 @@ def history_command(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Standalone entry point: ``python -m attncheck.benchmarks.cli {compare,history} ...``."""
     parser = argparse.ArgumentParser(prog="attncheck bench", description="Compare pytest-benchmark histories.")
-    register(parser.add_subparsers(dest="command", required=True, metavar="{compare,history}"))
+    register(parser.add_subparsers(dest="command", required=True, metavar="{compare,history,ab}"))
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return int(args.func(args))
+    except UsageError as exc:  # bench ab's; compare and history report their own
+        return _error(str(exc))
 
 
 if __name__ == "__main__":

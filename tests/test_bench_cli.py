@@ -1,4 +1,4 @@
-"""``attncheck bench`` help: every ``--help`` prints its options and exits 0.
+"""Help: every ``--help`` of every ``attncheck`` command prints its options and exits 0.
 
 argparse %-formats help strings, so a literal ``%`` in one (``default 10%``) crashes ``--help`` with a traceback;
 these run the standalone entry point in a subprocess, as a user would.
@@ -6,6 +6,7 @@ these run the standalone entry point in a subprocess, as a user would.
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
@@ -16,12 +17,13 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 HELP_CASES = {
-    "bench": ((), ("compare", "history")),
+    "bench": ((), ("compare", "history", "ab")),
     "compare": (
         ("compare",),
         ("baseline", "candidate", "--threshold", "default 10%", "--alpha", "--force", "--markdown", "--json"),
     ),
-    "history": (("history",), ("PATH", "--threshold", "default 10%", "--alpha", "--plot")),
+    "history": (("history",), ("PATH", "--threshold", "default 10%", "--alpha", "--plot", "--html")),
+    "ab": (("ab",), ("TARGET_A", "TARGET_B", "--pairs", "--slowdown-b", "default 10%", "--json")),
 }
 
 
@@ -41,3 +43,25 @@ def test_help_exits_0_and_lists_the_options(case: str) -> None:
     assert proc.stdout.startswith("usage: attncheck bench"), proc.stdout
     for text in expected:
         assert text in proc.stdout, f"{text!r} missing from the help:\n{proc.stdout}"
+
+
+def command_paths(parser: argparse.ArgumentParser, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command of ``parser``: () for itself, then each subcommand's path, depth first."""
+    paths = [path]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                paths += command_paths(sub, (*path, name))
+    return paths
+
+
+def test_every_attncheck_command_has_a_working_help(capsys: pytest.CaptureFixture) -> None:
+    from attncheck.cli import build_parser, main
+
+    paths = command_paths(build_parser())
+    assert {("verify",), ("bench", "compare"), ("bench", "history"), ("bench", "ab")} <= set(paths)
+    for path in paths:
+        with pytest.raises(SystemExit) as exit_:
+            main([*path, "--help"])
+        out = capsys.readouterr().out
+        assert exit_.value.code == 0 and out.startswith(f"usage: attncheck {' '.join(path)}".rstrip()), (path, out)
