@@ -180,7 +180,7 @@ def ab_command(args: argparse.Namespace) -> int:
             make_call(t, case.device, getattr(torch, case.dtype), case.pass_ == "fwdbwd", case.mask, case.shape)
             for t in (a, b)
         ]
-        call_b = slowed(make[1], args.slowdown_b / 100) if args.slowdown_b else make[1]
+        call_b = slowed(make[1], args.slowdown_b / 100, case.device) if args.slowdown_b else make[1]
         times = alternate(make[0], call_b, args.pairs, size.round_time)
         result = compare_case(case, times, args.threshold, args.alpha)
         results.append(result)

@@ -6,7 +6,11 @@
 
 Every benchmarked call of the target (default ``torch-sdpa``) is followed by a busy wait of ``--slowdown`` percent
 of that call's own duration: extra CPU work on the timed thread, for the forward and the forward + backward
-benchmarks alike, so the true ratio is known (1 + slowdown) whatever the target's speed. The other targets are
+benchmarks alike, so the true ratio is known (1 + slowdown) whatever the target's speed. On the CPU the duration
+and the wait are measured in process CPU time, so the extra work is ``--slowdown`` percent of the call's work as
+a slower kernel's would be, busy machine or not (a wait measured in wall time adds less work when the process
+is preempted during it: under two busy neighbours it added 10-20% in CPU time instead of 20%); on a GPU, in
+wall time (the host's CPU time there is spent waiting). The other targets are
 untouched and act as A/A controls inside the A/B comparison. Use it to check, on a new machine, which threshold
 catches which slowdown before trusting ``bench compare`` in CI.
 """
@@ -42,19 +46,21 @@ def _slow_target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
         target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape
     ) -> Callable[[], None]:
         call = make_call(target, device, dtype, backward, mask, shape)
-        return slowed(call, fraction) if target.name == name else call
+        return slowed(call, fraction, device) if target.name == name else call
 
     monkeypatch.setattr(request.module, "make_call", slowed_make_call)
 
 
-def slowed(call: Callable[[], None], fraction: float) -> Callable[[], None]:
-    """``call`` followed by a busy wait of ``fraction`` of its own duration (also ``bench ab --slowdown-b``)."""
+def slowed(call: Callable[[], None], fraction: float, device: str) -> Callable[[], None]:
+    """``call`` followed by a busy wait of ``fraction`` of its own duration, in process CPU time on the CPU and in
+    wall time on a GPU (also ``bench ab --slowdown-b``)."""
+    clock = time.perf_counter if device == "cuda" else time.process_time
 
     def slowed_call() -> None:
-        start = time.perf_counter()
+        start = clock()
         call()
-        end = time.perf_counter() + fraction * (time.perf_counter() - start)
-        while time.perf_counter() < end:  # busy: the extra time is CPU work, like a slower kernel's
+        end = clock() + fraction * (clock() - start)
+        while clock() < end:  # busy: the extra time is CPU work, like a slower kernel's
             pass
 
     return slowed_call

@@ -274,6 +274,24 @@ def test_bench_ab_catches_a_slowed_copy_of_the_same_target(tmp_path: Path, capsy
     assert 1.6 < result["ratio"] < 2.5 and "1 slower" in out
 
 
+def test_a_slowed_call_does_the_extra_work_in_cpu_time() -> None:
+    """On the CPU the busy wait is a fraction of the call's CPU time, so the added work is known even when the
+    process is preempted (a sleep costs wall time and no CPU time: it adds nothing to wait for)."""
+    import time
+
+    from attncheck.benchmarks.slowdown import slowed
+
+    def work() -> None:
+        end = time.process_time() + 0.02
+        while time.process_time() < end:
+            pass
+        time.sleep(0.02)  # wall time without CPU time: a wall-clock wait would double it
+
+    start = time.process_time()
+    slowed(work, 0.5, "cpu")()
+    assert 0.029 < time.process_time() - start < 0.036  # a wall-clock wait: 0.02 + 0.02
+
+
 def test_bench_ab_rejects_what_it_cannot_run(capsys: pytest.CaptureFixture) -> None:
     from attncheck.cli import main
 
