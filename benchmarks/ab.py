@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -35,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from attncheck.benchmarks.storage import CPU, WALL
 from attncheck.errors import TargetUnavailable, UsageError
 
 if TYPE_CHECKING:
@@ -66,7 +66,7 @@ class PairResult:
     """The comparison of B with A on one case."""
 
     case: str
-    metric: str  # "cpu time" or "wall time"
+    metric: str  # storage.CPU on the CPU, storage.WALL on a GPU
     a_median: float  # seconds per call
     b_median: float
     ratio: float  # B / A, exp(median of the paired log ratios)
@@ -99,26 +99,19 @@ def shared_cases(a: Target, b: Target, size: str, devices: tuple[str, ...]) -> l
     ]
 
 
-def _round(call: Callable[[], None], iterations: int) -> tuple[float, float]:
-    """(wall, process CPU) seconds per call over one round of ``iterations`` calls."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    for _ in range(iterations):
-        call()
-    return (time.perf_counter() - wall) / iterations, (time.process_time() - cpu) / iterations
-
-
 def alternate(
     call_a: Callable[[], None], call_b: Callable[[], None], pairs: int, round_time: float
 ) -> dict[str, np.ndarray]:
     """``pairs`` pairs of rounds, A B then B A alternately; per side its wall and CPU seconds per call, (pairs,)."""
     from attncheck.benchmarks.test_attention import calibrate
+    from attncheck.benchmarks.timing import time_calls
 
     n_a, n_b = calibrate(call_a, round_time), calibrate(call_b, round_time)  # warm-up and iterations per round
     times: dict[str, list[float]] = {"a_wall": [], "a_cpu": [], "b_wall": [], "b_cpu": []}
     for i in range(pairs):
         order = (("a", call_a, n_a), ("b", call_b, n_b))
         for side, call, n in order if i % 2 == 0 else order[::-1]:
-            wall, cpu = _round(call, n)
+            wall, cpu = time_calls(call, n)
             times[f"{side}_wall"].append(wall)
             times[f"{side}_cpu"].append(cpu)
     return {key: np.asarray(values) for key, values in times.items()}
@@ -128,7 +121,7 @@ def compare_case(case: Case, times: dict[str, np.ndarray], threshold: float, alp
     """Decide one case from its alternating rounds (see the module docstring)."""
     from attncheck.benchmarks.statistics import classify, compare_paired
 
-    metric, key = ("cpu time", "cpu") if case.device == "cpu" else ("wall time", "wall")
+    metric, key = (CPU, "cpu") if case.device == "cpu" else (WALL, "wall")
     a, b = times[f"a_{key}"], times[f"b_{key}"]
     ratio, ci, p_value = compare_paired(case.id, a, b, alpha)
     status, reason = classify(ci, p_value, (a.size, b.size), threshold, alpha)

@@ -22,6 +22,7 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from attncheck.benchmarks.statistics import MIN_ROUNDS
 from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, BenchSize, Gemm, measure_gemm
 from attncheck.properties.adapters import BUILTINS
 
@@ -80,8 +81,10 @@ def bench_size(config: pytest.Config) -> BenchSize:
     rounds = config.getoption("--bench-rounds")
     if rounds is None:
         return size
-    if rounds < 5:
-        raise pytest.UsageError(f"--bench-rounds must be >= 5 (bench compare's minimum sample), got {rounds}")
+    if rounds < MIN_ROUNDS:
+        raise pytest.UsageError(
+            f"--bench-rounds must be >= {MIN_ROUNDS} (bench compare's minimum sample), got {rounds}"
+        )
     return dataclasses.replace(size, rounds=rounds)
 
 

@@ -26,7 +26,7 @@ from attncheck.benchmarks.report import (
     trend_image,
 )
 from attncheck.benchmarks.statistics import Comparison, Trend
-from attncheck.benchmarks.storage import Run, run_labels
+from attncheck.benchmarks.storage import WALL, Run, run_labels
 from attncheck.properties.html import page, table
 
 COMPARISON_COLUMNS = ["benchmark", "baseline", "candidate", "ratio", "CI", "p", "result", "why"]  # result_cells
@@ -107,7 +107,7 @@ def history_page(
     and the comparison of the last two runs (``None`` for a history of one run)."""
     labels = run_labels(runs)
     changed = sum(bool(t.change_points) for t in results)
-    metric = metric_of(results[0]) if results else "wall time"
+    metric = metric_of(results[0]) if results else WALL
     trend_rows = [
         _row(trend_cells(t, labels), "changed" if t.change_points else "", {1, 2, 3, 4, 5}, fullname=t.fullname)
         for t in results

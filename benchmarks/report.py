@@ -41,7 +41,7 @@ from attncheck.benchmarks.statistics import (
     Trend,
     Unmatched,
 )
-from attncheck.benchmarks.storage import Run, machine_differences, run_labels
+from attncheck.benchmarks.storage import WALL, Run, machine_differences, run_labels
 from attncheck.properties.render import write_atomic
 
 if TYPE_CHECKING:
@@ -317,7 +317,7 @@ def metric_of(obj: object) -> str:
     else wall time (runs recorded before attncheck measured anything else)."""
     if hasattr(obj, "metric"):
         return str(obj.metric)
-    return ", ".join(sorted({metric_of(r) for r in getattr(obj, "results", ())})) or "wall time"
+    return ", ".join(sorted({metric_of(r) for r in getattr(obj, "results", ())})) or WALL
 
 
 def trend_figure(t: Trend, runs: Sequence[Run], threshold: float = DEFAULT_THRESHOLD) -> Figure:

@@ -65,10 +65,15 @@ class Calibration:
 
     def run(self) -> tuple[float, float]:
         """(wall seconds, process CPU seconds) per unit, over ``units`` units."""
-        wall, cpu = time.perf_counter(), time.process_time()
-        for _ in range(self.units):
-            self.run_unit()
-        return (time.perf_counter() - wall) / self.units, (time.process_time() - cpu) / self.units
+        return time_calls(self.run_unit, self.units)
+
+
+def time_calls(call: Callable[[], Any], n: int) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) per call, over ``n`` calls of ``call`` (also ``bench ab``'s rounds)."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    for _ in range(n):
+        call()
+    return (time.perf_counter() - wall) / n, (time.process_time() - cpu) / n
 
 
 def _unit(device: str) -> Callable[[], None]:
