@@ -22,9 +22,13 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from attncheck.benchmarks.cases import grid
+from attncheck.benchmarks.devicetime import CAPTURED  # noqa: F401  the timer functions, before any target import
 from attncheck.benchmarks.statistics import MIN_ROUNDS
-from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, BenchSize, Gemm, measure_gemm
+from attncheck.benchmarks.workloads import SIZES, BenchSize, Gemm, Roofline, measure_copy, measure_gemm
+from attncheck.errors import TargetUnavailable, UsageError
 from attncheck.properties.adapters import BUILTINS
+from attncheck.properties.targets import Target, resolve
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,20 +56,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--bench-targets",
         default=None,
-        metavar="NAME,NAME",
-        help="comma-separated built-in targets to benchmark (default: every built-in; unavailable ones are skipped)",
+        metavar="TARGET,TARGET",
+        help="comma-separated targets to benchmark: built-in or registered names, or module.path:attr with its "
+        "@declare capabilities (default: every built-in; unavailable ones are skipped). Declaration flags "
+        "(--causal, --arg-name...) are `attncheck bench run`'s",
     )
 
 
+TARGETS = pytest.StashKey[dict[str, "Target | str"]]()  # name -> resolved target, or why it is unavailable
+
+
 def bench_targets(config: pytest.Config) -> list[str]:
+    return list(config.stash[TARGETS])
+
+
+def _resolve_targets(config: pytest.Config) -> dict[str, Target | str]:
+    """The session's targets: bench run's, or --bench-targets resolved here (one-line usage error on a bad spec;
+    a built-in that cannot run here is skipped with the reason)."""
+    for plugin in config.pluginmanager.get_plugins():  # `attncheck bench run`'s, with its declaration flags
+        if hasattr(plugin, "attncheck_bench_targets"):
+            return dict(plugin.attncheck_bench_targets)
     given = config.getoption("--bench-targets")
-    if given is None:
-        return list(BUILTINS)
-    names = [name.strip() for name in given.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BUILTINS]
-    if unknown or not names:
-        raise pytest.UsageError(f"--bench-targets: unknown {unknown or given!r}; built-ins: {', '.join(BUILTINS)}")
-    return names
+    names = list(BUILTINS) if given is None else [name.strip() for name in given.split(",") if name.strip()]
+    if not names:
+        raise pytest.UsageError(f"--bench-targets: no target in {given!r}")
+    found: dict[str, Target | str] = {}
+    for name in names:
+        try:
+            found[name] = resolve(name)
+        except TargetUnavailable as exc:
+            found[name] = f"{name} unavailable: {exc}"
+        except UsageError as exc:  # TargetSpecError: a typo, a module that does not import
+            raise pytest.UsageError(f"--bench-targets: {exc}") from None
+    return found
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +97,13 @@ def pytest_configure(config: pytest.Config) -> None:
         if threads < 1:
             raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    config.stash[TARGETS] = _resolve_targets(config)
+
+
+@pytest.fixture(scope="session")
+def targets(pytestconfig: pytest.Config) -> dict[str, Target | str]:
+    """Name -> the resolved target, or the reason it is unavailable here."""
+    return pytestconfig.stash[TARGETS]
 
 
 def bench_size(config: pytest.Config) -> BenchSize:
@@ -109,15 +139,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = ("target", "device", "dtype", "pass_", "mask", "shape")
     if not set(names) <= set(metafunc.fixturenames):
         return
-    size = bench_size(metafunc.config)
+    size = metafunc.config.getoption("--bench-size")
     cases = [
-        (target, device, dtype, pass_, mask, shape)
+        (target, c.device, c.dtype, c.pass_, c.mask, c.shape)
         for target in bench_targets(metafunc.config)
-        for device in devices()
-        for dtype in DTYPES
-        for pass_ in PASSES
-        for mask in MASKS
-        for shape in size.shapes
+        for c in grid(size, devices())
     ]
     ids = ["-".join((t, dev, dt, p, m, s.id)) for t, dev, dt, p, m, s in cases]
     metafunc.parametrize(",".join(names), cases, ids=ids)
@@ -160,13 +186,17 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 @pytest.fixture(scope="session")
-def gemm() -> Callable[[str, torch.dtype], Gemm]:
-    """``gemm(device, dtype)``: the GEMM throughput, measured once per (device, dtype) in this session."""
-    cache: dict[tuple[str, torch.dtype], Gemm] = {}
+def roofline() -> Callable[[str, torch.dtype], Roofline]:
+    """``roofline(device, dtype)``: the same-run roofline, its GEMM measured once per (device, dtype) and its copy
+    bandwidth once per device in this session."""
+    gemms: dict[tuple[str, torch.dtype], Gemm] = {}
+    copies: dict[str, float] = {}
 
-    def get(device: str, dtype: torch.dtype) -> Gemm:
-        if (device, dtype) not in cache:
-            cache[device, dtype] = measure_gemm(device, dtype)
-        return cache[device, dtype]
+    def get(device: str, dtype: torch.dtype) -> Roofline:
+        if (device, dtype) not in gemms:
+            gemms[device, dtype] = measure_gemm(device, dtype)
+        if device not in copies:
+            copies[device] = measure_copy(device)
+        return Roofline(gemms[device, dtype], copies[device])
 
     return get
