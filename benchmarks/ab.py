@@ -120,7 +120,7 @@ def select_cases(args: argparse.Namespace, targets: list[Target], console: Any) 
     for case, why in dropped:
         reasons.setdefault(why, []).append(case.id)
     for why, ids in reasons.items():
-        console.print(f"dropped {len(ids)} case{'s' if len(ids) > 1 else ''} ({why}): {', '.join(ids)}")
+        console.print(f"dropped {len(ids)} case{'s' if len(ids) > 1 else ''} ({why}): {', '.join(ids)}", soft_wrap=True)
     if not kept:
         names = " and ".join(t.name for t in targets)
         raise UsageError(

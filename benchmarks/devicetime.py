@@ -32,6 +32,7 @@ with stand-ins for the stream, the events and the L2 flush.
 
 from __future__ import annotations
 
+import functools
 import statistics
 import threading
 import time
@@ -80,8 +81,9 @@ class DeviceApi:
     stream_synchronize: Callable[[], None]  # the current stream only
 
 
+@functools.cache
 def cuda_api() -> DeviceApi:
-    """The CUDA device, through the functions captured at import."""
+    """The CUDA device, through the functions captured at import (its L2 flush buffer allocated once)."""
     cache = torch.empty(L2_FLUSH_BYTES // 4, dtype=torch.int32, device="cuda")
     event_type = CAPTURED["torch.cuda.Event"]
     stream_sync = CAPTURED["torch.cuda.Stream.synchronize"]

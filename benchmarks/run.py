@@ -20,7 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import signal
 import tempfile
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -148,7 +150,7 @@ def run_command(args: argparse.Namespace) -> int:
         padded = [
             c.rjust(w) if 2 <= i <= 7 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=False))
         ]
-        console.print("  ".join(padded).rstrip())
+        console.print("  ".join(padded).rstrip(), soft_wrap=True)  # one line a case, whatever the width
 
     print_row(COLUMNS)
 
@@ -167,15 +169,24 @@ def run_command(args: argparse.Namespace) -> int:
         if not raw.is_file():  # interrupted before pytest-benchmark wrote anything
             return EXIT_INTERRUPTED if plugin.interrupted else 1
         doc = json.loads(raw.read_text())
+    # What finished is written even if Ctrl-C comes now: SIGINT waits until the outputs are written.
+    previous = (
+        signal.signal(signal.SIGINT, signal.SIG_IGN) if threading.current_thread() is threading.main_thread() else None
+    )
     try:
         if args.json is not None:
             write_atomic(args.json, (json.dumps(doc, indent=4) + "\n").encode())
-            console.print(f"{len(doc['benchmarks'])} results written to {args.json} (pytest-benchmark format)")
+            console.print(
+                f"{len(doc['benchmarks'])} results written to {args.json} (pytest-benchmark format)", soft_wrap=True
+            )
         if args.html is not None:
             write_atomic(args.html, run_page(doc, "attncheck bench run " + " ".join(names)).encode())
-            console.print(f"HTML page written to {args.html}")
+            console.print(f"HTML page written to {args.html}", soft_wrap=True)
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename or 'the report'}: {exc.strerror or exc}") from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGINT, previous)
     if plugin.interrupted:
         console.print(f"interrupted: {len(doc['benchmarks'])} finished cases kept")
         return EXIT_INTERRUPTED
