@@ -1,11 +1,14 @@
 """Timing a call on a GPU so that it cannot be fooled: the anchors' method, hardened against a kernel that games it.
 
-What the anchors do (``benchmarks/README.md``, "GPU timing", compares them line by line): ``triton.testing.
-do_bench`` warms up for a time (25 ms), flushes the L2 cache before every repetition by zeroing a 256 MB buffer,
-records a pair of CUDA events around each call, synchronises once at the end, and returns a quantile of the
-per-repetition times; FlashAttention's ``benchmark_flash_attention.py`` times with ``torch.utils.benchmark`` (a
-synchronise around each block) and reports FLOP/s by ``flops()``; FlashInfer's ``bench_gpu_time`` uses events or
-CUDA graphs with an L2 flush and cold-cache rotation of the inputs. :func:`measure` does the same, and more:
+What the anchors do (``benchmarks/README.md``, "GPU timing", compares them point by point): ``triton.testing.
+do_bench`` warms up for a time (25 ms by default), clears the L2 cache before every repetition by writing a
+buffer larger than it, records a pair of CUDA events around each call on the current stream, synchronises once at
+the end, and returns the mean (or the quantiles asked for); FlashAttention's ``benchmarks/
+benchmark_flash_attention.py`` times with ``torch.utils.benchmark.Timer`` (a synchronise around a block of calls,
+the mean) and converts to FLOP/s with its ``flops()``; FlashInfer's ``bench_gpu_time`` (``flashinfer/testing/
+utils.py``) reads kernel times from CUPTI where it can, CUDA events otherwise, optionally in CUDA graphs, with the
+L2 flushed or the inputs rotated through more memory than the L2 (``cold_l2_cache``). :func:`measure` does what
+they share, and more:
 
 * **the clock stops only after a device-wide synchronise** (``torch.cuda.synchronize()``, every stream): an
   event pair on the current stream alone does not see work the call queued on another stream; each repetition is
