@@ -63,11 +63,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-TARGETS = pytest.StashKey[dict[str, "Target | str"]]()  # name -> resolved target, or why it is unavailable
+TARGETS = pytest.StashKey[dict[str, Target | str]]()  # name -> resolved target, or why it is unavailable
 
 
 def bench_targets(config: pytest.Config) -> list[str]:
-    return list(config.stash[TARGETS])
+    resolved: dict[str, Target | str] = config.stash[TARGETS]
+    return list(resolved)
 
 
 def _resolve_targets(config: pytest.Config) -> dict[str, Target | str]:

@@ -80,7 +80,7 @@ class DeviceApi:
     perf_counter: Callable[[], float]
     synchronize: Callable[[], None]  # device-wide: every stream
     event: Callable[[], Any]  # a timing event: .record(), .elapsed_time(later) in ms
-    flush: Callable[[], None]  # evict the L2 cache
+    flush: Callable[[], Any]  # evict the L2 cache
     stream_synchronize: Callable[[], None]  # the current stream only
 
 

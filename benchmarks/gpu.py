@@ -102,7 +102,7 @@ def _compiled_flex(factory: Any, name: str) -> Any:
     # one compiled graph per shape and mask: past dynamo's cache limit (8) it would fall back to eager, silently
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
     eager = flex.flex_attention
-    flex.flex_attention = torch.compile(eager, dynamic=False)  # what the adapter imports while it is built
+    flex.flex_attention = torch.compile(eager, dynamic=False)  # type: ignore[assignment]  # what the adapter imports
     try:
         built = factory()
     finally:

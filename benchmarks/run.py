@@ -79,7 +79,8 @@ class RunPlugin:
         self.error: str | None = None
 
     def pytest_collection_modifyitems(self, config: Any, items: list[Any]) -> None:
-        chosen, deselected = [], []
+        chosen: list[Any] = []
+        deselected: list[Any] = []
         for item in items:
             params = getattr(item, "callspec", None)
             p = params.params if params else {}

@@ -20,8 +20,9 @@ replaced since the session started fails, and nothing of it is stored.
   key) pairs (L * S, or L (L + 1) / 2 under the causal mask: "about half", or O(L * w) under the causal sliding
   window (w, 0), w = L // 8), x 3.5 for forward + backward (backward = 2.5 x forward, the FlashAttention
   convention); ``window`` and ``softcap`` (c = 30) cases run for the targets that declare the feature;
-* ``gflops``: flops / median seconds per call; ``None`` when the speed is impossible (``impossible`` says why:
-  above :data:`~attncheck.benchmarks.workloads.IMPOSSIBLE_MARGIN` x the roofline, so the timing missed work);
+* ``gflops``: flops / median seconds per call; on a GPU ``None`` when the speed is impossible (``impossible``
+  says why: above :data:`~attncheck.benchmarks.workloads.IMPOSSIBLE_MARGIN` x the roofline, the timing missed
+  work); on the CPU, whose ceiling moves with other processes' load, as measured;
 * ``gemm_gflops``, ``gemm_n``, ``gemm_fraction``: a same-run (n, n) matmul of the same dtype and device, the
   machine's practical peak, and the attention throughput as a fraction of it;
 * ``min_bytes``, ``copy_gbps``, ``roofline_gflops``, ``roofline_fraction``: the call's compulsory memory traffic
@@ -176,7 +177,7 @@ def test_attention(
         pytest.fail(f"{target}: timer functions replaced since the benchmarks started: {', '.join(replaced)}")
     median = benchmark.stats.stats.median  # seconds per call
     roof = roofline(device, torch_dtype)
-    gflops, fraction, impossible = roof.judge(flop, traffic, median)
+    gflops, fraction, impossible = roof.judge(flop, traffic, median, device)
     benchmark.extra_info.update(
         gflops=gflops,
         gemm_gflops=roof.gemm.gflops,
