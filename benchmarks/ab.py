@@ -1,12 +1,12 @@
 """``attncheck bench ab TARGET_A TARGET_B``: two attention targets timed alternately in one process, case by case.
 
-Comparing two separate runs (``bench compare``) has to trust that the machine was the same both times; here it
-is, by construction: for every case of the attention benchmark grid (``--size``, on ``--device``) that both
-targets support as declared, ``attncheck verify``'s declaration flags applied to both
-(:mod:`attncheck.benchmarks.cases`; every other case is printed with the reason it was dropped), rounds of A and of B alternate, A B, B A, A B, ... (each pair in the
-opposite order to the one before, so that a machine that speeds up or slows down during the pair favours neither
-side on average), and each pair is compared with itself: a neighbour that takes time, a frequency change, a slower
-machine, all hit both rounds of a pair alike.
+Comparing two separate runs (``bench compare``) has to trust that the machine was the same both times; here it is,
+by construction: for every case of the attention benchmark grid (``--size``, on ``--device``) that both targets
+support as declared, ``attncheck verify``'s declaration flags applied to both (:mod:`attncheck.benchmarks.cases`;
+every other case is printed with the reason it was dropped), rounds of A and of B alternate, A B, B A, A B, ...
+(each pair in the opposite order to the one before, so that a machine that speeds up or slows down during the pair
+favours neither side on average), and each pair is compared with itself: a neighbour that takes time, a frequency
+change, a slower machine, all hit both rounds of a pair alike.
 
 Per case and pair i, d_i = log(B_i / A_i) of the seconds per call, in CPU time on the CPU (a busy neighbour's time
 slices are not this process's CPU time) and in wall time on a GPU. The ratio B / A is exp(median(d)); its CI is the
