@@ -63,33 +63,37 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     )
 
 
-TARGETS = pytest.StashKey[dict[str, Target | str]]()  # name -> resolved target, or why it is unavailable
+TARGETS = pytest.StashKey[dict[str, Target | str | None]]()  # name -> target, why unavailable, None: not yet
 
 
 def bench_targets(config: pytest.Config) -> list[str]:
-    resolved: dict[str, Target | str] = config.stash[TARGETS]
+    resolved: dict[str, Target | str | None] = config.stash[TARGETS]
     return list(resolved)
 
 
-def _resolve_targets(config: pytest.Config) -> dict[str, Target | str]:
-    """The session's targets: bench run's, or --bench-targets resolved here (one-line usage error on a bad spec;
-    a built-in that cannot run here is skipped with the reason)."""
-    for plugin in config.pluginmanager.get_plugins():  # `attncheck bench run`'s, with its declaration flags
+def _resolve(name: str) -> Target | str:
+    """The target of ``name``, or why it is unavailable here (raises TargetSpecError on a spec that is wrong)."""
+    try:
+        return resolve(name)
+    except TargetUnavailable as exc:
+        return f"{name} unavailable: {exc}"
+
+
+def _session_targets(config: pytest.Config) -> dict[str, Target | str | None]:
+    """The session's targets: bench run's (resolved with its declaration flags), or --bench-targets. Built-ins are
+    resolved when first benchmarked (None until then); other specs here, so that a wrong one is a one-line usage
+    error before anything runs."""
+    for plugin in config.pluginmanager.get_plugins():  # `attncheck bench run`'s
         if hasattr(plugin, "attncheck_bench_targets"):
             return dict(plugin.attncheck_bench_targets)
     given = config.getoption("--bench-targets")
     names = list(BUILTINS) if given is None else [name.strip() for name in given.split(",") if name.strip()]
     if not names:
         raise pytest.UsageError(f"--bench-targets: no target in {given!r}")
-    found: dict[str, Target | str] = {}
-    for name in names:
-        try:
-            found[name] = resolve(name)
-        except TargetUnavailable as exc:
-            found[name] = f"{name} unavailable: {exc}"
-        except UsageError as exc:  # TargetSpecError: a typo, a module that does not import
-            raise pytest.UsageError(f"--bench-targets: {exc}") from None
-    return found
+    try:
+        return {name: None if name in BUILTINS else _resolve(name) for name in names}
+    except UsageError as exc:  # TargetSpecError: a typo, a module that does not import
+        raise pytest.UsageError(f"--bench-targets: {exc}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -98,13 +102,21 @@ def pytest_configure(config: pytest.Config) -> None:
         if threads < 1:
             raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    config.stash[TARGETS] = _resolve_targets(config)
+    config.stash[TARGETS] = _session_targets(config)
 
 
 @pytest.fixture(scope="session")
-def targets(pytestconfig: pytest.Config) -> dict[str, Target | str]:
-    """Name -> the resolved target, or the reason it is unavailable here."""
-    return pytestconfig.stash[TARGETS]
+def targets(pytestconfig: pytest.Config) -> Callable[[str], Target | str]:
+    """``targets(name)``: the session's target of that name, or the reason it is unavailable here."""
+    known = pytestconfig.stash[TARGETS]
+
+    def get(name: str) -> Target | str:
+        found = known[name]
+        if found is None:
+            found = known[name] = _resolve(name)
+        return found
+
+    return get
 
 
 def bench_size(config: pytest.Config) -> BenchSize:

@@ -114,7 +114,7 @@ def test_attention(
     request: pytest.FixtureRequest,
     size: BenchSize,
     roofline: Callable[[str, torch.dtype], Roofline],
-    targets: dict[str, Target | str],
+    targets: Callable[[str], Target | str],
     target: str,
     device: str,
     dtype: str,
@@ -122,7 +122,7 @@ def test_attention(
     mask: str,
     shape: Shape,
 ) -> None:
-    resolved = targets[target]
+    resolved = targets(target)
     if isinstance(resolved, str):
         pytest.skip(resolved)
     reason = unsupported(resolved.caps, device, dtype, pass_, mask)
