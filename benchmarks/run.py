@@ -142,7 +142,8 @@ def run_command(args: argparse.Namespace) -> int:
     console = make_console()
     keep = {(t.name, c.id) for t in targets for c in select_cases(args, [t], console)}
     console.print(
-        f"benchmarking {', '.join(names)}: {len(keep)} cases of the {args.size} grid on {args.device or 'cpu'}, "
+        f"benchmarking {', '.join(names)}: {len(keep)} case{'s' if len(keep) > 1 else ''} of the {args.size} grid "
+        f"on {args.device or 'cpu'}, "
         f"torch threads {torch.get_num_threads()}"
     )
     widths = [w or max(map(len, [*names, "target"])) for w in WIDTHS]
