@@ -110,6 +110,16 @@ def test_ctrl_c_exits_130_and_keeps_what_finished(tmp_path: Path) -> None:
     assert bench["extra_info"]["L"] == 128
 
 
+def test_a_kernel_that_replaces_a_timer_function_fails_and_is_not_stored(tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    spec = "tests.fixtures.bench_targets:replaces_the_clock"
+    args = ["--layout", "BLHD", "--arg-name", "is_causal=causal", "--no-mask", "--no-scale", "--threads", "1"]
+    proc = attncheck("bench", "run", spec, *args, "--cases", "cpu-float32-fwd-noncausal-B4H8L128D64", "--json", out)
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "FAILED" in proc.stdout and "timer functions replaced" in proc.stdout and "time.perf_counter" in proc.stdout
+    assert json.loads(out.read_text())["benchmarks"] == []
+
+
 def test_pytest_benchmarks_takes_user_targets_or_says_why_in_one_line(tmp_path: Path) -> None:
     from tests.test_bench_model import run_benchmarks
 
