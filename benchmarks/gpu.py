@@ -70,19 +70,25 @@ def _sdpa(backend: str, **caps: Any) -> Any:
     return Target(name, forced.fn, forced.caps, description, device="cuda")
 
 
+# The fused CUDA kernels' documented limits (torch's sdp_utils checks), declared so that a refusal ("No available
+# kernel") is not read as a failure: a contiguous last dimension (like the CPU flash kernel: strided inputs only
+# transposed or expanded), no enable_gqa (not every backend has it in every torch release), Ev == E.
+FUSED = {"strided_inputs": ("transposed", "expanded"), "gqa": False, "value_dim": False}
+
+
 def _sdpa_flash() -> Any:
-    # FlashAttention 2 inside torch: half types only, no attn_mask, Ev == E (sdp_utils check_flash_attention_*)
-    return _sdpa("FLASH_ATTENTION", dtypes=HALF, masks=frozenset(), value_dim=False, dropout="inverted")
+    # FlashAttention 2 inside torch: half types only, no attn_mask
+    return _sdpa("FLASH_ATTENTION", dtypes=HALF, masks=frozenset(), dropout="inverted", **FUSED)
 
 
 def _sdpa_efficient() -> Any:
     # xformers' memory-efficient kernel: float32 and half types, float and bool masks
-    return _sdpa("EFFICIENT_ATTENTION", dtypes=("float32", *HALF), dropout="inverted")
+    return _sdpa("EFFICIENT_ATTENTION", dtypes=("float32", *HALF), dropout="inverted", **FUSED)
 
 
 def _sdpa_cudnn() -> Any:
-    # cuDNN's fused attention: half types, Ev == E; masks left undeclared (conservative)
-    return _sdpa("CUDNN_ATTENTION", dtypes=HALF, masks=frozenset(), value_dim=False)
+    # cuDNN's fused attention: half types; masks and dropout left undeclared (conservative)
+    return _sdpa("CUDNN_ATTENTION", dtypes=HALF, masks=frozenset(), **FUSED)
 
 
 def _sdpa_math() -> Any:

@@ -59,6 +59,26 @@ def test_each_gpu_target_is_unavailable_in_one_line_without_cuda_or_jax(name: st
         resolve(f"attncheck.benchmarks.gpu:{name}")
 
 
+@pytest.mark.parametrize("name", [n for n in sorted(gpu.TARGETS) if not n.startswith("jax")])
+def test_each_torch_gpu_target_builds_with_a_valid_declaration(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With CUDA stubbed (nothing runs): the declarations are valid Capabilities, on CUDA, of the right backend."""
+    import torch
+
+    from attncheck.properties import adapters
+
+    monkeypatch.setattr(adapters, "require_cuda", lambda library: None)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
+    limit = torch._dynamo.config.cache_size_limit
+    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", limit)  # restored: compiled flex raises it
+    target = getattr(gpu, name)
+    assert target.caps.devices == ("cuda",) and target.device == "cuda"
+    assert target.name.endswith(("-cuda", "-compiled")) and "stand-in GPU" in target.description
+    if name.startswith("sdpa_") and name != "sdpa_math":
+        assert not target.caps.gqa and target.caps.strided_inputs == ("transposed", "expanded")
+    if name.startswith("flex"):
+        assert target.caps.grad and "compiled" in target.description
+
+
 def test_dry_run_skips_every_cuda_step_and_runs_the_stand_ins(tmp_path: Path) -> None:
     out = tmp_path / "gpu-run"
     proc = script(out, "--dry-run")
