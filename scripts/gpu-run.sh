@@ -12,7 +12,8 @@ set -eu
 cd "$(dirname "$0")/.."
 OUT=${1:-gpu-run-$(date -u +%Y%m%d-%H%M%S)}
 [ $# -gt 0 ] && shift
-if ! python -c "import attncheck" 2>/dev/null; then
-    python -m pip install --quiet --no-deps --no-index --no-build-isolation .
+PY=${PYTHON:-$(command -v python || command -v python3)}
+if ! "$PY" -c "import attncheck" 2>/dev/null; then
+    "$PY" -m pip install --quiet --no-deps --no-index --no-build-isolation .
 fi
-exec timeout 540 python -m attncheck.benchmarks.gpu --out "$OUT" "$@"
+exec timeout 540 "$PY" -m attncheck.benchmarks.gpu --out "$OUT" "$@"
