@@ -140,7 +140,16 @@ def run_command(args: argparse.Namespace) -> int:
     if len(set(names)) != len(names):
         raise UsageError(f"a target is named twice: {names}")
     console = make_console()
-    keep = {(t.name, c.id) for t in targets for c in select_cases(args, [t], console)}
+    keep: set[tuple[str, str]] = set()
+    for target in targets:
+        try:
+            keep |= {(target.name, c.id) for c in select_cases(args, [target], console)}
+        except UsageError as exc:  # this target has no case: the others still run
+            if len(targets) == 1:
+                raise
+            console.print(f"{target.name} skipped: {exc}", soft_wrap=True)
+    if not keep:
+        raise UsageError(f"no case of the {args.size} grid is supported by any of {', '.join(names)}")
     console.print(
         f"benchmarking {', '.join(names)}: {len(keep)} case{'s' if len(keep) > 1 else ''} of the {args.size} grid "
         f"on {args.device or 'cpu'}, "
