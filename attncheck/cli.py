@@ -238,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("targets", help="list the built-in targets and whether each is available here")
     t.set_defaults(func=targets_command)
 
-    b = sub.add_parser("bench", help="compare benchmark histories")
+    b = sub.add_parser("bench", help="benchmark targets (bench run, bench ab) and compare runs (compare, history)")
     from attncheck.benchmarks.cli import register
 
     register(b.add_subparsers(dest="bench_command", required=True))

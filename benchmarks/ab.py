@@ -1,11 +1,12 @@
 """``attncheck bench ab TARGET_A TARGET_B``: two attention targets timed alternately in one process, case by case.
 
-Comparing two separate runs (``bench compare``) has to trust that the machine was the same both times; here it
-is, by construction: for every case of the attention benchmark grid that both targets support (``--bench-size``
-grid, :mod:`attncheck.benchmarks.workloads`), rounds of A and of B alternate, A B, B A, A B, ... (each pair in the
-opposite order to the one before, so that a machine that speeds up or slows down during the pair favours neither
-side on average), and each pair is compared with itself: a neighbour that takes time, a frequency change, a slower
-machine, all hit both rounds of a pair alike.
+Comparing two separate runs (``bench compare``) has to trust that the machine was the same both times; here it is,
+by construction: for every case of the attention benchmark grid (``--size``, on ``--device``) that both targets
+support as declared, ``attncheck verify``'s declaration flags applied to both (:mod:`attncheck.benchmarks.cases`;
+every other case is printed with the reason it was dropped), rounds of A and of B alternate, A B, B A, A B, ...
+(each pair in the opposite order to the one before, so that a machine that speeds up or slows down during the pair
+favours neither side on average), and each pair is compared with itself: a neighbour that takes time, a frequency
+change, a slower machine, all hit both rounds of a pair alike.
 
 Per case and pair i, d_i = log(B_i / A_i) of the seconds per call, in CPU time on the CPU (a busy neighbour's time
 slices are not this process's CPU time) and in wall time on a GPU. The ratio B / A is exp(median(d)); its CI is the
@@ -35,30 +36,15 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from attncheck.benchmarks.storage import CPU, WALL
-from attncheck.errors import TargetUnavailable, UsageError
+from attncheck.errors import UsageError
 
 if TYPE_CHECKING:
-    from attncheck.benchmarks.workloads import Shape
+    from attncheck.benchmarks.cases import Case
     from attncheck.properties.targets import Target
 
 # The keys of attncheck.benchmarks.workloads.SIZES, which imports torch: the parser is built for every attncheck
 # command, so the heavy imports of this module wait for ab_command (tests/test_bench_metrics.py checks the keys).
 SIZE_NAMES = ("full", "quick")
-
-
-@dataclass(frozen=True)
-class Case:
-    """One cell of the attention benchmark grid."""
-
-    device: str
-    dtype: str
-    pass_: str
-    mask: str
-    shape: Shape
-
-    @property
-    def id(self) -> str:
-        return "-".join((self.device, self.dtype, self.pass_, self.mask, self.shape.id))
 
 
 @dataclass(frozen=True)
@@ -78,32 +64,11 @@ class PairResult:
     wall_ratio: float  # the same ratio in wall time, for reference
 
 
-def shared_cases(a: Target, b: Target, size: str, devices: tuple[str, ...]) -> list[Case]:
-    """The grid's cases that both targets declare they support."""
-    from attncheck.benchmarks.test_attention import unsupported
-    from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES
-
-    grid = [
-        Case(device, dtype, pass_, mask, shape)
-        for device in devices
-        for dtype in DTYPES
-        for pass_ in PASSES
-        for mask in MASKS
-        for shape in SIZES[size].shapes
-    ]
-    return [
-        c
-        for c in grid
-        if not unsupported(a.caps, c.device, c.dtype, c.pass_, c.mask)
-        and not unsupported(b.caps, c.device, c.dtype, c.pass_, c.mask)
-    ]
-
-
 def alternate(
     call_a: Callable[[], None], call_b: Callable[[], None], pairs: int, round_time: float
 ) -> dict[str, np.ndarray]:
     """``pairs`` pairs of rounds, A B then B A alternately; per side its wall and CPU seconds per call, (pairs,)."""
-    from attncheck.benchmarks.test_attention import calibrate
+    from attncheck.benchmarks.cases import calibrate
     from attncheck.benchmarks.timing import time_calls
 
     n_a, n_b = calibrate(call_a, round_time), calibrate(call_b, round_time)  # warm-up and iterations per round
@@ -131,37 +96,60 @@ def compare_case(case: Case, times: dict[str, np.ndarray], threshold: float, alp
     )
 
 
-def _target(spec: str) -> Target:
-    from attncheck.properties.targets import resolve
+def declared_targets(args: argparse.Namespace, specs: list[str]) -> list[Target]:
+    """Each spec resolved with the declaration flags of ``args`` applied, as ``attncheck verify`` does (one at a
+    time, so that A and B may be the same target: the A/A self-test)."""
+    from attncheck.properties.options import VerifySettings
+    from attncheck.properties.targets import resolve_targets
 
-    try:
-        return resolve(spec)
-    except TargetUnavailable as exc:
-        raise UsageError(f"target {spec!r} is unavailable here: {exc}") from None
+    resolved = []
+    for spec in specs:
+        settings = VerifySettings.from_options(lambda dest: getattr(args, dest, None), [spec])
+        [target] = resolve_targets(settings)
+        resolved.append(target)
+    return resolved
+
+
+def select_cases(args: argparse.Namespace, targets: list[Target], console: Any) -> list[Case]:
+    """The grid's cases on ``--device`` that every target supports and ``--cases`` names; each dropped case is
+    printed with its reason (one line per reason, the cases counted), and none left is a usage error."""
+    from attncheck.benchmarks.cases import grid, split
+
+    chosen = [c for c in grid(args.size, (args.device or "cpu",)) if args.cases is None or args.cases in c.id]
+    kept, dropped = split(targets, chosen)
+    reasons: dict[str, list[str]] = {}
+    for case, why in dropped:
+        reasons.setdefault(why, []).append(case.id)
+    for why, ids in reasons.items():
+        console.print(f"dropped {len(ids)} case{'s' if len(ids) > 1 else ''} ({why}): {', '.join(ids)}", soft_wrap=True)
+    if not kept:
+        names = " and ".join(t.name for t in targets)
+        raise UsageError(
+            f"no case of the {args.size} grid on {args.device or 'cpu'}"
+            f"{f' matching --cases {args.cases!r}' if args.cases else ''} is supported by {names}"
+        )
+    return kept
 
 
 def ab_command(args: argparse.Namespace) -> int:
     """``bench ab``: see the module docstring for the exit status."""
     import torch
 
+    from attncheck.benchmarks.cases import make_call
     from attncheck.benchmarks.report import STYLE, format_seconds, make_console
     from attncheck.benchmarks.slowdown import slowed
     from attncheck.benchmarks.statistics import SLOWER
-    from attncheck.benchmarks.test_attention import make_call
     from attncheck.benchmarks.workloads import SIZES
-    from attncheck.properties.render import write_atomic
+    from attncheck.properties.render import check_writable, write_atomic
 
-    if args.json is not None and not args.json.parent.is_dir():
-        raise UsageError(f"cannot write {args.json}: directory {args.json.parent} does not exist")
+    if args.json is not None:
+        check_writable("--json", args.json)
     if args.threads is not None:
         torch.set_num_threads(args.threads)
-    a, b = _target(args.target_a), _target(args.target_b)
-    devices = ("cpu", "cuda") if torch.cuda.is_available() else ("cpu",)
-    cases = [c for c in shared_cases(a, b, args.size, devices) if args.cases is None or args.cases in c.id]
-    if not cases:
-        raise UsageError(f"no case of the {args.size} grid is supported by both {a.name} and {b.name}")
+    a, b = declared_targets(args, [args.target_a, args.target_b])
     size = SIZES[args.size]
     console = make_console()
+    cases = select_cases(args, [a, b], console)
     console.print(
         f"{a.name} (A) vs {b.name} (B): {len(cases)} cases, {args.pairs} alternating pairs of rounds each, "
         f"torch threads {torch.get_num_threads()}"
@@ -203,8 +191,13 @@ def ab_command(args: argparse.Namespace) -> int:
     return int(any(r.status == SLOWER for r in results))
 
 
-def add_parser(subparsers: Any, add_statistics_options: Callable[[argparse.ArgumentParser], None]) -> None:
-    """Add ``ab`` to the ``bench`` group's subparsers (``add_statistics_options`` adds --threshold and --alpha)."""
+def add_parser(
+    subparsers: Any,
+    add_statistics_options: Callable[[argparse.ArgumentParser], None],
+    add_declaration_options: Callable[[argparse.ArgumentParser], None],
+) -> None:
+    """Add ``ab`` to the ``bench`` group's subparsers (``add_statistics_options`` adds --threshold and --alpha,
+    ``add_declaration_options`` verify's --device, --dtype and capability declarations)."""
     ab = subparsers.add_parser(
         "ab",
         help="time two targets alternately in one process on the benchmark grid; exit 1 if B is slower",
@@ -227,6 +220,7 @@ def add_parser(subparsers: Any, add_statistics_options: Callable[[argparse.Argum
     )
     add_statistics_options(ab)
     ab.add_argument("--json", type=Path, metavar="PATH", help="also write a JSON report")
+    add_declaration_options(ab)
     ab.set_defaults(func=ab_command)
 
 

@@ -38,9 +38,11 @@ from attncheck.benchmarks.report import (
     write_comparison,
     write_plots,
 )
+from attncheck.benchmarks.run import add_parser as add_run_parser
 from attncheck.benchmarks.statistics import DEFAULT_ALPHA, DEFAULT_THRESHOLD, compare_runs, trends
 from attncheck.benchmarks.storage import HOST_FIELDS, load_history, load_note, load_run, machine_differences
 from attncheck.errors import UsageError
+from attncheck.properties.options import add_verify_options
 from attncheck.properties.render import check_writable, write_atomic
 
 
@@ -81,6 +83,19 @@ def _add_statistics_options(parser: argparse.ArgumentParser) -> None:
         metavar="A",
         help=f"significance level of the rank test and 1 - level of the CI (default {DEFAULT_ALPHA:g})",
     )
+
+
+def add_declaration_options(parser: argparse.ArgumentParser) -> None:
+    """``attncheck verify``'s --device, --dtype and capability declarations, from their one definition
+    (:mod:`attncheck.properties.options`), so that a target is benchmarked as it is verified."""
+    run = parser.add_argument_group("what to run on (as attncheck verify)")
+    caps = parser.add_argument_group("capability declarations (as attncheck verify and attncheck.declare(...))")
+
+    def only_run_options(flag: str, **kwargs: Any) -> None:
+        if flag in ("--device", "--dtype"):  # the property run's other options (--profile...) time nothing
+            run.add_argument(flag, **kwargs)
+
+    add_verify_options(only_run_options, add_capability=caps.add_argument)
 
 
 def register(subparsers: Any) -> None:
@@ -124,7 +139,8 @@ def register(subparsers: Any) -> None:
         "the trend table, and the comparison of the last two runs (DIR is created if missing)",
     )
     history.set_defaults(func=history_command)
-    add_ab_parser(subparsers, _add_statistics_options)
+    add_ab_parser(subparsers, _add_statistics_options, add_declaration_options)
+    add_run_parser(subparsers, add_declaration_options)
 
 
 def _error(message: str) -> int:
@@ -132,16 +148,12 @@ def _error(message: str) -> int:
     return 2
 
 
-def _check_output_dir(path: Path | None) -> None:
-    if path is not None and not path.parent.is_dir():
-        raise UsageError(f"cannot write {path}: directory {path.parent} does not exist")
-
-
 def compare_command(args: argparse.Namespace) -> int:
     """``bench compare``: see the module docstring for the exit status."""
     try:
-        _check_output_dir(args.markdown)
-        _check_output_dir(args.json)
+        for flag, path in (("--markdown", args.markdown), ("--json", args.json)):
+            if path is not None:
+                check_writable(flag, path)  # before any run is read
         baseline, candidate = load_run(args.baseline), load_run(args.candidate)
         mismatch = machine_differences(baseline.machine_info, candidate.machine_info)
         if mismatch and not args.force:

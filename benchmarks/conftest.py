@@ -22,9 +22,13 @@ from collections.abc import Callable
 import pytest
 import torch
 
+from attncheck.benchmarks.cases import grid
+from attncheck.benchmarks.devicetime import CAPTURED  # noqa: F401  the timer functions, before any target import
 from attncheck.benchmarks.statistics import MIN_ROUNDS
-from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, BenchSize, Gemm, measure_gemm
+from attncheck.benchmarks.workloads import SIZES, BenchSize, Gemm, Roofline, measure_copy, measure_gemm
+from attncheck.errors import TargetUnavailable, UsageError
 from attncheck.properties.adapters import BUILTINS
+from attncheck.properties.targets import Target, resolve
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -52,20 +56,44 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--bench-targets",
         default=None,
-        metavar="NAME,NAME",
-        help="comma-separated built-in targets to benchmark (default: every built-in; unavailable ones are skipped)",
+        metavar="TARGET,TARGET",
+        help="comma-separated targets to benchmark: built-in or registered names, or module.path:attr with its "
+        "@declare capabilities (default: every built-in; unavailable ones are skipped). Declaration flags "
+        "(--causal, --arg-name...) are `attncheck bench run`'s",
     )
 
 
+TARGETS = pytest.StashKey[dict[str, Target | str | None]]()  # name -> target, why unavailable, None: not yet
+
+
 def bench_targets(config: pytest.Config) -> list[str]:
+    resolved: dict[str, Target | str | None] = config.stash[TARGETS]
+    return list(resolved)
+
+
+def _resolve(name: str) -> Target | str:
+    """The target of ``name``, or why it is unavailable here (raises TargetSpecError on a spec that is wrong)."""
+    try:
+        return resolve(name)
+    except TargetUnavailable as exc:
+        return f"{name} unavailable: {exc}"
+
+
+def _session_targets(config: pytest.Config) -> dict[str, Target | str | None]:
+    """The session's targets: bench run's (resolved with its declaration flags), or --bench-targets. Built-ins are
+    resolved when first benchmarked (None until then); other specs here, so that a wrong one is a one-line usage
+    error before anything runs."""
+    for plugin in config.pluginmanager.get_plugins():  # `attncheck bench run`'s
+        if hasattr(plugin, "attncheck_bench_targets"):
+            return dict(plugin.attncheck_bench_targets)
     given = config.getoption("--bench-targets")
-    if given is None:
-        return list(BUILTINS)
-    names = [name.strip() for name in given.split(",") if name.strip()]
-    unknown = [name for name in names if name not in BUILTINS]
-    if unknown or not names:
-        raise pytest.UsageError(f"--bench-targets: unknown {unknown or given!r}; built-ins: {', '.join(BUILTINS)}")
-    return names
+    names = list(BUILTINS) if given is None else [name.strip() for name in given.split(",") if name.strip()]
+    if not names:
+        raise pytest.UsageError(f"--bench-targets: no target in {given!r}")
+    try:
+        return {name: None if name in BUILTINS else _resolve(name) for name in names}
+    except UsageError as exc:  # TargetSpecError: a typo, a module that does not import
+        raise pytest.UsageError(f"--bench-targets: {exc}") from None
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -74,6 +102,21 @@ def pytest_configure(config: pytest.Config) -> None:
         if threads < 1:
             raise pytest.UsageError(f"--bench-threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
+    config.stash[TARGETS] = _session_targets(config)
+
+
+@pytest.fixture(scope="session")
+def targets(pytestconfig: pytest.Config) -> Callable[[str], Target | str]:
+    """``targets(name)``: the session's target of that name, or the reason it is unavailable here."""
+    known = pytestconfig.stash[TARGETS]
+
+    def get(name: str) -> Target | str:
+        found = known[name]
+        if found is None:
+            found = known[name] = _resolve(name)
+        return found
+
+    return get
 
 
 def bench_size(config: pytest.Config) -> BenchSize:
@@ -109,15 +152,11 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     names = ("target", "device", "dtype", "pass_", "mask", "shape")
     if not set(names) <= set(metafunc.fixturenames):
         return
-    size = bench_size(metafunc.config)
+    size = metafunc.config.getoption("--bench-size")
     cases = [
-        (target, device, dtype, pass_, mask, shape)
+        (target, c.device, c.dtype, c.pass_, c.mask, c.shape)
         for target in bench_targets(metafunc.config)
-        for device in devices()
-        for dtype in DTYPES
-        for pass_ in PASSES
-        for mask in MASKS
-        for shape in size.shapes
+        for c in grid(size, devices())
     ]
     ids = ["-".join((t, dev, dt, p, m, s.id)) for t, dev, dt, p, m, s in cases]
     metafunc.parametrize(",".join(names), cases, ids=ids)
@@ -160,13 +199,17 @@ def pytest_benchmark_update_machine_info(config: pytest.Config, machine_info: di
 
 
 @pytest.fixture(scope="session")
-def gemm() -> Callable[[str, torch.dtype], Gemm]:
-    """``gemm(device, dtype)``: the GEMM throughput, measured once per (device, dtype) in this session."""
-    cache: dict[tuple[str, torch.dtype], Gemm] = {}
+def roofline() -> Callable[[str, torch.dtype], Roofline]:
+    """``roofline(device, dtype)``: the same-run roofline, its GEMM measured once per (device, dtype) and its copy
+    bandwidth once per device in this session."""
+    gemms: dict[tuple[str, torch.dtype], Gemm] = {}
+    copies: dict[str, float] = {}
 
-    def get(device: str, dtype: torch.dtype) -> Gemm:
-        if (device, dtype) not in cache:
-            cache[device, dtype] = measure_gemm(device, dtype)
-        return cache[device, dtype]
+    def get(device: str, dtype: torch.dtype) -> Roofline:
+        if (device, dtype) not in gemms:
+            gemms[device, dtype] = measure_gemm(device, dtype)
+        if device not in copies:
+            copies[device] = measure_copy(device)
+        return Roofline(gemms[device, dtype], copies[device])
 
     return get

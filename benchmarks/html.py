@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 from collections.abc import Sequence
 from html import escape
+from typing import Any
 
 from attncheck.benchmarks.report import (
     TREND_COLUMNS,
@@ -140,3 +141,28 @@ def history_page(
         table(["#", "label", "commit", "run time", "file"], run_rows, "runs"),
     ]
     return page(f"attncheck bench history: {len(runs)} runs", "\n".join(body), CSS)
+
+
+def run_page(doc: dict[str, Any], command: str) -> str:
+    """One self-contained page of a ``bench run``: the machine it ran on and its table
+    (:func:`attncheck.benchmarks.run.rows_of`)."""
+    from attncheck.benchmarks.run import COLUMNS, rows_of
+
+    machine = doc.get("machine_info", {})
+    info = machine.get("attncheck", {})
+    facts = [
+        f"command: {command}",
+        f"machine: {machine.get('node', '?')}, {info.get('cpu_model', '?')}, GPU {info.get('gpu_name') or 'none'}",
+        f"torch {info.get('torch_version', '?')}, {info.get('torch_threads', '?')} threads, "
+        f"load average at the end {info.get('load_average')}",
+        f"started {doc.get('datetime', '?')}",
+    ]
+    body = (
+        "<h1>attncheck bench run</h1>\n<ul>"
+        + "".join(f"<li>{escape(f)}</li>" for f in facts)
+        + "</ul>\n<p>GFLOP/s: 4 B H L S D per forward over the admissible (query, key) pairs, 3.5x for forward + "
+        "backward (FlashAttention's benchmark convention); roofline: min(same-run GEMM, intensity x same-run copy "
+        "bandwidth), intensity = FLOPs / compulsory bytes.</p>\n"
+        + table(COLUMNS, [_row(r, numeric=set(range(2, 8))) for r in rows_of(doc)], "bench")
+    )
+    return page("attncheck bench run", body, CSS)

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 import torch
@@ -43,24 +44,25 @@ def _slow_target(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
     name = request.config.getoption("--slowdown-target")
 
     def slowed_make_call(
-        target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape
-    ) -> Callable[[], None]:
-        call = make_call(target, device, dtype, backward, mask, shape)
+        target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape, **kwargs: Any
+    ) -> Callable[[], Any]:
+        call = make_call(target, device, dtype, backward, mask, shape, **kwargs)
         return slowed(call, fraction, device) if target.name == name else call
 
     monkeypatch.setattr(request.module, "make_call", slowed_make_call)
 
 
-def slowed(call: Callable[[], None], fraction: float, device: str) -> Callable[[], None]:
+def slowed(call: Callable[[], Any], fraction: float, device: str) -> Callable[[], Any]:
     """``call`` followed by a busy wait of ``fraction`` of its own duration, in process CPU time on the CPU and in
     wall time on a GPU (also ``bench ab --slowdown-b``)."""
     clock = time.perf_counter if device == "cuda" else time.process_time
 
-    def slowed_call() -> None:
+    def slowed_call() -> Any:
         start = clock()
-        call()
+        out = call()
         end = clock() + fraction * (clock() - start)
         while clock() < end:  # busy: the extra time is CPU work, like a slower kernel's
             pass
+        return out
 
     return slowed_call

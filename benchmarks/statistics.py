@@ -90,28 +90,30 @@ Change points of a history
 
 Runs are ordered as :func:`attncheck.benchmarks.storage.order_runs` does.
 
-Two stages. First, binary segmentation of the piecewise-constant fit: in a segment of runs, the split is placed
-where the sum of absolute deviations of the log run-medians from each side's median is smallest (an L1 fit, so
-one outlier run does not attract the split), and it is kept if
+Three sources. First, compare's own rule on every pair of consecutive runs: where ``bench compare`` would call run
+k slower or faster than run k - 1 (same rule, alpha, CI and seed, in the same metric and witness), k is a change
+point, always. Second, binary segmentation of the piecewise-constant fit: in a segment of runs, the split is
+placed where the sum of absolute deviations of the log run-medians from each side's median is smallest (an L1 fit,
+so one outlier run does not attract the split), and it is kept if
 
 * the pooled raw rounds of the two sides differ by Mann-Whitney U at p < alpha / m, m the number of split
   positions examined in the segment (Bonferroni: the best of m splits is being tested), and
 * the step between the sides' pooled medians exceeds the threshold (default 10%, as in ``bench compare``);
 
-each kept split recurses into its two sides. Second, confirmation by ``bench compare``'s own rule
-(:func:`classify`, above): a split survives only if compare's decision on the pooled rounds of its two adjacent
-final segments is *slower* or *faster*, with the rank test at alpha / m (m the split positions of those two
-segments together) and the same 1 - alpha bootstrap CI, seeded from the benchmark's fullname as in ``compare``.
-A split that fails is dropped, its segments merge, and the remaining splits are confirmed again.
+each kept split recurses into its two sides. Third, confirmation of the segmentation's splits by ``bench
+compare``'s own rule (:func:`classify`, above): a split survives only if compare's decision on the pooled rounds
+of its two adjacent final segments is *slower* or *faster*, with the rank test at alpha / m (m the split positions
+of those two segments together) and the same 1 - alpha bootstrap CI, seeded from the benchmark's fullname as in
+``compare``. A split that fails is dropped, its segments merge, and the remaining splits are confirmed again.
 
-The first stage alone cannot use compare's rule: the two sides of a split are pooled over segments that may hold
+The segmentation alone cannot use compare's rule: the two sides of a split are pooled over segments that may hold
 further steps, and the median of such a mixture is unstable, so its bootstrap CI straddles the band even for large
-steps; the final segments of the second stage hold no further step. The confirmation is what makes history and
+steps; the final segments hold no further step. The confirmation is what makes history and
 compare agree: in a history of two runs (m = 1) the pooled rounds are the two runs' rounds, and the confirmation
 is ``compare``'s decision on those two runs, same CI, same p-value, same seed, so a pair that compare calls too
-noisy or unchanged is never a change point. (The converse needs the first stage to propose every pair compare
-calls slower or faster: the bootstrap ratios centre on the ratio of medians, so a CI beyond the band has it beyond;
-``tests/test_bench_history.py`` checks both directions on pairs around the threshold.) In a longer history a
+noisy or unchanged is never a change point. The converse, every pair of consecutive runs that compare
+calls slower or faster is a change point, is the first source (``tests/test_bench_history.py`` checks both
+directions on pairs around the threshold, and the 5.5 -> 20 -> 6.7 ms excursion). In a longer history a
 change point pools the rounds of several runs on each side, and can be confirmed where one pair of adjacent runs
 alone is too noisy (more rounds narrow the CI, as in ``compare``).
 
@@ -121,8 +123,8 @@ above). Finally each change point's ratio and p-value are recomputed between the
 
 A change at the last run is found like any other (the latest run regressed), and is indistinguishable from a
 one-off slow run until more runs arrive. A one-run excursion inside the history (slower at one run, back at
-the next) is usually not reported, since the L1 fit does not split for a single point; near the end of the
-history, where a segment of one or two runs is all there is, it can be (as a step up and a step down).
+the next) is a step up and a step down wherever compare calls each of the two pairs slower and faster: the L1
+fit alone does not split for a single point, so history used to show a flat level where compare saw two changes.
 
 References
 ==========
@@ -588,7 +590,14 @@ def change_points(
     seeds the bootstrap of the confirmation, as in ``compare``; ``witness``, the same runs in the choice's witness
     metric, must confirm each change too, as in ``compare``."""
     series = [rounds] if witness is None else [rounds, witness]
-    splits = _segmentation(np.log([np.median(r) for r in rounds]), rounds, threshold, alpha)
+    # Every pair of consecutive runs that compare's rule calls slower or faster is a change point, kept as such
+    # (a one-run excursion, 5.5 -> 20 -> 6.7 ms, is two: binary segmentation alone proposes neither).
+    flagged = {
+        k
+        for k in range(1, len(rounds))
+        if is_change(fullname, [r[k - 1] for r in series], [r[k] for r in series], threshold, alpha)
+    }
+    splits = sorted(flagged | set(_segmentation(np.log([np.median(r) for r in rounds]), rounds, threshold, alpha)))
     # Confirmation by compare's rule between the adjacent final segments; the first split that fails is dropped,
     # which merges its two segments and changes its neighbours' tests, so the survivors are tested again.
     while True:
@@ -596,7 +605,8 @@ def change_points(
         failing = [
             i
             for i, k in enumerate(splits)
-            if not is_change(
+            if k not in flagged
+            and not is_change(
                 fullname,
                 [np.concatenate(r[edges[i] : k]) for r in series],  # pooled rounds of the segment before the split
                 [np.concatenate(r[k : edges[i + 2]]) for r in series],  # and after it

@@ -240,7 +240,9 @@ def run_label(run: Run) -> str:
     """Short commit id (``*`` when the tree was dirty), else the run's date and time."""
     commit = run.commit_info.get("id")
     if isinstance(commit, str) and commit:
-        return commit[:7] + ("*" if run.commit_info.get("dirty") else "")
+        # a git hash is shortened to 7 hex digits; anything else (pytest-benchmark's "unversioned") is kept whole
+        short = commit[:7] if all(c in "0123456789abcdef" for c in commit.lower()) else commit
+        return short + ("*" if run.commit_info.get("dirty") else "")
     return (run.datetime or "?")[:16].replace("T", " ")
 
 

@@ -8,9 +8,11 @@ that ``attncheck bench compare`` tests; ``--bench-rounds`` overrides it) and the
 calibrated once so that a round lasts at least ``BenchSize.round_time``. Between rounds
 :func:`attncheck.benchmarks.timing.timed_rounds` runs a fixed calibration kernel and reads the process CPU clock:
 ``extra_info["timing"]`` holds each round's CPU time and the calibration rounds, from which ``bench compare``
-chooses the metric that decides (:mod:`attncheck.benchmarks.timing`). On CUDA the timed callable ends with
-``torch.cuda.synchronize()`` (:func:`~attncheck.benchmarks.workloads.synchronizer`), so a round measures finished
-kernels; the median is cross-checked against CUDA events.
+chooses the metric that decides (:mod:`attncheck.benchmarks.timing`). On CUDA each case is timed by
+:func:`attncheck.benchmarks.devicetime.measure` instead (CUDA events around the call, the output materialised and
+the device synchronised before the clock stops, the L2 flushed before each repetition, warm-up by time, early
+repetitions dropped), its repetitions stored as pytest-benchmark's rounds. A benchmark whose timer functions were
+replaced since the session started fails, and nothing of it is stored.
 
 ``extra_info`` of every benchmark (units in the key names):
 
@@ -18,9 +20,17 @@ kernels; the median is cross-checked against CUDA events.
   key) pairs (L * S, or L (L + 1) / 2 under the causal mask: "about half", or O(L * w) under the causal sliding
   window (w, 0), w = L // 8), x 3.5 for forward + backward (backward = 2.5 x forward, the FlashAttention
   convention); ``window`` and ``softcap`` (c = 30) cases run for the targets that declare the feature;
-* ``gflops``: flops / median seconds per call;
+* ``gflops``: flops / median seconds per call; on a GPU ``None`` when the speed is impossible (``impossible``
+  says why: above :data:`~attncheck.benchmarks.workloads.IMPOSSIBLE_MARGIN` x the roofline, the timing missed
+  work); on the CPU, whose ceiling moves with other processes' load, as measured;
 * ``gemm_gflops``, ``gemm_n``, ``gemm_fraction``: a same-run (n, n) matmul of the same dtype and device, the
   machine's practical peak, and the attention throughput as a fraction of it;
+* ``min_bytes``, ``copy_gbps``, ``roofline_gflops``, ``roofline_fraction``: the call's compulsory memory traffic
+  (:func:`~attncheck.benchmarks.workloads.min_bytes`), a same-run device copy's bandwidth, the attainable
+  min(GEMM peak, flops / min_bytes x copy bandwidth) (:class:`~attncheck.benchmarks.workloads.Roofline`), and
+  gflops as a fraction of it;
+* CUDA only: ``device_timing`` (method, median and IQR, warm-up and repetition counts, dropped repetitions, L2
+  flush size, host wall times) and ``leftover_work`` (threads or other-stream work the call left running, named);
 * ``peak_memory_bytes`` and ``peak_memory_method``: what one untimed call adds to the peak. CUDA: the caching
   allocator's ``max_memory_allocated`` over what was allocated before (exact for torch tensors). CPU (Linux,
   glibc): the process's peak resident set (``VmHWM``, reset through ``/proc/self/clear_refs``) over the resident
@@ -35,83 +45,27 @@ kernels; the median is cross-checked against CUDA events.
 from __future__ import annotations
 
 import ctypes
-import math
-import time
-import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 import torch
-from torch import Tensor
 
+from attncheck.benchmarks.cases import calibrate, make_call, unsupported
+from attncheck.benchmarks.devicetime import cuda_api, leftover_work, measure, tampered
 from attncheck.benchmarks.timing import timed_rounds
-from attncheck.benchmarks.workloads import SOFTCAP, BenchSize, Gemm, Shape, flops, synchronizer, window_of
-from attncheck.errors import TargetUnavailable
-from attncheck.properties.targets import Capabilities, Target, resolve
+from attncheck.benchmarks.workloads import (
+    SOFTCAP,
+    BenchSize,
+    Roofline,
+    Shape,
+    flops,
+    min_bytes,
+    window_of,
+)
+from attncheck.properties.targets import Target
 
-SYNC_EVENT_TOLERANCE = 0.9  # synchronised wall time below 0.9 x CUDA-event time means a missing synchronisation
-
-
-def unsupported(caps: Capabilities, device: str, dtype: str, pass_: str, mask: str) -> str | None:
-    """Why a target's declared capabilities exclude this case, or None."""
-    if caps.entry != "dense":
-        return f"a {caps.entry} target (benchmarked by benchmarks/test_entries.py)"
-    if device not in caps.devices:
-        return f"target does not run on {device} (declared devices {caps.devices})"
-    if dtype not in caps.dtypes:
-        return f"target does not accept {dtype} (declared dtypes {caps.dtypes})"
-    if mask in ("causal", "window") and caps.causal != "top-left":
-        return f"target has no top-left is_causal (declared causal={caps.causal})"
-    if mask in ("window", "softcap") and mask not in caps.features:
-        return f"target does not declare the {mask} feature"
-    if pass_ == "fwdbwd" and not caps.grad:
-        return "target is not differentiable (declared grad=False)"
-    return None
-
-
-def make_call(target: Target, device: str, dtype: torch.dtype, backward: bool, mask: str, shape: Shape) -> Callable:
-    """A zero-argument callable that runs one call of ``target.fn`` (and its backward) on fixed inputs, with the
-    mask case's keyword arguments (is_causal, window, softcap) under the target's own names and conventions.
-
-    The inputs are created in the target's own layout (BLHD targets get contiguous (B, L, H, D) tensors), so no
-    transpose is timed. The forward pass runs without autograd (inputs do not require grad); the backward pass
-    uses ``torch.autograd.grad`` (no accumulation into ``.grad``).
-    """
-    gen = torch.Generator().manual_seed(0)
-    q, k, v = (torch.randn(shape.B, shape.H, shape.L, shape.D, generator=gen) for _ in range(3))  # (B, H, L, D)
-    if target.caps.layout == "BLHD":
-        q, k, v = (t.transpose(1, 2).contiguous() for t in (q, k, v))  # (B, H, L, D) -> (B, L, H, D)
-    q, k, v = (t.to(device, dtype).requires_grad_(backward) for t in (q, k, v))
-    given: dict[str, Any] = {}
-    if mask in ("causal", "window"):
-        given["is_causal"] = True
-    if mask == "window":
-        left, right = window_of(shape)
-        given["window"] = (left + 1 if target.caps.window_counts_self else left, right)  # as Target translates it
-    if mask == "softcap":
-        given["softcap"] = SOFTCAP
-    kwargs = {target.caps.arg_names.get(arg, arg): value for arg, value in given.items()}
-    sync = synchronizer(device)
-
-    def forward() -> Tensor:
-        out = target.fn(q, k, v, **kwargs)
-        return out[0] if isinstance(out, tuple | list) else out  # (output, weights) or (output, lse)
-
-    if not backward:
-
-        def call() -> None:
-            forward()
-            sync()
-
-        return call
-    grad_out = torch.randn(forward().shape, generator=gen).to(device, dtype)  # same layout as the output
-
-    def call_backward() -> None:
-        torch.autograd.grad(forward(), (q, k, v), grad_out)
-        sync()
-
-    return call_backward
+GPU_REPETITIONS = 50  # timed repetitions per case on a GPU (the first DROP_FRACTION of them dropped)
 
 
 def peak_memory(call: Callable[[], None], device: str) -> tuple[int | None, str]:
@@ -155,33 +109,12 @@ def _proc_status_kib(field: str) -> int:
     raise OSError(f"/proc/self/status has no {field}")
 
 
-def calibrate(call: Callable[[], None], round_time: float) -> int:
-    """Iterations per round so that a round lasts at least ``round_time`` (from one warm call)."""
-    call()  # warm-up: first-call allocations, kernel selection, lazy initialisation
-    start = time.perf_counter()
-    call()
-    once = time.perf_counter() - start
-    return max(1, math.ceil(round_time / once))
-
-
-def cuda_event_seconds(call: Callable[[], None], repeats: int) -> float:
-    """Median seconds per call between CUDA events recorded around it (device time, for the cross-check)."""
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        call()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)  # ms -> s
-    times.sort()
-    return times[len(times) // 2]
-
-
 def test_attention(
     benchmark: Any,
+    request: pytest.FixtureRequest,
     size: BenchSize,
-    gemm: Callable[[str, torch.dtype], Gemm],
+    roofline: Callable[[str, torch.dtype], Roofline],
+    targets: Callable[[str], Target | str],
     target: str,
     device: str,
     dtype: str,
@@ -189,10 +122,9 @@ def test_attention(
     mask: str,
     shape: Shape,
 ) -> None:
-    try:
-        resolved = resolve(target)
-    except TargetUnavailable as exc:
-        pytest.skip(f"{target} unavailable: {exc}")
+    resolved = targets(target)
+    if isinstance(resolved, str):
+        pytest.skip(resolved)
     reason = unsupported(resolved.caps, device, dtype, pass_, mask)
     if reason:
         pytest.skip(f"{target}: {reason}")
@@ -205,6 +137,8 @@ def test_attention(
     iterations = calibrate(call, size.round_time)
     memory, memory_method = peak_memory(call, device)
     benchmark.group = f"{device}-{dtype}-{pass_}-{mask}-{shape.id}"
+    flop = flops(shape, mask, backward)
+    traffic = min_bytes(shape, backward, torch_dtype.itemsize)
     benchmark.extra_info.update(
         target=target,
         device=device,
@@ -218,24 +152,42 @@ def test_attention(
         window=list(window_of(shape)) if mask == "window" else None,
         softcap=SOFTCAP if mask == "softcap" else None,
         iterations=iterations,
-        flops=flops(shape, mask, backward),
+        flops=flop,
+        min_bytes=traffic,
         peak_memory_bytes=memory,
         peak_memory_method=memory_method,
         score_matrix_bytes=shape.B * shape.H * shape.L * shape.L * torch_dtype.itemsize,
     )
     benchmark.extra_info["pass"] = pass_
-    timed_rounds(benchmark, call, rounds=size.rounds, iterations=iterations, device=device, round_time=size.round_time)
-    median = benchmark.stats.stats.median  # seconds per call
-    reference = gemm(device, torch_dtype)
-    gflops = benchmark.extra_info["flops"] / median / 1e9
-    benchmark.extra_info.update(
-        gflops=gflops, gemm_gflops=reference.gflops, gemm_n=reference.n, gemm_fraction=gflops / reference.gflops
-    )
     if device == "cuda":
-        event = cuda_event_seconds(call, max(size.rounds, 10))
-        benchmark.extra_info.update(cuda_event_median_s=event, sync_over_event=median / event)
-        if median < SYNC_EVENT_TOLERANCE * event:
-            warnings.warn(
-                f"{target}: synchronised median {median:.3g} s < CUDA-event median {event:.3g} s: missing sync?",
-                stacklevel=1,
-            )
+        api = cuda_api()
+        times = measure(call, api, repetitions=max(GPU_REPETITIONS, size.rounds))
+        stats = benchmark._make_stats(1)  # pytest-benchmark's own record of rounds (what pedantic fills)
+        for seconds in times.seconds:
+            stats.update(seconds)
+        quick = make_call(resolved, device, torch_dtype, backward, mask, shape, synchronize=False)
+        benchmark.extra_info.update(device_timing=times.to_dict(), leftover_work=leftover_work(quick, api))
+    else:
+        timed_rounds(
+            benchmark, call, rounds=size.rounds, iterations=iterations, device=device, round_time=size.round_time
+        )
+    replaced = tampered()
+    if replaced:
+        benchmark.has_error = True  # nothing of this run is stored
+        pytest.fail(f"{target}: timer functions replaced since the benchmarks started: {', '.join(replaced)}")
+    median = benchmark.stats.stats.median  # seconds per call
+    roof = roofline(device, torch_dtype)
+    gflops, fraction, impossible = roof.judge(flop, traffic, median, device)
+    benchmark.extra_info.update(
+        gflops=gflops,
+        gemm_gflops=roof.gemm.gflops,
+        gemm_n=roof.gemm.n,
+        gemm_fraction=None if gflops is None else gflops / roof.gemm.gflops,
+        copy_gbps=roof.copy_gbps,
+        roofline_gflops=roof.attainable_gflops(flop, traffic),
+        roofline_fraction=fraction,
+        impossible=impossible,
+    )
+    # the row `attncheck bench run` prints as the run goes (what the JSON will hold: extra_info and the stats)
+    summary = {"median_s": median, "iqr_s": benchmark.stats.stats.iqr, "rounds": len(benchmark.stats.stats.data)}
+    request.node.user_properties.append(("bench", {**benchmark.extra_info, **summary}))

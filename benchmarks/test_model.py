@@ -68,7 +68,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attncheck.benchmarks.test_attention import calibrate
+from attncheck.benchmarks.cases import calibrate
 from attncheck.benchmarks.timing import timed_rounds
 from attncheck.benchmarks.workloads import synchronizer
 from attncheck.errors import TargetUnavailable

@@ -50,7 +50,9 @@ FULL = BenchSize(
     round_time=0.05,
 )
 SIZES = {"quick": QUICK, "full": FULL}
-DTYPES = ("float32", "bfloat16")
+# dtypes per device: the CPU's float32 and bfloat16; on a GPU the two half-precision types attention kernels are
+# written for (FlashAttention's benchmarks run float16 and bfloat16)
+DTYPES = {"cpu": ("float32", "bfloat16"), "cuda": ("bfloat16", "float16")}
 PASSES = ("fwd", "fwdbwd")  # forward only; forward + backward (torch.autograd.grad w.r.t. q, k, v)
 # noncausal, causal (top-left), window: a causal sliding window (left = L // 8, 0) (Mistral), softcap: Gemma 2's
 # tanh cap (c = SOFTCAP) on non-causal logits. window and softcap run only for targets that declare the feature.
@@ -68,7 +70,7 @@ class Gemm:
     """Same-run matrix-multiply throughput: the physical limit attention is reported against."""
 
     n: int  # (n, n) @ (n, n)
-    seconds: float  # median seconds per matmul
+    seconds: float  # fastest seconds per matmul (the peak: see _fastest_time)
     gflops: float  # 2 n^3 / seconds / 1e9
 
 
@@ -79,7 +81,7 @@ def synchronizer(device: str) -> Callable[[], None]:
 
 
 def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
-    """Median time of an (n, n) @ (n, n) matmul into a preallocated output, timed like the attention calls.
+    """Fastest time of an (n, n) @ (n, n) matmul into a preallocated output, timed like the attention calls.
 
     n = 2048 on CPU (~40 ms in float32 on 2 cores), 4096 on CUDA (2048 is too small to fill a GPU).
     Repeats until 0.5 s and at least 5 calls have been timed, after 2 warm-up calls.
@@ -94,22 +96,17 @@ def measure_gemm(device: str, dtype: torch.dtype) -> Gemm:
         torch.matmul(a, b, out=out)
         sync()
 
-    for _ in range(2):
-        call()
-    times: list[float] = []
-    while len(times) < 5 or (sum(times) < 0.5 and len(times) < 1000):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    times.sort()
-    seconds = times[len(times) // 2]
+    seconds = _fastest_time(call)
     return Gemm(n, seconds, 2 * n**3 / seconds / 1e9)
 
 
 def flops(shape: Shape, mask: str, backward: bool) -> int:
-    """Useful FLOPs of one call: 2 matmuls of 2 * D FLOPs per admissible (query, key) pair; backward = 2.5x forward.
+    """Useful FLOPs of one call: 2 matmuls of 2 * D FLOPs per admissible (query, key) pair, 4 B H L S D without a
+    mask; backward = 2.5x forward, so forward + backward = 3.5x (FlashAttention's benchmarks/
+    benchmark_flash_attention.py, ``flops()``: ``4 * batch * seqlen**2 * nheads * headdim // (2 if causal else 1)``,
+    x 2.5 for "bwd", x 3.5 for "fwd_bwd": the backward's 5 matmuls against the forward's 2).
 
-    Causal counts the L (L + 1) / 2 admissible pairs of the top-left mask ("about half" of L * S), and a causal
+    Causal counts the L (L + 1) / 2 admissible pairs of the causal mask (FlashAttention: exactly half), and a causal
     window (w, 0) the min(i, w) + 1 keys of query i: w (w + 1) / 2 + (L - w)(w + 1), O(L * w). A kernel that
     skips the masked pairs is not credited with work it did not do; softcap's tanh is not counted.
     """
@@ -123,3 +120,88 @@ def flops(shape: Shape, mask: str, backward: bool) -> int:
         pairs = L * S
     forward = 4 * shape.B * shape.H * pairs * shape.D
     return int(forward * 3.5) if backward else forward
+
+
+def min_bytes(shape: Shape, backward: bool, itemsize: int) -> int:
+    """Compulsory memory traffic of one call: every input read once and every output written once.
+
+    Forward: q, k, v read and o written, 4 tensors of B H L D (S = L). Backward adds q, k, v, o, dO read and dq,
+    dk, dv written: 8 more. (The log-sum-exp, B H L floats, is left out: a lower bound.) A kernel that moves less
+    than this did not read its inputs; one that moves more (an unfused one writing the L x S scores) is slower
+    than the roofline says, which is what the fraction shows.
+    """
+    tensors = 4 + (8 if backward else 0)
+    return tensors * shape.B * shape.H * shape.L * shape.D * itemsize
+
+
+@dataclass(frozen=True)
+class Roofline:
+    """A same-run roofline (Williams, Waterman & Patterson 2009, "Roofline: an insightful visual performance model
+    for multicore architectures", CACM 52(4)): attainable FLOP/s = min(peak FLOP/s, intensity x bandwidth), with
+    the peak a measured GEMM of the case's dtype and the bandwidth a measured device copy, both in this run."""
+
+    gemm: Gemm
+    copy_gbps: float  # GB/s of a device copy (bytes read + bytes written) / seconds
+
+    def attainable_gflops(self, flop: int, traffic: int) -> float:
+        return min(self.gemm.gflops, flop / traffic * self.copy_gbps)
+
+    def judge(
+        self, flop: int, traffic: int, seconds: float, device: str
+    ) -> tuple[float | None, float | None, str | None]:
+        """(GFLOP/s, fraction of the roofline, None), or on a GPU (None, None, why) when the speed is impossible:
+        above :data:`IMPOSSIBLE_MARGIN` x the attainable, the timing missed work and no speed is reported."""
+        gflops, attainable = flop / seconds / 1e9, self.attainable_gflops(flop, traffic)
+        if device == "cuda" and gflops > IMPOSSIBLE_MARGIN * attainable:
+            return (
+                None,
+                None,
+                (
+                    f"impossible: {gflops:.4g} GFLOP/s measured, {gflops / attainable:.2f}x the same-run roofline "
+                    f"{attainable:.4g} GFLOP/s (the timing missed work; not reported)"
+                ),
+            )
+        return gflops, gflops / attainable, None
+
+
+# The roofline's two numbers are measured practical peaks, not the datasheet's: a kernel may beat a measured
+# GEMM or copy by a little (a better-tuned size, cache hits the copy did not get). On a GPU (a device of its own,
+# the L2 flushed before each repetition), above this multiple of the roofline a speed is impossible, i.e. the
+# timing missed work (no synchronisation, a stream left running, a cached result), and it is flagged, not
+# reported. On a shared CPU the ceiling moves with the neighbours' load and the inputs sit in the caches that the
+# copy's 64 MiB does not fit, so a fraction above 1 there is reported as measured, never called impossible.
+IMPOSSIBLE_MARGIN = 1.5
+
+
+def measure_copy(device: str) -> float:
+    """GB/s of a device-to-device copy of a buffer far beyond the last-level cache (256 MiB on CUDA, beyond an
+    H100's 50 MiB L2 and an H200's; 64 MiB on the CPU), counting the bytes read and the bytes written; the fastest
+    of repeated copies timed like the GEMM (until 0.5 s and at least 5 copies, after 2 warm-up copies)."""
+    n = (256 if device == "cuda" else 64) * 2**20 // 4  # float32 elements
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    sync = synchronizer(device)
+
+    def call() -> None:
+        dst.copy_(src)
+        sync()
+
+    seconds = _fastest_time(call)
+    return 2 * 4 * n / seconds / 1e9
+
+
+def _fastest_time(call: Callable[[], None]) -> float:
+    """Fastest seconds of ``call``: 2 warm-up calls, then until 0.5 s and at least 5 calls (at most 1000).
+
+    The fastest, not the median: a roofline is what the machine can attain, and on a machine shared with other
+    processes the median of a GEMM measured at a busy moment was 2.4x below the same GEMM's a minute earlier
+    (14 against 35 GFLOP/s on this project's 2-core VM), below the attention it is the ceiling of.
+    """
+    for _ in range(2):
+        call()
+    times: list[float] = []
+    while len(times) < 5 or (sum(times) < 0.5 and len(times) < 1000):
+        start = time.perf_counter()
+        call()
+        times.append(time.perf_counter() - start)
+    return min(times)

@@ -17,13 +17,20 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 HELP_CASES = {
-    "bench": ((), ("compare", "history", "ab")),
+    "bench": ((), ("compare", "history", "ab", "run")),
     "compare": (
         ("compare",),
         ("baseline", "candidate", "--threshold", "default 10%", "--alpha", "--force", "--markdown", "--json"),
     ),
     "history": (("history",), ("PATH", "--threshold", "default 10%", "--alpha", "--plot", "--html")),
-    "ab": (("ab",), ("TARGET_A", "TARGET_B", "--pairs", "--slowdown-b", "default 10%", "--json")),
+    "ab": (
+        ("ab",),
+        ("TARGET_A", "TARGET_B", "--pairs", "--slowdown-b", "default 10%", "--json", "--causal", "--layout"),
+    ),
+    "run": (
+        ("run",),
+        ("TARGET", "--size", "--cases", "--json", "--html", "--save", "--device", "--dtype", "--arg-name"),
+    ),
 }
 
 

@@ -265,14 +265,17 @@ def test_bad_input_is_one_line_exit_2_and_outputs_untouched(
     assert md.read_text() == "previous markdown" and js.read_text() == "previous json"
 
 
-def test_missing_file_and_missing_output_dir(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_missing_file_and_unwritable_output(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     good = write_run(tmp_path / "good.json", {NAME: rounds(1e-3)})
     code, _, err = run_cli(capsys, "compare", good, tmp_path / "absent.json")
     assert code == 2
     assert_one_line_error(err, "absent.json", "cannot read")
-    code, _, err = run_cli(capsys, "compare", good, good, "--json", tmp_path / "no" / "dir" / "r.json")
-    assert code == 2
-    assert_one_line_error(err, "does not exist")
+    for flag in ("--json", "--markdown"):  # under a file: checked before the runs are read, the user's path named
+        code, _, err = run_cli(capsys, "compare", good, tmp_path / "absent.json", flag, good / "r.json")
+        assert code == 2
+        assert_one_line_error(err, f"{flag} {good / 'r.json'}", "is not a directory")
+    code, _, _ = run_cli(capsys, "compare", good, good, "--json", tmp_path / "new" / "dir" / "r.json")
+    assert code == 0 and (tmp_path / "new" / "dir" / "r.json").is_file()  # missing folders are created
 
 
 def test_reports_written_atomically(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

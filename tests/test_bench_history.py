@@ -34,11 +34,11 @@ def history(levels: list[float], noise: float = 0.03, n: int = 20) -> list[np.nd
     return [np.array(rounds(level, n=n, noise=noise, seed=i)) for i, level in enumerate(levels)]
 
 
-def write_history(directory: Path, levels: list[float], noise: float = 0.03) -> list[Path]:
+def write_history(directory: Path, levels: list[float], noise: float = 0.03, n: int = 20) -> list[Path]:
     """Runs 0..n-1 of NAME at the given medians, one commit per day, files named in *reverse* order."""
     directory.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, data in enumerate(history(levels, noise)):
+    for i, data in enumerate(history(levels, noise, n)):
         day = f"2026-01-{i + 1:02d}T12:00:00+00:00"
         path = directory / f"{len(levels) - i:04d}_run.json"
         paths.append(write_run(path, {NAME: list(data)}, commit_time=day, when=day, commit_id=f"{i:07d}abc"))
@@ -53,8 +53,27 @@ def test_flat_noisy_history_has_no_change_point() -> None:
     assert change_points(history([1e-3] * 12, noise=0.1), threshold=0.1, alpha=0.01) == []
 
 
-def test_single_outlier_run_in_the_middle_is_not_a_step() -> None:
-    assert change_points(history([1e-3] * 5 + [1.5e-3] + [1e-3] * 5), threshold=0.1, alpha=0.01) == []
+def test_one_run_excursion_is_a_step_up_and_a_step_down_as_compare_says() -> None:
+    """A slow run between two normal ones is two changes wherever compare calls the pairs slower and faster; the
+    L1 fit alone used to show a flat level."""
+    assert change_points(history([1e-3] * 5 + [1.5e-3] + [1e-3] * 5), threshold=0.1, alpha=0.01) == [5, 6]
+
+
+def test_the_5_5_to_20_to_6_7_ms_history_has_both_change_points(tmp_path: Path) -> None:
+    """The issue's case: compare called 5.5 -> 20 ms slower and 20 -> 6.7 ms faster, history showed a flat level
+    (noisy rounds, few of them: binary segmentation's first split, [5.5] against the pooled [20, 6.7], fails)."""
+    paths = write_history(tmp_path / "runs", [5.5e-3, 20e-3, 6.7e-3], noise=0.2, n=5)
+    runs = load_history(paths)
+    pairs = [compare_runs(runs[i], runs[i + 1]).results[0].status for i in range(2)]
+    assert pairs == [SLOWER, FASTER]
+    (t,) = trends(runs, threshold=0.1, alpha=0.01)
+    assert [p.index for p in t.change_points] == [1, 2]
+
+
+def test_an_unversioned_run_is_labelled_unversioned(tmp_path: Path) -> None:
+    """pytest-benchmark's commit id outside git is "unversioned": kept whole, not cut to a 7-digit hash."""
+    path = write_run(tmp_path / "a.json", {NAME: rounds(1e-3)}, commit_id="unversioned")
+    assert run_labels(load_history([path])) == ["unversioned"]
 
 
 def test_two_steps_and_a_step_at_the_last_run() -> None:

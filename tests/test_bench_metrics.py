@@ -306,12 +306,17 @@ def test_bench_ab_rejects_what_it_cannot_run(capsys: pytest.CaptureFixture) -> N
 
 
 def test_shared_cases_are_those_both_targets_declare() -> None:
+    from attncheck.benchmarks.cases import grid, split
     from attncheck.properties.targets import resolve
 
-    cases = ab.shared_cases(resolve("reference"), resolve("flex-attention"), "quick", ("cpu",))
+    cases, _ = split([resolve("reference"), resolve("flex-attention")], grid("quick", ("cpu",)))
     assert {c.mask for c in cases} == {"noncausal", "causal", "window", "softcap"}
-    sdpa = ab.shared_cases(resolve("reference"), resolve("torch-sdpa"), "quick", ("cpu",))
+    sdpa, dropped = split([resolve("reference"), resolve("torch-sdpa")], grid("quick", ("cpu",)))
     assert {c.mask for c in sdpa} == {"noncausal", "causal"}  # torch-sdpa declares neither window nor softcap
+    assert {why for _, why in dropped} == {
+        "torch-sdpa: target does not declare the window feature",
+        "torch-sdpa: target does not declare the softcap feature",
+    }
 
 
 def test_ab_knows_the_grid_sizes_without_importing_them() -> None:

@@ -51,6 +51,7 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
         "_pytestplugin.py",
         "cli.py",
         "properties/verify.ini",
+        "benchmarks/bench.ini",
     ):
         assert f"attncheck/{module}" in names, module
     assert any(n.startswith("attncheck/benchmarks/baselines/") and n.endswith(".json") for n in names)
