@@ -243,9 +243,8 @@ def verify(
     if budget_s is not None and budget_s <= 0:
         raise UsageError("budget_s must be positive")
     files, declared_failures = _known_failures(known_failures)
-    if declared_failures:
-        declarations = {**declarations, "known_failures": declared_failures}
-    resolved = _target(target, declarations, device)
+    caps = {**declarations, "known_failures": declared_failures} if declared_failures else declarations
+    resolved = _target(target, caps, device)
     call_timeout = timeout or resolved.timeout
     if budget_s is not None:  # a hung call is found (and reported) while the budget still has room
         call_timeout = min(call_timeout, budget_s / 2)
@@ -401,7 +400,16 @@ class _Stream:
 
 
 def _child(conn: Any, settings: Any, target: Target, seed: int | None, deadline: float | None, budget: Any) -> None:
-    """The child's side: the same :func:`run`, its results streamed to the parent as they come."""
+    """The child's side: the same :func:`run`, its results streamed to the parent as they come; silent (what the
+    kernel or a crash handler prints goes nowhere), on one intra-op thread: the OpenMP pool the parent may have
+    started does not survive a fork (a parallel region in the child can wait forever, as DataLoader's workers
+    know)."""
+    import torch
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 1)
+    os.dup2(devnull, 2)
+    torch.set_num_threads(1)
     try:
         budgeted = _Budget(deadline, budget)
         report = run(settings, [target], seed=seed, plugins=[_Stream(conn), budgeted])
