@@ -508,7 +508,7 @@ def _add_process_finding(target: Target, engine: EngineReport, message: str, run
 
 def _end(child: Any) -> None:
     """Stop the child: it had its chance to exit on its own (a hung kernel's thread may keep it alive)."""
-    child.join(GRACE_S if child.exitcode is None and not child.is_alive() else 0.1)
+    child.join(0.5)
     if child.is_alive():
         child.kill()
         child.join()
