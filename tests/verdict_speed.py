@@ -10,7 +10,8 @@ this one process, one after the other, as in a loop over generated kernels: the 
 the strategies, the others reuse them. Two stages: the screen profile (stop at the first red check, no shrinking),
 then the full catalog (the default profile) for the kernels ``--full`` asks for. A mutant or a cheat counts as
 caught when its verdict is failed; a correct variant must pass. The machine's load (``os.getloadavg``) is
-recorded with every verdict: on a shared machine the times are only comparable at similar loads.
+recorded with every verdict: on a shared machine wall times are only comparable at similar loads, so the CPU time
+of the process (all its threads) is recorded too, about what the wall time is on an idle machine.
 """
 
 from __future__ import annotations
@@ -50,9 +51,9 @@ def kernels() -> dict[str, tuple[Any, str]]:
 def timed(name: str, fn: Any, expected: str, profile: str | None) -> dict[str, Any]:
     """One verdict: its time, outcome, checks run, the check that caught it, and the load around it."""
     load = os.getloadavg()[0]
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     report = attncheck.verify(fn, profile=profile)
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     first = report.failures[0] if report.failures else None
     caught_by = f"{first.property}::{first.check}" if first else (report.root_causes or [{}])[0].get("case", "")
     return {
@@ -62,6 +63,7 @@ def timed(name: str, fn: Any, expected: str, profile: str | None) -> dict[str, A
         "verdict": report.verdict,
         "right": report.verdict == expected,
         "seconds": round(seconds, 2),
+        "cpu_seconds": round(cpu, 2),  # this process's CPU time, all its threads: about the wall time when idle
         "checks_run": report.checks_run,
         "caught_by": caught_by if report.verdict == "failed" else "",
         "load_1min": round(load, 2),
@@ -73,11 +75,13 @@ def summary(rows: list[dict[str, Any]], kind: str, stage: str) -> str:
     if not chosen:
         return ""
     times = [r["seconds"] for r in chosen]
+    cpu = [r["cpu_seconds"] for r in chosen]
     wrong = [r["kernel"] for r in chosen if not r["right"]]
     loads = [r["load_1min"] for r in chosen]
     return (
-        f"{stage:>6} {kind:<8} n={len(chosen):<3} median {statistics.median(times):6.2f} s  worst {max(times):6.2f} s  "
-        f"{60 * len(times) / sum(times):5.1f} verdicts/min  wrong verdicts: {wrong or 'none'}  "
+        f"{stage:>6} {kind:<8} n={len(chosen):<3} wall median {statistics.median(times):6.2f} s worst {max(times):6.2f} s "
+        f"({60 * len(times) / sum(times):5.1f} verdicts/min); CPU median {statistics.median(cpu):6.2f} s worst "
+        f"{max(cpu):6.2f} s ({60 * len(cpu) / sum(cpu):5.1f} verdicts/min); wrong verdicts: {wrong or 'none'}; "
         f"load {min(loads):.1f}-{max(loads):.1f}"
     )
 
@@ -119,7 +123,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(timed(name, fn, expected, stage))
                 r = rows[-1]
                 print(
-                    f"{r['stage']:>6} {name:<40} {r['verdict']:<12} {r['seconds']:7.2f} s  {r['checks_run']:3} checks"
+                    f"{r['stage']:>6} {name:<40} {r['verdict']:<12} {r['seconds']:7.2f} s (CPU {r['cpu_seconds']:6.2f} s) "
+                    f"{r['checks_run']:3} checks"
                     f"  {r['caught_by']}  load {r['load_1min']}",
                     flush=True,
                 )
