@@ -79,7 +79,8 @@ def summary(rows: list[dict[str, Any]], kind: str, stage: str) -> str:
     wrong = [r["kernel"] for r in chosen if not r["right"]]
     loads = [r["load_1min"] for r in chosen]
     return (
-        f"{stage:>6} {kind:<8} n={len(chosen):<3} wall median {statistics.median(times):6.2f} s worst {max(times):6.2f} s "
+        f"{stage:>6} {kind:<8} n={len(chosen):<3} "
+        f"wall median {statistics.median(times):6.2f} s worst {max(times):6.2f} s "
         f"({60 * len(times) / sum(times):5.1f} verdicts/min); CPU median {statistics.median(cpu):6.2f} s worst "
         f"{max(cpu):6.2f} s ({60 * len(cpu) / sum(cpu):5.1f} verdicts/min); wrong verdicts: {wrong or 'none'}; "
         f"load {min(loads):.1f}-{max(loads):.1f}"
@@ -123,8 +124,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows.append(timed(name, fn, expected, stage))
                 r = rows[-1]
                 print(
-                    f"{r['stage']:>6} {name:<40} {r['verdict']:<12} {r['seconds']:7.2f} s (CPU {r['cpu_seconds']:6.2f} s) "
-                    f"{r['checks_run']:3} checks"
+                    f"{r['stage']:>6} {name:<40} {r['verdict']:<12} {r['seconds']:7.2f} s "
+                    f"(CPU {r['cpu_seconds']:6.2f} s) {r['checks_run']:3} checks"
                     f"  {r['caught_by']}  load {r['load_1min']}",
                     flush=True,
                 )
