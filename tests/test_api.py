@@ -31,9 +31,10 @@ def sdpa(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, **kwa
     return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, **kwargs)
 
 
-def _cli_statuses(spec: str, prop: str, tmp_path: Path) -> tuple[int, dict[str, str]]:
+def _cli_statuses(spec: str, restriction: list[str], tmp_path: Path, examples: int = 5) -> tuple[int, dict[str, str]]:
+    """The CLI's exit code and property statuses for ``spec`` under ``restriction`` (--property/--check NAME)."""
     out = tmp_path / "report.json"
-    args = ["verify", spec, "--property", prop, "--max-examples", "5", "--profile", "ci", "--json", str(out), "-q"]
+    args = ["verify", spec, *restriction, "--max-examples", str(examples), "--profile", "ci", "--json", str(out), "-q"]
     code = main(args)
     [target] = json.loads(out.read_text())["targets"]
     return code, {p["name"]: p["status"] for p in target["properties"]}
@@ -51,7 +52,7 @@ def test_verify_gives_the_cli_verdict(module: str, name: str, prop: str, tmp_pat
     """The function object through attncheck.verify, its module:attr through the CLI: one verdict."""
     fn = (MUTANTS if module == "tests.mutants" else VARIANTS)[name].fn
     report = attncheck.verify(fn, properties=[prop], **FEW)
-    code, statuses = _cli_statuses(f"{module}:{name}", prop, tmp_path)
+    code, statuses = _cli_statuses(f"{module}:{name}", ["--property", prop], tmp_path)
     assert report.passed == (code == 0)
     assert report.verdict == ("passed" if module == "tests.variants" else "failed")
     assert {p["name"]: p["status"] for p in report.target["properties"]} == statuses
@@ -59,6 +60,16 @@ def test_verify_gives_the_cli_verdict(module: str, name: str, prop: str, tmp_pat
         first = report.failures[0]
         assert first.property == prop and first.message and first.repro
         assert report.to_json()["verdict"] == "failed"
+
+
+def test_a_cheat_gets_the_cli_verdict(tmp_path: Path) -> None:
+    """A cheating kernel (tests/cheats.py, the integrity property's meta-tests) on the check meant to catch it."""
+    cheats = pytest.importorskip("tests.cheats")
+    name, cheat = next(iter(cheats.CHEATS.items()))
+    report = attncheck.verify(cheat.fn, checks=[cheat.check], profile="ci", max_examples=20)
+    code, statuses = _cli_statuses(f"tests.cheats:{name}", ["--check", cheat.check], tmp_path, examples=20)
+    assert report.verdict == "failed" and code == 1
+    assert {p["name"]: p["status"] for p in report.target["properties"]} == statuses
 
 
 def test_a_function_defined_here_is_verified_with_its_declarations() -> None:

@@ -32,7 +32,8 @@ from attncheck.properties.render import write_atomic
 
 
 def kernels() -> dict[str, tuple[Any, str]]:
-    """name -> (SDPA callable, expected verdict): every mutant and cheat must fail, every variant pass."""
+    """name -> (SDPA callable, expected verdict): every mutant and cheat must fail, every variant and honest
+    counterpart of a cheat pass."""
     from tests.mutants import MUTANTS
     from tests.variants import VARIANTS
 
@@ -42,8 +43,8 @@ def kernels() -> dict[str, tuple[Any, str]]:
     except ModuleNotFoundError:  # not every checkout has the cheating kernels yet
         pass
     else:
-        registry = getattr(cheats, "CHEATS", {})
-        found |= {f"cheat:{n}": (c.fn, "failed") for n, c in registry.items()}
+        found |= {f"cheat:{n}": (c.fn, "failed") for n, c in cheats.CHEATS.items()}
+        found |= {f"honest:{n}": (h.fn, "passed") for n, h in cheats.HONEST.items()}  # their correct counterparts
     found |= {f"variant:{n}": (v.fn, "passed") for n, v in VARIANTS.items()}
     return found
 
@@ -101,7 +102,7 @@ def where_the_time_goes(name: str, fn: Any, top: int) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.verdict_speed", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", metavar="KIND", help="mutant, cheat or variant (repeatable)")
+    parser.add_argument("--only", action="append", metavar="KIND", help="mutant, cheat, variant, honest (repeatable)")
     parser.add_argument("--limit", type=int, metavar="N", help="at most N kernels of each kind")
     parser.add_argument("--full", type=int, default=0, metavar="N", help="also the full catalog on N of each kind")
     parser.add_argument("--json", metavar="PATH", help="write every verdict and the summary as JSON")
@@ -114,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"no kernel named {args.cprofile!r}")
         print(where_the_time_goes(name, found[name][0], 25))
         return 0
-    kinds = args.only or ["mutant", "cheat", "variant"]
+    kinds = args.only or ["mutant", "cheat", "variant", "honest"]
     chosen = {kind: [n for n in found if n.startswith(kind + ":")][: args.limit] for kind in kinds}
     rows = []
     for stage, count in (("screen", None), (None, args.full)):
