@@ -108,6 +108,11 @@ class AttncheckPlugin:
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         props, names = set(self.settings.properties), set(self.settings.checks)
         blocked = {t.name for t in self.targets if any(f.blocks_all for f in t.findings)}
+        if self.profile == "screen" and self.session is not None:  # a root cause of the first probe is red already
+            found = [f"{t.name}: the {t.findings[0].case}" for t in self.targets if t.findings]
+            if found:
+                blocked |= {t.name for t in self.targets if t.findings}
+                self.session.shouldfail = f"screening stopped at the first probe's root cause, {found[0]}"
         if props or names or blocked:
             keep = [
                 i
