@@ -125,12 +125,20 @@ def test_screen_order_names_checks_of_the_catalog() -> None:
 
 
 def test_screen_stops_at_the_first_red_check() -> None:
-    """A mutant: one red check, nothing after it; the note says why the run stopped."""
-    report = attncheck.verify(MUTANTS["no_scaling"].fn, profile="screen", properties=["scaling_variance"])
+    """A mutant the first probe does not see: one red check, the last that ran; the note says why it stopped."""
+    report = attncheck.verify(MUTANTS["nan_masked_rows"].fn, profile="screen")
     assert report.verdict == "failed"
     red = [r for r in report.engine.results if r.status in ("failed", "error")]
     assert len(red) == 1 and report.engine.results[-1] is red[0]
+    assert len(report.engine.results) < len(check_catalog())
     assert "first red check" in report.note
+
+
+def test_screen_stops_at_a_root_cause_of_the_first_probe() -> None:
+    """The probe sees the missing scale (scale= ignored): red before any check runs."""
+    report = attncheck.verify(MUTANTS["no_scaling"].fn, profile="screen")
+    assert report.verdict == "failed" and report.checks_run == 0 and report.root_causes
+    assert "first probe's root cause" in report.note
 
 
 # -- budgets and isolation ----------------------------------------------------------------------------------------
