@@ -60,6 +60,9 @@ def run(
     ini = Path(__file__).parent / "properties" / "verify.ini"  # not the configuration of the project around us
     pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "attncheck.properties"]
     pytest_args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "ignore", *settings.pytest_args()]
+    # pytest's unraisable-exception plugin calls gc.collect() five times at the end of a session: 4.5 of a 15 s
+    # screening verdict in a process that holds torch and Hypothesis (cProfile, tests/verdict_speed.py)
+    pytest_args += ["-p", "no:unraisableexception"]
     if jobs and jobs > 1:
         # pytest-xdist's workers rebuild the run from these options; this process keeps the resolved targets.
         pytest_args += ["-n", str(jobs), "-q", "--no-header", "--no-summary"]

@@ -106,14 +106,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, metavar="N", help="at most N kernels of each kind")
     parser.add_argument("--full", type=int, default=0, metavar="N", help="also the full catalog on N of each kind")
     parser.add_argument("--json", metavar="PATH", help="write every verdict and the summary as JSON")
-    parser.add_argument("--cprofile", metavar="NAME", help="profile one screening of this mutant or variant")
+    parser.add_argument("--cprofile", metavar="NAME", help="profile one screening of this kernel (NAME or KIND:NAME)")
     args = parser.parse_args(argv)
     found = kernels()
     if args.cprofile:
-        [name] = [n for n in found if n.split(":", 1)[1] == args.cprofile] or [args.cprofile]
-        if name not in found:
-            parser.error(f"no kernel named {args.cprofile!r}")
-        print(where_the_time_goes(name, found[name][0], 25))
+        named = [n for n in found if args.cprofile in (n, n.split(":", 1)[1])]
+        if len(named) != 1:
+            parser.error(f"--cprofile {args.cprofile!r}: name one of {named or 'the kernels'} as KIND:NAME")
+        print(where_the_time_goes(named[0], found[named[0]][0], 25))
         return 0
     kinds = args.only or ["mutant", "cheat", "variant", "honest"]
     chosen = {kind: [n for n in found if n.startswith(kind + ":")][: args.limit] for kind in kinds}
