@@ -202,8 +202,8 @@ class Report:
 
         page = verify_page(self._json, not self.passed)
         note = f"<p><b>{escape(self.verdict)}</b>: {escape(self.note)}</p>" if self.note else ""
-        return f'{note}<iframe srcdoc="{escape(page)}" style="width: 100%; height: 36em; border: 1px solid #ccc">'
-        "</iframe>"
+        frame = f'<iframe srcdoc="{escape(page)}" style="width: 100%; height: 36em; border: 1px solid #ccc"></iframe>'
+        return note + frame
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -82,7 +82,8 @@ def test_a_function_defined_here_is_verified_with_its_declarations() -> None:
     assert report.passed, str(report)
     assert report.target["name"].endswith("local_attention")
     assert report.target["capabilities"]["masks"] == []
-    assert "<iframe srcdoc=" in report._repr_html_()
+    html = report._repr_html_()
+    assert html.startswith("<iframe srcdoc=") and html.endswith("</iframe>")
     assert "passed" in repr(report)
 
 
