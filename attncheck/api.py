@@ -28,7 +28,7 @@ from html import escape
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from attncheck.errors import UsageError
+from attncheck.errors import TargetUnavailable, UsageError
 
 if TYPE_CHECKING:
     from attncheck.properties.report import Report as EngineReport
@@ -325,7 +325,10 @@ def _target(target: Any, declarations: dict[str, Any], device: str) -> Target:
     if isinstance(target, Target):
         resolved = target
     elif isinstance(target, str):
-        resolved = resolve(target)
+        try:
+            resolved = resolve(target)
+        except TargetUnavailable as exc:
+            raise UsageError(f"target {target!r} is unavailable here: {exc}") from None
     elif callable(target):
         module = getattr(target, "__module__", None) or "__main__"
         qualname = getattr(target, "__qualname__", None) or type(target).__qualname__
@@ -429,11 +432,15 @@ def _run_isolated(
     settings: Any, target: Target, seed: int | None, deadline: float | None, budget_s: float | None
 ) -> tuple[EngineReport, str]:
     """Run :func:`run` in a forked child; rebuild the engine's report here from what it streamed."""
+    import torch
+
     from attncheck.properties.report import CheckResult
     from attncheck.properties.report import Report as EngineReport
 
     if "fork" not in multiprocessing.get_all_start_methods():
         raise UsageError("isolate=True needs the fork start method (Linux, macOS); it is not available here")
+    if target.device == "cuda" and torch.cuda.is_initialized():  # CUDA cannot be initialised again after a fork
+        raise UsageError("isolate=True on cuda needs a caller that has not initialised CUDA yet (the child is forked)")
     context = multiprocessing.get_context("fork")
     parent_end, child_end = context.Pipe(duplex=False)
     child = context.Process(
