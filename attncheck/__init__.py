@@ -3,8 +3,8 @@
 One import package, so names as generic as ``properties`` or ``benchmarks`` never shadow (or are shadowed by) a
 user's own packages: :mod:`attncheck.reference`, :mod:`attncheck.properties`, :mod:`attncheck.benchmarks`.
 
-The public API is importable from here (``from attncheck import declare, Capabilities, Target``). It is loaded on
-first use (PEP 562), so importing :mod:`attncheck` (as the pytest plugin does in every pytest session) imports
+The public API is importable from here (``from attncheck import verify, declare, Capabilities, Target``). It is
+loaded on first use (PEP 562), so importing :mod:`attncheck` (as the pytest plugin does in every pytest session) imports
 neither torch nor Hypothesis.
 """
 
@@ -14,13 +14,17 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from attncheck.api import Failure, Report, verify
     from attncheck.errors import AttncheckError
     from attncheck.properties.targets import Capabilities, Target, declare
 
-__all__ = ["AttncheckError", "Capabilities", "Target", "declare"]
+__all__ = ["AttncheckError", "Capabilities", "Failure", "Report", "Target", "declare", "verify"]
 
 _LAZY = {
     "AttncheckError": "attncheck.errors",
+    "Failure": "attncheck.api",
+    "Report": "attncheck.api",
+    "verify": "attncheck.api",
     "Capabilities": "attncheck.properties.targets",
     "Target": "attncheck.properties.targets",
     "declare": "attncheck.properties.targets",

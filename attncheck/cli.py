@@ -10,8 +10,6 @@ the report as JSON, as a markdown matrix and as one self-contained HTML page (:m
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import os
 import sys
 from pathlib import Path
@@ -24,10 +22,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def verify(args: argparse.Namespace) -> int:
-    import pytest
-
+    from attncheck.api import run
     from attncheck.properties.html import verify_page
-    from attncheck.properties.plugin import AttncheckPlugin
     from attncheck.properties.render import check_writable, markdown, render_table, write_atomic, write_json
     from attncheck.properties.targets import resolve_targets
 
@@ -47,26 +43,9 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     settings.json = None  # written below, once, by this process
 
-    ini = Path(__file__).parent / "properties" / "verify.ini"  # not the configuration of the project around us
-    pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "attncheck.properties"]
-    pytest_args += ["-p", "no:cacheprovider", "-p", "no:benchmark", "-W", "ignore", *settings.pytest_args()]
-    if args.jobs and args.jobs > 1:
-        # pytest-xdist's workers rebuild the run from these options; this process keeps the resolved targets.
-        pytest_args += ["-n", str(args.jobs), "-q", "--no-header", "--no-summary"]
-    else:
-        pytest_args += ["-p", "no:terminal"]
-    if args.seed is not None:
-        pytest_args += ["--hypothesis-seed", str(args.seed)]
-
-    plugin = AttncheckPlugin(settings, resolve_targets(settings))  # resolved and validated once, here
     collector = _Collector(quiet=args.quiet)
-    with contextlib.redirect_stdout(io.StringIO()) if args.jobs and args.jobs > 1 else contextlib.nullcontext():
-        code = pytest.main(pytest_args, plugins=[plugin, collector])
-    if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
-        raise UsageError(collector.error or f"the property run did not start (pytest exit code {int(code)})")
-    if code == pytest.ExitCode.INTERRUPTED:
-        raise UsageError(collector.error or "the property run was interrupted (collection error)")
-    report = plugin.report
+    # the one engine of the CLI and attncheck.verify; the targets are resolved and validated once, here
+    report = run(settings, resolve_targets(settings), seed=args.seed, jobs=args.jobs, plugins=[collector])
     sys.stdout.write(render_table(report, color=sys.stdout.isatty()))
     try:
         if args.json:
@@ -102,16 +81,9 @@ class _Collector:
         self.config: Any = None
         self.progress: Any = None
         self.task: Any = None
-        self.error = ""
 
     def pytest_configure(self, config: Any) -> None:
         self.config = config
-
-    def pytest_collectreport(self, report: Any) -> None:
-        if report.failed:
-            self.error = (
-                f"collection failed in {report.nodeid or 'properties'}: {str(report.longrepr).splitlines()[-1]}"
-            )
 
     def pytest_collection_finish(self, session: Any) -> None:
         if not self.quiet and session.items:

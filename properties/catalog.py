@@ -13,8 +13,10 @@ import pkgutil
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import InvalidArgument
+
+from attncheck.properties.options import PROFILE_NAMES
 
 PROPERTIES = (
     "rows_sum_to_one",
@@ -39,7 +41,7 @@ PROPERTIES = (
     "model",
 )
 
-PROFILES = ("dev", "ci", "thorough")
+PROFILES = PROFILE_NAMES
 # Hypothesis profiles are named after the project and registered only when an attncheck run asks for one
 # (profile_settings), so installing attncheck never changes the settings of another project's tests.
 _SLOW_OK = [HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.differing_executors]
@@ -58,7 +60,67 @@ _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
     # Thorough: many examples; the forward oracle check calls hypothesis.target() on error/budget, so the search
     # climbs toward the worst case (useful above ~1000 examples, docs/design.md, "Anchors").
     "thorough": {"max_examples": 1000, "deadline": None, "suppress_health_check": _SLOW_OK},
+    # Screen: the first stage of a loop over generated kernels (attncheck.verify(fn, profile="screen")): few
+    # derandomized examples, no shrinking (Hypothesis then stops at the first failing example), and the plugin
+    # runs the checks in SCREEN_ORDER and stops the session at the first red one. The counterexample is the first
+    # failing draw, not the smallest: re-run that check under dev or ci to shrink it.
+    "screen": {
+        "max_examples": 10,
+        "deadline": None,
+        "derandomize": True,
+        "database": None,
+        "phases": (Phase.explicit, Phase.generate),
+        "report_multiple_bugs": False,
+        "suppress_health_check": _SLOW_OK,
+    },
 }
+
+
+# The screen profile's order: the cheapest checks first, by their time on a correct kernel under the screen profile
+# (0.07 s to 3.2 s each), with the checks that catch the most meta-test mutants (tests/mutants.py: the forward
+# oracle, causality, masked rows, masks, purity) moved up among the first; then the feature checks in catalog
+# order, and the model-level checks (a Transformer around the target, 22 s in all) last. A broken kernel fails fast
+# when the check that catches it runs early; a correct one runs them all (tests/verdict_speed.py measures both).
+SCREEN_ORDER = (
+    "test_scaled_logits_have_unit_variance",
+    "test_future_gradient_is_zero",
+    "test_no_rng_dependence_without_dropout",
+    "test_effective_scale",
+    "test_ones_in_ones_out",
+    "test_forward_matches_oracle",
+    "test_future_perturbation",
+    "test_fully_masked_rows",
+    "test_broadcast_mask_equals_materialised",
+    "test_all_true_mask_equals_no_mask",
+    "test_masked_keys_nonfinite_irrelevant",
+    "test_masked_keys_irrelevant",
+    "test_bool_mask_equals_additive_mask",
+    "test_inputs_unchanged",
+    "test_repeated_calls_identical",
+    "test_query_permutation_equivariance",
+    "test_dropout_fraction_and_rescale",
+    "test_gqa_equals_repeat_interleave",
+    "test_expanded_mask_equals_contiguous",
+    "test_weights_are_distributions",
+    "test_batch_slice_equals_whole",
+    "test_row_shift_invariance",
+    "test_half_precision_qk_overflow",
+    "test_strided_inputs_equal_contiguous",
+    "test_huge_logits_finite_and_accurate",
+    "test_linear_in_values",
+    "test_head_slice_equals_whole",
+    "test_finite_min_bias_does_not_overflow",
+    "test_output_in_convex_hull",
+    "test_key_permutation_invariance",
+    "test_gradients_match_oracle",
+)
+
+
+def screening_rank(check: str) -> tuple[int, int]:
+    """Sort key of a check under the screen profile: SCREEN_ORDER, then the other checks, the model's last."""
+    if check in SCREEN_ORDER:
+        return (0, SCREEN_ORDER.index(check))
+    return (2 if check_catalog().get(check) == "model" else 1, 0)
 
 
 def profile_settings(profile: str, max_examples: int | None = None) -> settings:

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILE_NAMES = ("dev", "ci", "thorough")
+PROFILE_NAMES = ("dev", "ci", "thorough", "screen")  # screen: fail fast, for loops (attncheck.verify)
 DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
 PLUGIN_PREFIX = "attncheck-"
 ENV_TARGET = "ATTNCHECK_TARGET"
@@ -24,7 +24,13 @@ ENV_PROFILE = "ATTNCHECK_PROFILE"  # read when a run is active; it does not acti
 # (flag without prefix, argparse/pytest keyword arguments); the destination is the flag with "-" -> "_".
 _OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("json", {"metavar": "PATH", "help": "write the report as JSON (atomically)"}),
-    ("profile", {"choices": PROFILE_NAMES, "help": "Hypothesis profile (default: ci when CI is set, else dev)"}),
+    (
+        "profile",
+        {
+            "choices": PROFILE_NAMES,
+            "help": "Hypothesis profile (default: ci when CI is set, else dev); screen: stop at the first red check",
+        },
+    ),
     ("max-examples", {"type": int, "metavar": "N", "help": "override the profile's examples per check"}),
     ("device", {"choices": ("cpu", "cuda"), "help": "device the tensors are built on (default cpu)"}),
     ("dtype", {"action": "append", "choices": DTYPE_NAMES, "help": "restrict to these dtypes (repeatable)"}),

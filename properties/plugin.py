@@ -24,12 +24,13 @@ import torch
 
 from attncheck.errors import UsageError
 from attncheck.properties import known_failures
-from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings
+from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings, screening_rank
 from attncheck.properties.checks import drain_observations
 from attncheck.properties.options import ENV_PROFILE, PROFILE_NAMES, VerifySettings
 from attncheck.properties.probe import probe
 from attncheck.properties.problems import format_counterexample
 from attncheck.properties.report import (
+    ERROR,
     FAILED,
     CheckResult,
     Report,
@@ -78,6 +79,10 @@ class AttncheckPlugin:
             "checks": settings.checks or "all",
         }
         self.report = Report(self.targets, run_settings, entries)
+        self.session: pytest.Session | None = None
+
+    def pytest_sessionstart(self, session: pytest.Session) -> None:
+        self.session = session  # the screen profile stops it at the first red check
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self.report.settings["seed"] = config.getoption("hypothesis_seed", None)
@@ -103,6 +108,11 @@ class AttncheckPlugin:
     def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
         props, names = set(self.settings.properties), set(self.settings.checks)
         blocked = {t.name for t in self.targets if any(f.blocks_all for f in t.findings)}
+        if self.profile == "screen" and self.session is not None:  # a root cause of the first probe is red already
+            found = [f"{t.name}: the {t.findings[0].case}" for t in self.targets if t.findings]
+            if found:
+                blocked |= {t.name for t in self.targets if t.findings}
+                self.session.shouldfail = f"screening stopped at the first probe's root cause, {found[0]}"
         if props or names or blocked:
             keep = [
                 i
@@ -122,6 +132,8 @@ class AttncheckPlugin:
                 if entry.matches(target.name, _property_of(item) or "", check):
                     item.add_marker(pytest.mark.xfail(reason=f"known failure: {entry.reason}", strict=False))
                     break
+        if self.profile == "screen":  # cheapest discriminating checks first (stable: the rest in catalog order)
+            items.sort(key=lambda i: screening_rank(getattr(i, "originalname", "")))
 
     # -- running ------------------------------------------------------------------------------------------------
 
@@ -183,7 +195,10 @@ class AttncheckPlugin:
         """Collect results here, where pytest-xdist delivers its workers' reports too."""
         for key, value in report.user_properties:
             if key == USER_PROPERTY and isinstance(value, dict):
-                self.report.results.append(CheckResult.from_dict(value))
+                result = CheckResult.from_dict(value)
+                self.report.results.append(result)
+                if self.profile == "screen" and result.status in (FAILED, ERROR) and self.session is not None:
+                    self.session.shouldfail = f"screening stopped at the first red check, {result.key()}"
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
