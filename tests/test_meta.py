@@ -92,7 +92,7 @@ def test_mutant_is_caught_by_its_property(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["bool_mask_inverted", "mask_batch0_broadcast"])
 def test_model_level_properties_catch_mask_bugs_inside_the_transformer(name: str) -> None:
-    failures, passes, skips = run_property(MUTANTS[name].target(), "model")
+    failures, passes, skips = run_property(MUTANTS[name].target(), "model", CATCH_SETTINGS)
     assert failures, f"{name} not caught inside the model (passed {passes}, skipped {skips})"
 
 
