@@ -124,7 +124,7 @@ def probe(target: Target) -> list[Finding]:
         problem, error = first_error
         hint = _hint(error) or prober.expected_shape_hint(error, problem)
         fix = hint or "check that the target follows the SDPA convention (see `attncheck verify --help`)"
-        return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
+        return [Finding("plain call", str(error), problem.repro(target), fix, blocks_all=True)]
 
     if not always:  # before the is_causal case: a target without the flag may have the triangle built in
         findings += _always_causal_finding(target, base)
@@ -186,7 +186,7 @@ def probe(target: Target) -> list[Finding]:
             earlier = findings[same]
             findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, earlier.fix)
         else:
-            findings.append(Finding(case, str(error), problem.repro(target.name), hint or fix, narrowed=narrowed))
+            findings.append(Finding(case, str(error), problem.repro(target), hint or fix, narrowed=narrowed))
         current = target.caps  # several dtypes or mask kinds may fail: remove each from what is left
         if "dtypes" in narrowed:
             narrowed = {"dtypes": tuple(d for d in current.dtypes if d in narrowed["dtypes"])}
@@ -239,7 +239,7 @@ def _probe_entry(target: Target) -> list[Finding]:
         try:
             call(*p.tensors(target.device), **p.features(target.device))
         except TargetError as exc:
-            failed.append((dtype, exc, p.repro(target.name)))
+            failed.append((dtype, exc, p.repro(target)))
             if exc.kind == "hung":
                 break
     works = tuple(d for d in caps.dtypes if d not in {dtype for dtype, _, _ in failed})
@@ -270,7 +270,7 @@ def _always_causal_finding(target: Target, base: Problem) -> list[Finding]:
         Finding(
             "without is_causal",
             "the output is causal (top-left) although is_causal was not passed: the causal mask is built in",
-            p.repro(target.name),
+            p.repro(target),
             "--causal always",
             narrowed={"causal": "always"},
         )
@@ -317,7 +317,7 @@ def _gqa_mapping_finding(target: Target) -> list[Finding]:
             f"query head h reads kv head {MAPPING[actual]}; "
             + ("the contract is" if declared == "grouped" else "the declaration says")
             + f" {MAPPING[declared]}",
-            seen[1].repro(target.name),
+            seen[1].repro(target),
             f"--cap gqa_mapping={actual}",
             narrowed={"gqa_mapping": actual},
         )
@@ -378,7 +378,7 @@ def _causal_alignment_finding(target: Target) -> list[Finding]:
         fix = "no declaration describes an alignment that changes with the shape: fix is_causal, or --causal none"
         narrowed = {"causal": None}
     target.caps = target.caps.replace(**narrowed)
-    return [Finding("causal alignment", message, wrong[0][0].repro(target.name), fix, narrowed=narrowed)]
+    return [Finding("causal alignment", message, wrong[0][0].repro(target), fix, narrowed=narrowed)]
 
 
 # Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;
