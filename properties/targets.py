@@ -89,7 +89,9 @@ class Capabilities:
     # alignment of is_causal when L != S; "always" = causal without a flag (top-left); None = no is_causal
     causal: Causal | None = "top-left"
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
-    gqa: bool = True  # enable_gqa: Hq a multiple of Hkv
+    # enable_gqa: Hq a multiple of Hkv; "native": Hkv < Hq accepted with no flag (FlashAttention's convention:
+    # Target then passes no enable_gqa)
+    gqa: bool | Literal["native"] = True
     # which kv head query head h reads: grouped h // (Hq / Hkv) (SDPA, repeat_interleave) or interleaved h % Hkv
     # (einops "(r h)", tiling); Target translates an interleaved target to the contract by reordering the heads
     gqa_mapping: GqaMapping = "grouped"
@@ -134,6 +136,8 @@ class Capabilities:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        if self.gqa not in (True, False, "native"):
+            raise ValueError(f"gqa: {self.gqa!r} is not one of (True, False, 'native')")
         if self.paged and self.entry != "decode":
             raise ValueError("paged: only a decode entry reads a paged cache")
         bad = set(self.features) - set(FEATURES)
@@ -182,7 +186,7 @@ class Capabilities:
             f"mask_shapes={','.join(self.mask_shapes) or 'none'}",
             f"causal={self.causal or 'no'}",
             f"lengths={self.lengths}",
-            f"gqa={self.gqa_mapping if self.gqa else 'no'}",
+            f"gqa={self.gqa_mapping if self.gqa else 'no'}{' (native)' if self.gqa == 'native' else ''}",
             f"scale={'yes' if self.scale else 'no'}{' (unscaled q.k: attncheck scales q)' if self.unscaled else ''}",
             f"grad={'yes' if self.grad else 'no'}",
             f"dropout={self.dropout or 'no'}",
@@ -266,7 +270,7 @@ class Target:
             "dropout_p": dropout_p if dropout_p else None,
             "is_causal": True if is_causal and caps.causal != "always" else None,
             "scale": scale,
-            "enable_gqa": True if enable_gqa and group > 1 else None,
+            "enable_gqa": True if enable_gqa and group > 1 and caps.gqa is True else None,
         }
         expected: tuple[int, ...] = (B, Hq, L, value.shape[-1])  # (B, Hq, L, Ev)
         if caps.layout == "BLHD":
@@ -583,11 +587,14 @@ def parse_capability(text: str) -> dict[str, Any]:
     if not sep or key not in fields:
         raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
     value: Any = raw
-    if key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
+    if key == "gqa" and raw == "native":
+        value = raw
+    elif key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
         key == "dropout" and raw in YES_NO
     ):
         if raw.lower() not in YES_NO:
-            raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no")
+            native = ", native" if key == "gqa" else ""
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no{native}")
         value = raw.lower() in ("yes", "true", "1")
         if key == "dropout":
             value = "inverted" if value else False
