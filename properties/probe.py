@@ -154,7 +154,7 @@ class _Prober:
         shape = tuple(int(x) for x in found.group(1).split(","))
         blhd = (p.B, p.L, p.Hq, p.Ev)
         if self.caps.layout == "BHLD" and shape == blhd:
-            return "--layout BLHD (the output is (B, L, H, Ev))"
+            return "--layout BLHD"
         return ""
 
 
@@ -203,13 +203,9 @@ def probe(target: Target) -> list[Finding]:
                 (f"dtype {other}", base.replace(dtype=other), f"--cap dtypes={','.join(rest)}", {"dtypes": rest})
             )
     if caps.lengths != "equal":
-        cases.append(
-            ("L < S", base.replace(L=2, S=5), "--cap lengths=equal (self-attention only)", {"lengths": "equal"})
-        )
+        cases.append(("L < S", base.replace(L=2, S=5), "--cap lengths=equal", {"lengths": "equal"}))
     if caps.lengths == "any":
-        cases.append(
-            ("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k (never more queries than keys)", {"lengths": "q<=k"})
-        )
+        cases.append(("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k", {"lengths": "q<=k"}))
     # A mask kind works if it works in some declared shape; a shape works if it works with some kind: a kernel
     # that takes (B, 1, 1, S) key padding only is one finding about full masks, not one about masks.
     shape_of = {"full": "BHLS", "key_padding": "B11S", "LS": "LS"}
@@ -598,7 +594,11 @@ def _causal_alignment_finding(target: Target) -> list[Finding]:
 
 # Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;
 # bfloat16 or TF32-like float32 matmuls).
-COARSER = {"float64": ("float32", "float16", "bfloat16"), "float32": ("float16", "bfloat16")}
+COARSER = {
+    "float64": ("float32", "bfloat16", "float16"),
+    "float32": ("bfloat16", "float16"),
+    "float16": ("bfloat16",),
+}
 
 
 def observe_precision(target: Target) -> None:
