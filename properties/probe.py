@@ -15,6 +15,7 @@ import difflib
 import functools
 import inspect
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,7 +24,7 @@ import torch
 from attncheck.errors import PropertyFailure, TargetError
 from attncheck.properties.checks import row_convention, target_grads
 from attncheck.properties.oracle import expect, oracle, output_budget
-from attncheck.properties.problems import Problem
+from attncheck.properties.problems import Problem, fit_sizes
 from attncheck.properties.targets import CONTRACT_ARGS, Capabilities, Target
 from attncheck.reference.attention import causal_mask
 
@@ -135,6 +136,7 @@ class _Prober:
 
     def attempt(self, p: Problem, *, backward: bool = False) -> TargetError | None:
         """Call the target on ``p`` (and run its backward pass); the error, or None if it worked."""
+        p = sized(self.target, p)
         q, k, v, mask = p.tensors(self.target.device)
         try:
             if backward:
@@ -174,7 +176,7 @@ def probe(target: Target) -> list[Finding]:
     caps = target.caps
     base, first_error = None, None
     for dtype in order:  # the plain call, in the first declared dtype that works
-        candidate = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, is_causal=always, seed=1)
+        candidate = sized(target, Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, is_causal=always, seed=1))
         error = prober.attempt(candidate)
         if error is None:
             base = candidate
@@ -241,13 +243,8 @@ def probe(target: Target) -> list[Finding]:
             continue
         error, problem = errors[0], alternatives[0]
         assert error is not None
-        hint = _hint(error, target) or prober.expected_shape_hint(error, problem)
-        same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
-        if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once
-            earlier = findings[same]
-            findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, earlier.fix)
-        else:
-            findings.append(Finding(case, str(error), problem.repro(target), hint or fix, narrowed=narrowed))
+        # a dtype that fails is declared away whatever the error says (a TypeError about bfloat16 is no numpy hint)
+        hint = "" if case.startswith("dtype ") else _hint(error, target) or prober.expected_shape_hint(error, problem)
         current = target.caps  # several dtypes or mask kinds may fail: remove each from what is left
         if "dtypes" in narrowed:
             narrowed = {"dtypes": tuple(d for d in current.dtypes if d in narrowed["dtypes"])}
@@ -256,6 +253,14 @@ def probe(target: Target) -> list[Finding]:
         if "mask_shapes" in narrowed:
             narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
+        same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
+        if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once, with
+            earlier = findings[same]  # the declaration that covers the whole group
+            group = {**earlier.narrowed, **narrowed}
+            fixed = earlier.fix if earlier.fix == hint and hint else cap_flags(group)
+            findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, fixed, narrowed=group)
+        else:
+            findings.append(Finding(case, str(error), problem.repro(target), hint or fix, narrowed=narrowed))
     if target.caps.gqa:
         findings += _gqa_mapping_finding(target)
     if target.caps.causal is not None:
@@ -341,6 +346,12 @@ def _found_convention(
     return errors
 
 
+def sized(target: Target, p: Problem) -> Problem:
+    """``p`` within the sizes the target declares (a block multiple, a minimum or maximum length, a head-dimension
+    multiple): the probe calls nothing a declared precondition excludes."""
+    return fit_sizes(p, target.caps)
+
+
 def _plain_agrees(target: Target, p: Problem) -> bool:
     """The target's call on ``p`` (no mask) agrees with the oracle at a coarse precision (a layout is an O(1)
     difference, whatever the precision), under the default scale or none at all: a layout is told apart by
@@ -359,7 +370,7 @@ def _layout_finding(target: Target, order: list[str], always: bool) -> list[Find
     a call with H = 2 and L = 3: one convention finding, and the run goes on in that layout."""
     if not order:
         return []
-    p = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=order[0], is_causal=always, seed=1)  # type: ignore[arg-type]
+    p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=order[0], is_causal=always, seed=1))  # type: ignore[arg-type]
     if _plain_agrees(target, p):
         return []
     declared = target.caps
@@ -389,6 +400,7 @@ def _layout_finding(target: Target, order: list[str], always: bool) -> list[Find
 def counterexample(target: Target, p: Problem) -> tuple[str, str]:
     """(the repro of ``p`` on the target as it is declared now, the message that repro fails with): the probe runs
     the repro's own assertion, so what it reports is what the repro shows."""
+    p = sized(target, p)
     from attncheck.properties.checks import assert_close, live_rows
     from attncheck.properties.oracle import expect
 
@@ -444,7 +456,7 @@ def _probe_entry(target: Target) -> list[Finding]:
 def _always_causal_finding(target: Target, base: Problem) -> list[Finding]:
     """A target whose output is causal although is_causal was not passed (the triangle is built in): one
     finding, and the run goes on with it declared ``causal="always"``, instead of every property failing."""
-    p = base.replace(L=4, S=4, E=8, Ev=8, seed=3)
+    p = sized(target, base.replace(L=4, S=4, E=8, Ev=8, seed=3))
     q, k, v, _ = p.tensors(target.device)
     try:
         out = target(q, k, v)
@@ -475,7 +487,7 @@ def gqa_mapping(target: Target) -> tuple[str, Problem] | None:
     than declared: h % Hkv where grouped is declared), or "neither"; None if the GQA call raises."""
     dtype = "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0]
     causal = _causal_call(target)
-    p = Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3)  # type: ignore[arg-type]
+    p = sized(target, Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3))  # type: ignore[arg-type]
     q, k, v, _ = p.tensors(target.device)
     try:
         out = target(q, k, v, enable_gqa=True, is_causal=causal)
@@ -527,7 +539,7 @@ def causal_alignments(target: Target) -> list[tuple[Problem, str]]:
     for L, S in ((2, 5), (5, 2), (1, 3), (1, 17), (4, 17)):
         if caps.lengths == "equal" or (caps.lengths == "q<=k" and L > S):
             continue
-        p = Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3)  # type: ignore[arg-type]
+        p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3))  # type: ignore[arg-type]
         q, k, v, _ = p.tensors(target.device)
         try:
             out = target(q, k, v, is_causal=True)
@@ -609,7 +621,7 @@ def observe_precision(target: Target) -> None:
         if dtype not in target.caps.dtypes or target.caps.compute_dtype:
             continue
         causal = _causal_call(target)
-        p = Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2)  # type: ignore[arg-type]
+        p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2))  # type: ignore[arg-type]
         q, k, v, _ = p.tensors(target.device)
         try:
             out = target(q, k, v, is_causal=causal)
@@ -659,7 +671,8 @@ def observe_conventions(target: Target) -> dict[str, str]:
     """Call the target on small cases and name the conventions it follows (after :func:`probe`)."""
     caps, seen = target.caps, {}
     dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
-    base = Problem(B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=_causal_call(target), seed=3)  # type: ignore[arg-type]
+    causal = _causal_call(target)
+    base = sized(target, Problem(B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3))  # type: ignore[arg-type]
 
     def run(p: Problem, **kwargs: Any) -> torch.Tensor | None:
         q, k, v, mask = p.tensors(target.device)
@@ -756,6 +769,10 @@ def declaration(target: Target) -> tuple[str, str]:
             "mask_shapes",
             "causal",
             "lengths",
+            "length_multiple",
+            "min_length",
+            "max_length",
+            "head_dim_multiple",
             "gqa",
             "gqa_mapping",
             "scale",
@@ -780,17 +797,22 @@ def declaration(target: Target) -> tuple[str, str]:
     if target.observed_precision and not caps.compute_dtype:
         changed["compute_dtype"] = sorted(set(target.observed_precision.values()))[0]
     python = ", ".join(f"{k}={tuple(sorted(v)) if isinstance(v, frozenset) else v!r}" for k, v in changed.items())
+    return f"@declare({python})", cap_flags(changed)
+
+
+def cap_flags(changes: dict[str, Any]) -> str:
+    """Capabilities changes as ``--cap FIELD=VALUE`` verify flags (each parses back to the same value)."""
     flags = []
-    for k, v in changed.items():
+    for k, v in changes.items():
         if isinstance(v, frozenset):
             v = ",".join(sorted(v)) or "none"
         elif isinstance(v, tuple):
             v = ",".join(v)
         elif isinstance(v, bool):
             v = "yes" if v else "no"
-        elif isinstance(v, dict):
+        elif isinstance(v, Mapping):
             v = ",".join(f"{a}:{b}" for a, b in v.items())
         elif v is None:
             v = "none"
         flags.append(f"--cap {k}={v}")
-    return f"@declare({python})", " ".join(flags)
+    return " ".join(flags)

@@ -265,4 +265,27 @@ def problems(
     )
     magnitude = draw(magnitudes)
     seed = draw(seeds)
-    return Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
+    drawn = Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
+    return fit_sizes(drawn, caps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sizes a target declares (a kernel's preconditions), applied to every problem drawn or probed
+
+
+def fit_sizes(p: Problem, caps: Capabilities) -> Problem:
+    """The nearest problem whose sizes the target declares it supports: L and S raised to at least min_length and
+    to a multiple of length_multiple (lowered to the largest such length within max_length), E and Ev raised to a
+    multiple of head_dim_multiple. Mapping each draw (rather than filtering) keeps every draw, and its shrinking:
+    a block of 16 turns the draws 1..16 into 16 and 17 into 32, the block edges of tiled kernels."""
+
+    def length(n: int) -> int:
+        m = caps.length_multiple
+        n = -(-max(n, caps.min_length) // m) * m  # ceil to a multiple of m
+        return n if caps.max_length is None or n <= caps.max_length else caps.max_length // m * m
+
+    def dim(n: int) -> int:
+        return -(-n // caps.head_dim_multiple) * caps.head_dim_multiple
+
+    sizes = {"L": length(p.L), "S": length(p.S), "E": dim(p.E), "Ev": dim(p.Ev)}
+    return p if all(getattr(p, k) == v for k, v in sizes.items()) else p.replace(**sizes)

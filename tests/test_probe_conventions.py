@@ -21,8 +21,10 @@ from pathlib import Path
 
 import pytest
 
+from attncheck.errors import TargetSpecError
 from attncheck.properties.options import VerifySettings, add_verify_options
 from attncheck.properties.probe import Finding, probe
+from attncheck.properties.problems import Problem
 from attncheck.properties.targets import ALL_DTYPES, Capabilities, Target, resolve, resolve_targets
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -105,9 +107,48 @@ def test_a_triangle_no_alignment_explains_is_a_correctness_finding_that_keeps_te
     assert target.caps == FLASH
 
 
-@pytest.mark.parametrize(
-    "spec", [SDPA, *(f"{CONV}:{k}" for k in ("flash", "hf", "einops_style", "typo", "decode_kernel", "bf16_compute"))]
-)
+def test_a_group_of_failures_with_one_cause_gets_one_declaration_covering_it() -> None:
+    """Masks, is_causal, GQA and scale= all raise the same error: one finding whose fix declares them all away."""
+    target, findings = _probed(f"{CONV}:thread_bound")
+    (finding,) = findings
+    assert finding.case == "bool masks, float masks, is_causal, GQA, scale="
+    assert finding.fix == "--cap masks=none --cap causal=none --cap gqa=no --cap scale=no"
+    _applies(f"{CONV}:thread_bound", finding.fix)
+    assert target.caps == Capabilities(masks=frozenset(), causal=None, gqa=False, scale=False)
+
+
+SIZES = Capabilities(length_multiple=16, head_dim_multiple=8)
+
+
+def test_declared_sizes_narrow_the_problems_drawn_and_the_probe() -> None:
+    """A kernel's precondition (a multiple of a block, a head dimension multiple of 8) is declarable: the probe
+    calls nothing it excludes, and every problem drawn satisfies it."""
+    from hypothesis import given, settings
+
+    from attncheck.properties.problems import problems
+
+    _, findings = _probed(f"{CONV}:blocked", SIZES)
+    assert findings == [], [f.message for f in findings]
+    _, undeclared = _probed(f"{CONV}:blocked")
+    assert undeclared[0].blocks_all and "multiple of block_k" in undeclared[0].message
+
+    @settings(max_examples=60, database=None, deadline=None)
+    @given(problems(SIZES.replace(max_length=32)))
+    def drawn(p: Problem) -> None:
+        assert p.L % 16 == 0 and p.S % 16 == 0 and 16 <= min(p.L, p.S) and max(p.L, p.S) <= 32
+        assert p.E % 8 == 0 and p.Ev % 8 == 0
+
+    drawn()
+    for fix in ("--cap length_multiple=16 --cap head_dim_multiple=8", "--cap min_length=2 --cap max_length=none"):
+        _applies(f"{CONV}:blocked", fix)
+    with pytest.raises(TargetSpecError, match="positive integer"):
+        _applies(f"{CONV}:blocked", "--cap length_multiple=0")
+
+
+KERNELS = ("flash", "hf", "einops_style", "typo", "decode_kernel", "bf16_compute", "thread_bound", "blocked")
+
+
+@pytest.mark.parametrize("spec", [SDPA, *(f"{CONV}:{k}" for k in KERNELS)])
 def test_every_suggested_flag_is_valid_as_printed(spec: str) -> None:
     _, findings = _probed(spec)
     for finding in findings:  # a fix is flags, or advice that starts with none (a correctness finding's "none: ...")
