@@ -261,6 +261,8 @@ def probe(target: Target) -> list[Finding]:
             findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, fixed, narrowed=group)
         else:
             findings.append(Finding(case, str(error), problem.repro(target), hint or fix, narrowed=narrowed))
+    if {"bool", "float"} <= target.caps.masks:
+        findings += _bool_mask_added_finding(target, base)
     if target.caps.gqa:
         findings += _gqa_mapping_finding(target)
     if target.caps.causal is not None:
@@ -417,6 +419,37 @@ def counterexample(target: Target, p: Problem) -> tuple[str, str]:
     except TargetError as exc:
         return p.repro(target), f"{type(exc).__name__}: {exc}"
     return p.repro(target), ""
+
+
+def _bool_mask_added_finding(target: Target, base: Problem) -> list[Finding]:
+    """A target that takes additive float masks only (Hugging Face's ``attention_mask``) and adds a boolean mask
+    as 0/1: its bool call agrees with the oracle of the mask added as floats and not with the mask's meaning.
+    Only that reading is attributed (a convention: --masks float); a bool mask read otherwise (inverted, ignored)
+    stays a correctness matter for mask_semantics."""
+    p = sized(target, base.replace(L=4, S=5, E=8, Ev=8, mask="bool", mask_shape="BHLS", seed=4))
+    q, k, v, mask = p.tensors(target.device)
+    causal = p.is_causal
+    try:
+        out = target(q, k, v, attn_mask=mask, is_causal=causal)
+    except TargetError:
+        return []
+    if mask is None or _agrees(target, out, q, k, v, attn_mask=mask, is_causal=causal):
+        return []
+    if not _agrees(target, out, q, k, v, attn_mask=mask.to(q.dtype), is_causal=causal):
+        return []
+    repro, assertion = counterexample(target, p)
+    target.caps = target.caps.replace(masks=target.caps.masks - {"bool"})
+    return [
+        Finding(
+            "bool masks",
+            "a boolean mask is added to the scores as 0/1 (the target takes additive float masks only)",
+            repro,
+            "--masks float",
+            narrowed={"masks": target.caps.masks},
+            kind="convention",
+            assertion=assertion,
+        )
+    ]
 
 
 def _probe_entry(target: Target) -> list[Finding]:
@@ -659,7 +692,7 @@ def _agrees(
     given: rows with no admissible key follow their own convention. ``coarse``: within bfloat16's budget, for the
     questions asked before the precision is measured, whose wrong answers are O(1) (a layout, a causal triangle)."""
     compute = torch.bfloat16 if coarse else target.precision(q.dtype)
-    ref, tol = expect(q, k, v, None, alignment, compute, **kwargs)
+    ref, tol = expect(q, k, v, kwargs.pop("attn_mask", None), alignment, compute, **kwargs)
     got = out.detach().double().cpu()
     both = torch.isfinite(ref) & (True if rows is None else rows.cpu().expand_as(ref))
     if not bool(torch.isfinite(got[both]).all()):
