@@ -23,7 +23,7 @@ import pytest
 
 from attncheck.errors import TargetSpecError
 from attncheck.properties.options import VerifySettings, add_verify_options
-from attncheck.properties.probe import Finding, probe
+from attncheck.properties.probe import Finding, causal_alignments, observe_conventions, probe
 from attncheck.properties.problems import Problem
 from attncheck.properties.targets import ALL_DTYPES, Capabilities, Target, resolve, resolve_targets
 
@@ -60,6 +60,9 @@ def test_every_probe_case_in_every_dtype_is_judged_at_its_precision(dtypes: tupl
     target, findings = _probed(SDPA, Capabilities(dtypes=dtypes))
     assert findings == [], [f.message for f in findings]
     assert target.caps == Capabilities(dtypes=dtypes)
+    seen = observe_conventions(target)  # `attncheck probe`: the same judgement at the same precision
+    assert seen["scale="] == "honoured" and seen["GQA head mapping"].endswith("(grouped, as SDPA)")
+    assert {name for _, name in causal_alignments(target)} == {"top-left"}
 
 
 def test_a_kernel_computing_in_bfloat16_gets_no_convention_root_cause() -> None:
