@@ -15,7 +15,7 @@ import difflib
 import functools
 import inspect
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -367,7 +367,7 @@ def _plain_agrees(target: Target, p: Problem) -> bool:
     return any(_agrees(target, out, q, k, v, coarse=True, is_causal=p.is_causal, scale=s) for s in (None, 1.0))
 
 
-def _layout_finding(target: Target, order: list[str], always: bool) -> list[Finding]:
+def _layout_finding(target: Target, order: Sequence[str], always: bool) -> list[Finding]:
     """A target that agrees with the oracle only in the other layout, (B, L, H, D) vs (B, H, L, D), told apart by
     a call with H = 2 and L = 3: one convention finding, and the run goes on in that layout."""
     if not order:
