@@ -731,7 +731,11 @@ def observe_conventions(target: Target) -> dict[str, str]:
     if not caps.unscaled:  # the default scale: eq. (1)'s 1/sqrt(d_k), or none at all (T5)
         out, causal = run(base), base.is_causal
         if out is not None and not _agrees(target, out, q, k, v, is_causal=causal):
-            if _agrees(target, out, q, k, v, scale=1.0, is_causal=causal):
+            if _agrees(target, out, q, k, v, scale=1.0, is_causal=causal) and caps.scale:
+                # a target that takes scale= and still computes q . k unscaled has a broken scale: declaring it
+                # unscaled would switch off the testing of what is broken (scaling_variance judges it)
+                seen["default scale"] = "none: q . k unscaled although the target takes scale= (no declaration)"
+            elif _agrees(target, out, q, k, v, scale=1.0, is_causal=causal):
                 seen["default scale"] = "none: q . k unscaled (declare unscaled=yes: attncheck then scales q)"
                 target.caps = target.caps.replace(unscaled=True)
     if caps.scale and not target.caps.unscaled:

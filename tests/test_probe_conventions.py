@@ -100,6 +100,8 @@ def test_bugs_outside_the_triangle_are_not_causal_root_causes(bug: str) -> None:
     target, findings = _probed(f"{CONV}:{bug}", FLASH)
     assert findings == [], [f.message for f in findings]
     assert target.caps == FLASH  # nothing narrowed: every check stays on
+    observe_conventions(target)  # `attncheck probe`: a scale= that is ignored is not declared unscaled=yes
+    assert target.caps.replace(dropout=False) == FLASH
 
 
 def test_a_triangle_no_alignment_explains_is_a_correctness_finding_that_keeps_testing() -> None:
