@@ -131,9 +131,11 @@ def probe_command(args: argparse.Namespace) -> int:
     [target] = resolve_targets(settings)
     findings = probe(target)
     print(f"attncheck probe {target.name}: {target.description}")
+    said = {"unsupported": ("does not work", "declare"), "convention": ("found", "declare"), "wrong": ("wrong", "fix")}
     for finding in findings:
-        print(f"  does not work: {finding.case}: {finding.message}")
-        print(f"      declare: {finding.fix}")
+        what, fix = said[finding.kind]
+        print(f"  {what}: {finding.case}: {finding.message}")
+        print(f"      {fix}: {finding.fix}")
     if any(f.blocks_all for f in findings):
         print("  the plain call does not work: nothing more can be observed")
         return EXIT_FAILED

@@ -71,18 +71,6 @@ class FeatureProblem(Problem):
         d["seed"] = seed
         return d
 
-    def repro(self, target_spec: str) -> str:
-        """:meth:`Problem.repro` rebuilding a :class:`FeatureProblem` (its fields include the features)."""
-        return (
-            super()
-            .repro(target_spec)
-            .replace(
-                "from attncheck.properties.problems import Problem",
-                "from attncheck.properties.features import FeatureProblem",
-            )
-            .replace("p = Problem(", "p = FeatureProblem(")
-        )
-
     def admissible(self, mask: Tensor | None, alignment: str = "top-left") -> Tensor:
         """Boolean (B, Hq, L, S): the mask, is_causal and the window band under ``alignment``."""
         adm = super().admissible(mask, alignment)  # (B, Hq, L, S)

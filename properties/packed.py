@@ -75,22 +75,25 @@ class _EntryProblem:
     def format(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in self.describe().items())
 
-    def repro(self, target_spec: str) -> str:
+    def repro(self, target: Target) -> str:
+        """A copy-pasteable snippet: rebuild ``target`` with its declaration and the exact packed or cached inputs,
+        call the entry, and assert its output against the per-sequence float64 oracle inside the budget."""
+        from attncheck.properties.repro import target_lines
+
         fields = ", ".join(f"{k}={v!r}" for k, v in self.describe().items())
         kind = type(self).__name__
-        call = (
-            "target.varlen(*p.tensors(), **p.features())"
-            if kind == "VarlenProblem"
-            else ("target.decode(*p.tensors(), **p.features())")
-        )
-        return (
-            f"from attncheck.properties.packed import {kind}, expected\n"
-            "from attncheck.properties.targets import resolve\n"
-            f"target = resolve({target_spec!r})\n"
-            f"p = {kind}({fields})\n"
-            f"out = {call}\n"
-            "ref, budget = expected(target, p)\n"
-            "print((out.double() - ref).abs().max(), budget.explain())"
+        entry = "varlen" if kind == "VarlenProblem" else "decode"
+        return "\n".join(
+            [
+                f"from attncheck.properties.packed import {kind}, expected",
+                "from attncheck.properties.targets import Capabilities, resolve",
+                "from attncheck.properties.checks import assert_close",
+                *target_lines(target),
+                f"p = {kind}({fields})",
+                f"out = target.{entry}(*p.tensors(target.device), **p.features(target.device))",
+                "ref, budget, live = expected(target, p)",
+                f"assert_close(out, ref, budget, '{entry} output vs float64 oracle', p, where=live)",
+            ]
         )
 
 

@@ -161,7 +161,8 @@ class AttncheckPlugin:
             longrepr = report.longrepr
             message = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
         elif report.failed:
-            found = [_described(exc, target) for exc in failures(call.excinfo.value)] if call.excinfo else []
+            check = f"{item.function.__module__}:{item.originalname}"  # type: ignore[attr-defined]
+            found = [_described(exc, target, check) for exc in failures(call.excinfo.value)] if call.excinfo else []
             first, *more = found or [{"status": FAILED, "message": "failed", "counterexample": None, "repro": ""}]
             status, message = first["status"], first["message"]
             counterexample, repro = first["counterexample"], first["repro"]
@@ -171,8 +172,9 @@ class AttncheckPlugin:
                 head = f"{target.name}::{_property_of(item)}::{item.originalname}"  # type: ignore[attr-defined]
                 lines.append(f"{head}: {f['message']}" + (f" (distinct failure {n} of {len(found)})" if more else ""))
                 if f["counterexample"] is not None:
-                    example = format_counterexample(f["counterexample"])
-                    lines += [f"minimal counterexample: {example}", "reproduce with:", f["repro"]]
+                    lines.append(f"minimal counterexample: {format_counterexample(f['counterexample'])}")
+                if f["repro"]:
+                    lines += ["reproduce with:", f["repro"]]
             report.longrepr = "\n".join(lines)
         observed = [(what, value) for who, what, value in drain_observations() if who == target.name]
         result = CheckResult(
@@ -214,14 +216,17 @@ class AttncheckPlugin:
             terminalreporter.write_line(f"attncheck: report written to {self.settings.json}")
 
 
-def _described(exc: BaseException, target: Target) -> dict[str, Any]:
-    """One failure of a check: its status, one-line message, minimal counterexample and repro."""
+def _described(exc: BaseException, target: Target, check: str) -> dict[str, Any]:
+    """One failure of ``check`` (``module:function``): its status, one-line message, minimal counterexample and
+    repro (a replay of the values the check drew; without them, the counterexample's call against the oracle)."""
+    from attncheck.properties.repro import repro
+
     problem = getattr(exc, "problem", None) or problem_from_notes(exc)
     return {
         "status": status_of(exc),
         "message": one_line(exc),
         "counterexample": problem.describe() if problem is not None else None,
-        "repro": problem.repro(target.name) if problem is not None else "",
+        "repro": repro(exc, target, check) or (problem.repro(target) if problem is not None else ""),
     }
 
 

@@ -11,18 +11,21 @@ work, nothing else can be judged: every property is *blocked* by it, in seconds 
 
 from __future__ import annotations
 
+import difflib
 import functools
+import inspect
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from attncheck.errors import TargetError
+from attncheck.errors import PropertyFailure, TargetError
 from attncheck.properties.checks import row_convention, target_grads
-from attncheck.properties.oracle import oracle, output_budget
-from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.oracle import expect, oracle, output_budget
+from attncheck.properties.problems import Problem, fit_sizes
+from attncheck.properties.targets import CONTRACT_ARGS, Capabilities, Target
 from attncheck.reference.attention import causal_mask
 
 
@@ -36,31 +39,91 @@ class Finding:
     fix: str  # a declaration (verify flag / @declare field) that would describe the target, or advice
     blocks_all: bool = False  # the plain call fails: no property can be judged
     narrowed: dict[str, Any] = field(default_factory=dict)  # Capabilities fields the run continues with
+    # "unsupported": a basic case does not work (declare it away); "convention": an undeclared convention that makes
+    # the target agree with the oracle (declare it); "wrong": no convention tried makes it agree, a correctness
+    # finding whose checks stay on
+    kind: str = "unsupported"
+    assertion: str = ""  # the message the repro fails with, where the probe compared with the oracle
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "case": self.case,
+            "kind": self.kind,
             "message": self.message,
             "repro": self.repro,
             "fix": self.fix,
             "blocks_all": self.blocks_all,
+            "assertion": self.assertion,
         }
 
 
-def _hint(error: TargetError) -> str:
-    """The declaration that an undeclared convention would explain, read from the error (empty if none)."""
+# The names kernels give the contract's keywords (FlashAttention, Hugging Face, xformers, einops-style code).
+ALIASES: dict[str, tuple[str, ...]] = {
+    "is_causal": ("causal", "is_causal", "use_causal", "causal_mask"),
+    "scale": ("softmax_scale", "sm_scale", "scale", "scaling", "softmax_scaling"),
+    "attn_mask": ("attn_mask", "mask", "attention_mask", "attn_bias", "bias"),
+    "dropout_p": ("dropout_p", "dropout", "p_dropout", "dropout_rate", "attention_dropout"),
+    "window": ("window", "window_size", "sliding_window"),
+    "softcap": ("softcap", "logit_softcapping", "soft_cap"),
+    "sinks": ("sinks", "s_aux", "sink"),
+    "return_lse": ("return_lse", "return_softmax_lse"),
+    "enable_gqa": ("enable_gqa",),
+}
+# What an entry's own arguments in a dense target's signature say to declare.
+ENTRY_ARGS = {"cache_seqlens": "--cap entry=decode", "cu_seqlens_q": "--cap entry=varlen"}
+
+
+def parameters(fn: Any) -> list[str]:
+    """The keyword names ``fn`` takes after query, key and value (empty where its signature cannot be read)."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return []
+    named = [p for p in params if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    return [p.name for p in named[3:]]
+
+
+def rename(target: Target, arg: str) -> str | None:
+    """The target's own name for the contract keyword ``arg``, read from its signature: a known alias, else a
+    close spelling (``casual`` for is_causal); None where it takes none (or ``arg`` itself)."""
+    params = [p for p in parameters(target.fn) if p not in CONTRACT_ARGS and p not in target.caps.arg_names.values()]
+    if arg in parameters(target.fn):
+        return None
+    for alias in ALIASES.get(arg, ()):
+        if alias in params:
+            return alias
+    for spelling in (arg, *ALIASES.get(arg, ())):
+        close = difflib.get_close_matches(spelling, params, n=1, cutoff=0.8)
+        if close:
+            return close[0]
+    return None
+
+
+def _unexpected(error: TargetError) -> str | None:
+    """The keyword a TypeError says the target does not take."""
+    found = re.search(r"unexpected keyword argument '(\w+)'", str(error))
+    return found.group(1) if found else None
+
+
+def _hint(error: TargetError, target: Target) -> str:
+    """The declaration that an undeclared convention would explain, read from the error and the target's
+    signature (empty if none)."""
     text = str(error)
-    unexpected = re.search(r"unexpected keyword argument '(\w+)'", text)
-    if unexpected:
-        arg = unexpected.group(1)
-        flag = {
+    entry = [flag for arg, flag in ENTRY_ARGS.items() if arg in parameters(target.fn)]
+    if entry and target.caps.entry == "dense":
+        return entry[0]
+    arg = _unexpected(error)
+    if arg:
+        theirs = rename(target, arg)
+        if theirs:
+            return f"--arg-name {arg}={theirs}"
+        return {
             "attn_mask": "--no-mask",
             "is_causal": "--causal none",
             "scale": "--no-scale",
             "enable_gqa": "--no-gqa",
-        }.get(arg)
-        rename = f"--arg-name {arg}=THEIR_NAME"
-        return f"{rename} if it is named differently, or {flag} if it is not supported" if flag else rename
+            "dropout_p": "--cap dropout=no",
+        }.get(arg, "")
     if "ndarray" in text or "numpy" in text:
         return "return a torch.Tensor (torch.from_numpy(...)) from the target"
     return ""
@@ -73,6 +136,7 @@ class _Prober:
 
     def attempt(self, p: Problem, *, backward: bool = False) -> TargetError | None:
         """Call the target on ``p`` (and run its backward pass); the error, or None if it worked."""
+        p = sized(self.target, p)
         q, k, v, mask = p.tensors(self.target.device)
         try:
             if backward:
@@ -92,7 +156,7 @@ class _Prober:
         shape = tuple(int(x) for x in found.group(1).split(","))
         blhd = (p.B, p.L, p.Hq, p.Ev)
         if self.caps.layout == "BHLD" and shape == blhd:
-            return "--layout BLHD (the output is (B, L, H, Ev))"
+            return "--layout BLHD"
         return ""
 
 
@@ -107,11 +171,12 @@ def probe(target: Target) -> list[Finding]:
     prober = _Prober(target)
     caps = target.caps
     order = [d for d in ("float32", "float64", "bfloat16", "float16") if d in caps.dtypes]
-    findings: list[Finding] = []
-    base, first_error = None, None
     always = caps.causal == "always"  # an always-causal target is called with is_causal (it has no flag)
+    findings: list[Finding] = _layout_finding(target, order, always)
+    caps = target.caps
+    base, first_error = None, None
     for dtype in order:  # the plain call, in the first declared dtype that works
-        candidate = Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, is_causal=always, seed=1)
+        candidate = sized(target, Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=dtype, is_causal=always, seed=1))
         error = prober.attempt(candidate)
         if error is None:
             base = candidate
@@ -122,14 +187,15 @@ def probe(target: Target) -> list[Finding]:
     if base is None:
         assert first_error is not None
         problem, error = first_error
-        hint = _hint(error) or prober.expected_shape_hint(error, problem)
+        hint = _hint(error, target) or prober.expected_shape_hint(error, problem)
         fix = hint or "check that the target follows the SDPA convention (see `attncheck verify --help`)"
-        return [Finding("plain call", str(error), problem.repro(target.name), fix, blocks_all=True)]
+        return [Finding("plain call", str(error), problem.repro(target), fix, blocks_all=True)]
 
     if not always:  # before the is_causal case: a target without the flag may have the triangle built in
         findings += _always_causal_finding(target, base)
         caps = target.caps
         base = base.replace(is_causal=caps.causal == "always")
+    observe_precision(target)  # before any case is judged against the oracle
     # (case, the call, the declaration that would describe a failure, the capabilities the run goes on with)
     cases: list[tuple[str, Problem | list[Problem], str, dict[str, Any]]] = []
     for other in caps.dtypes:
@@ -139,13 +205,9 @@ def probe(target: Target) -> list[Finding]:
                 (f"dtype {other}", base.replace(dtype=other), f"--cap dtypes={','.join(rest)}", {"dtypes": rest})
             )
     if caps.lengths != "equal":
-        cases.append(
-            ("L < S", base.replace(L=2, S=5), "--cap lengths=equal (self-attention only)", {"lengths": "equal"})
-        )
+        cases.append(("L < S", base.replace(L=2, S=5), "--cap lengths=equal", {"lengths": "equal"}))
     if caps.lengths == "any":
-        cases.append(
-            ("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k (never more queries than keys)", {"lengths": "q<=k"})
-        )
+        cases.append(("L > S", base.replace(L=5, S=2), "--cap lengths=q<=k", {"lengths": "q<=k"}))
     # A mask kind works if it works in some declared shape; a shape works if it works with some kind: a kernel
     # that takes (B, 1, 1, S) key padding only is one finding about full masks, not one about masks.
     shape_of = {"full": "BHLS", "key_padding": "B11S", "LS": "LS"}
@@ -168,7 +230,6 @@ def probe(target: Target) -> list[Finding]:
     if caps.grad:
         cases.append(("backward", base, "--no-grad", {"grad": False}))
 
-    observe_precision(target)
     for case, calls, fix, narrowed in cases:
         if case == "L > S" and target.caps.lengths == "equal":
             continue  # L < S failed already: the run is self-attention only
@@ -176,17 +237,14 @@ def probe(target: Target) -> list[Finding]:
             continue  # no mask kind works at all: that is the finding, not each shape
         alternatives = calls if isinstance(calls, list) else [calls]
         errors = [prober.attempt(p, backward=case == "backward") for p in alternatives]
+        if alternatives and all(e is not None for e in errors):
+            errors = _found_convention(target, prober, case, alternatives, errors, findings)
         if not alternatives or any(e is None for e in errors):
             continue
         error, problem = errors[0], alternatives[0]
         assert error is not None
-        hint = _hint(error) or prober.expected_shape_hint(error, problem)
-        same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
-        if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once
-            earlier = findings[same]
-            findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, earlier.fix)
-        else:
-            findings.append(Finding(case, str(error), problem.repro(target.name), hint or fix, narrowed=narrowed))
+        # a dtype that fails is declared away whatever the error says (a TypeError about bfloat16 is no numpy hint)
+        hint = "" if case.startswith("dtype ") else _hint(error, target) or prober.expected_shape_hint(error, problem)
         current = target.caps  # several dtypes or mask kinds may fail: remove each from what is left
         if "dtypes" in narrowed:
             narrowed = {"dtypes": tuple(d for d in current.dtypes if d in narrowed["dtypes"])}
@@ -195,10 +253,36 @@ def probe(target: Target) -> list[Finding]:
         if "mask_shapes" in narrowed:
             narrowed = {"mask_shapes": tuple(x for x in current.mask_shapes if x in narrowed["mask_shapes"])}
         target.caps = current.replace(**narrowed)
+        same = next((i for i, f in enumerate(findings) if f.message == str(error)), None)
+        if same is not None:  # one root cause (e.g. no attn_mask keyword) behind several cases: reported once, with
+            earlier = findings[same]  # the declaration that covers the whole group
+            group = {**earlier.narrowed, **narrowed}
+            fixed = earlier.fix if earlier.fix == hint and hint else cap_flags(group)
+            findings[same] = Finding(f"{earlier.case}, {case}", earlier.message, earlier.repro, fixed, narrowed=group)
+        else:
+            findings.append(Finding(case, str(error), problem.repro(target), hint or fix, narrowed=narrowed))
+    if {"bool", "float"} <= target.caps.masks:
+        findings += _bool_mask_added_finding(target, base)
     if target.caps.gqa:
         findings += _gqa_mapping_finding(target)
     if target.caps.causal is not None:
         findings += _causal_alignment_finding(target)
+    renamed = {a: n for a, n in target.caps.arg_names.items() if target.declared.arg_names.get(a) != n}
+    if renamed:  # one finding for every keyword named otherwise, applied as the run goes on
+        flags = " ".join(f"--arg-name {a}={n}" for a, n in renamed.items())
+        said = ", ".join(f"{a} is {n!r}" for a, n in renamed.items())
+        findings.insert(
+            0,
+            Finding(
+                "argument names",
+                f"the target names the contract's keywords otherwise ({said}, read from its signature): "
+                "the calls with these names work",
+                "",
+                flags,
+                narrowed={"arg_names": dict(target.caps.arg_names)},
+                kind="convention",
+            ),
+        )
     shapes = [f for f in findings if f.case.endswith("mask shape")]
     if len(shapes) > 1:  # the shapes a kernel refuses are one declaration: the shapes it takes
         merged = Finding(
@@ -220,6 +304,154 @@ def probe(target: Target) -> list[Finding]:
     return findings
 
 
+def _found_convention(
+    target: Target,
+    prober: _Prober,
+    case: str,
+    calls: list[Problem],
+    errors: list[TargetError | None],
+    findings: list[Finding],
+) -> list[TargetError | None]:
+    """A case that raised because the target spells a keyword otherwise (its signature names it) or takes GQA
+    natively (no enable_gqa: Hkv < Hq is enough): try again with that convention; if the call then works, the
+    run goes on with it (the renames are one finding after the cases; native GQA is one here). The errors of
+    the last try are returned."""
+    for _ in range(3):  # a call may need several renames (is_causal and scale=)
+        arg = _unexpected(errors[0]) if errors[0] is not None else None
+        theirs = rename(target, arg) if arg else None
+        before = target.caps
+        if theirs is not None and arg is not None:
+            target.caps = before.replace(arg_names={**before.arg_names, arg: theirs})
+        elif arg == "enable_gqa" and before.gqa is True:
+            target.caps = before.replace(gqa="native")
+        else:
+            return errors
+        again = [prober.attempt(p, backward=case == "backward") for p in calls]
+        native = target.caps.gqa == "native" and before.gqa is True
+        if all(e is not None and (native or str(e) == str(errors[0])) for e in again):
+            target.caps = before  # not the explanation: the other name changes nothing, or GQA fails without the flag
+            return errors
+        if native:
+            findings.append(
+                Finding(
+                    "GQA",
+                    "the target takes Hkv < Hq with no enable_gqa keyword (native GQA, as FlashAttention)",
+                    "",
+                    "--cap gqa=native",
+                    narrowed={"gqa": "native"},
+                    kind="convention",
+                )
+            )
+        errors = again
+        if any(e is None for e in errors):
+            return errors
+    return errors
+
+
+def sized(target: Target, p: Problem) -> Problem:
+    """``p`` within the sizes the target declares (a block multiple, a minimum or maximum length, a head-dimension
+    multiple): the probe calls nothing a declared precondition excludes."""
+    return fit_sizes(p, target.caps)
+
+
+def _plain_agrees(target: Target, p: Problem) -> bool:
+    """The target's call on ``p`` (no mask) agrees with the oracle at a coarse precision (a layout is an O(1)
+    difference, whatever the precision), under the default scale or none at all: a layout is told apart by
+    where heads and positions go, and a kernel that also forgets the scale still has one (scaling_variance and
+    matches_oracle judge the scale)."""
+    q, k, v, _ = p.tensors(target.device)
+    try:
+        out = target(q, k, v, is_causal=p.is_causal)
+    except TargetError:
+        return False
+    return any(_agrees(target, out, q, k, v, coarse=True, is_causal=p.is_causal, scale=s) for s in (None, 1.0))
+
+
+def _layout_finding(target: Target, order: Sequence[str], always: bool) -> list[Finding]:
+    """A target that agrees with the oracle only in the other layout, (B, L, H, D) vs (B, H, L, D), told apart by
+    a call with H = 2 and L = 3: one convention finding, and the run goes on in that layout."""
+    if not order:
+        return []
+    p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=3, S=3, E=4, Ev=4, dtype=order[0], is_causal=always, seed=1))  # type: ignore[arg-type]
+    if _plain_agrees(target, p):
+        return []
+    declared = target.caps
+    other = "BLHD" if declared.layout == "BHLD" else "BHLD"
+    target.caps = declared.replace(layout=other)
+    if not _plain_agrees(target, p):
+        target.caps = declared
+        return []
+    axes = {"BLHD": "(B, L, H, D)", "BHLD": "(B, H, L, D)"}
+    target.caps = declared
+    repro, assertion = counterexample(target, p)
+    target.caps = declared.replace(layout=other)
+    return [
+        Finding(
+            "layout",
+            f"the target reads and writes {axes[other]}, not {axes[declared.layout]}: with H = 2 and L = 3 its output "
+            "agrees with the oracle in that layout only",
+            repro,
+            f"--layout {other}",
+            narrowed={"layout": other},
+            kind="convention",
+            assertion=assertion,
+        )
+    ]
+
+
+def counterexample(target: Target, p: Problem) -> tuple[str, str]:
+    """(the repro of ``p`` on the target as it is declared now, the message that repro fails with): the probe runs
+    the repro's own assertion, so what it reports is what the repro shows."""
+    p = sized(target, p)
+    from attncheck.properties.checks import assert_close, live_rows
+    from attncheck.properties.oracle import expect
+
+    q, k, v, mask = p.tensors(target.device)
+    kwargs = p.call_kwargs(mask)
+    try:
+        out = target(q, k, v, **kwargs)
+        align = target.caps.alignment
+        compute = target.precision(q.dtype, judged=True)
+        ref, budget = expect(q, k, v, kwargs.pop("attn_mask"), align, compute, **kwargs)
+        assert_close(out, ref, budget, "output vs float64 oracle", p, where=live_rows(p, mask, align))
+    except PropertyFailure as exc:
+        return p.repro(target), exc.summary
+    except TargetError as exc:
+        return p.repro(target), f"{type(exc).__name__}: {exc}"
+    return p.repro(target), ""
+
+
+def _bool_mask_added_finding(target: Target, base: Problem) -> list[Finding]:
+    """A target that takes additive float masks only (Hugging Face's ``attention_mask``) and adds a boolean mask
+    as 0/1: its bool call agrees with the oracle of the mask added as floats and not with the mask's meaning.
+    Only that reading is attributed (a convention: --masks float); a bool mask read otherwise (inverted, ignored)
+    stays a correctness matter for mask_semantics."""
+    p = sized(target, base.replace(L=4, S=5, E=8, Ev=8, mask="bool", mask_shape="BHLS", seed=4))
+    q, k, v, mask = p.tensors(target.device)
+    causal = p.is_causal
+    try:
+        out = target(q, k, v, attn_mask=mask, is_causal=causal)
+    except TargetError:
+        return []
+    if mask is None or _agrees(target, out, q, k, v, attn_mask=mask, is_causal=causal):
+        return []
+    if not _agrees(target, out, q, k, v, attn_mask=mask.to(q.dtype), is_causal=causal):
+        return []
+    repro, assertion = counterexample(target, p)
+    target.caps = target.caps.replace(masks=target.caps.masks - {"bool"})
+    return [
+        Finding(
+            "bool masks",
+            "a boolean mask is added to the scores as 0/1 (the target takes additive float masks only)",
+            repro,
+            "--masks float",
+            narrowed={"masks": target.caps.masks},
+            kind="convention",
+            assertion=assertion,
+        )
+    ]
+
+
 def _probe_entry(target: Target) -> list[Finding]:
     """The basic calls of a varlen or decode target: two sequences (one of them empty) in each declared dtype,
     causal where declared. The first dtype that works is the plain call (none works: every property is blocked);
@@ -239,14 +471,14 @@ def _probe_entry(target: Target) -> list[Finding]:
         try:
             call(*p.tensors(target.device), **p.features(target.device))
         except TargetError as exc:
-            failed.append((dtype, exc, p.repro(target.name)))
+            failed.append((dtype, exc, p.repro(target)))
             if exc.kind == "hung":
                 break
     works = tuple(d for d in caps.dtypes if d not in {dtype for dtype, _, _ in failed})
     hung = [f for f in failed if f[1].kind == "hung"]
     if hung or not works:  # a hung target is not called again: nothing can be judged either
         _, error, repro = (hung or failed)[0]
-        return [Finding("plain call", str(error), repro, _hint(error), blocks_all=True)]
+        return [Finding("plain call", str(error), repro, _hint(error, target), blocks_all=True)]
     target.caps = caps.replace(dtypes=works)
     return [
         Finding(f"dtype {dtype}", str(error), repro, f"--cap dtypes={','.join(works)}", narrowed={"dtypes": works})
@@ -257,20 +489,20 @@ def _probe_entry(target: Target) -> list[Finding]:
 def _always_causal_finding(target: Target, base: Problem) -> list[Finding]:
     """A target whose output is causal although is_causal was not passed (the triangle is built in): one
     finding, and the run goes on with it declared ``causal="always"``, instead of every property failing."""
-    p = base.replace(L=4, S=4, E=8, Ev=8, seed=3)
+    p = sized(target, base.replace(L=4, S=4, E=8, Ev=8, seed=3))
     q, k, v, _ = p.tensors(target.device)
     try:
         out = target(q, k, v)
     except TargetError:
         return []
-    if _agrees(out, oracle(q, k, v)) or not _agrees(out, oracle(q, k, v, is_causal=True)):
+    if _agrees(target, out, q, k, v, coarse=True) or not _agrees(target, out, q, k, v, coarse=True, is_causal=True):
         return []
     target.caps = target.caps.replace(causal="always")
     return [
         Finding(
             "without is_causal",
             "the output is causal (top-left) although is_causal was not passed: the causal mask is built in",
-            p.repro(target.name),
+            p.repro(target),
             "--causal always",
             narrowed={"causal": "always"},
         )
@@ -288,18 +520,18 @@ def gqa_mapping(target: Target) -> tuple[str, Problem] | None:
     than declared: h % Hkv where grouped is declared), or "neither"; None if the GQA call raises."""
     dtype = "float32" if "float32" in target.caps.dtypes else target.caps.dtypes[0]
     causal = _causal_call(target)
-    p = Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3)  # type: ignore[arg-type]
+    p = sized(target, Problem(B=1, Hq=4, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3))  # type: ignore[arg-type]
     q, k, v, _ = p.tensors(target.device)
     try:
         out = target(q, k, v, enable_gqa=True, is_causal=causal)
     except TargetError:
         return None
-    if _agrees(out, oracle(q, k, v, is_causal=causal)):
+    if _agrees(target, out, q, k, v, is_causal=causal):
         return "grouped", p
     # (B, Hkv, S, E) -> (B, Hq, S, E), tiled: with Hq = 2 Hkv this is also a grouped target under an interleaved
     # declaration (the reordering is its own inverse)
-    tiled = oracle(q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1), is_causal=causal)
-    return ("interleaved" if _agrees(out, tiled) else "neither"), p
+    tiled = _agrees(target, out, q, k.repeat(1, 2, 1, 1), v.repeat(1, 2, 1, 1), is_causal=causal)
+    return ("interleaved" if tiled else "neither"), p
 
 
 def _gqa_mapping_finding(target: Target) -> list[Finding]:
@@ -317,7 +549,7 @@ def _gqa_mapping_finding(target: Target) -> list[Finding]:
             f"query head h reads kv head {MAPPING[actual]}; "
             + ("the contract is" if declared == "grouped" else "the declaration says")
             + f" {MAPPING[declared]}",
-            seen[1].repro(target.name),
+            seen[1].repro(target),
             f"--cap gqa_mapping={actual}",
             narrowed={"gqa_mapping": actual},
         )
@@ -330,25 +562,32 @@ MAPPING = {"grouped": "h // (Hq / Hkv) (grouped, as SDPA)", "interleaved": "h % 
 def causal_alignments(target: Target) -> list[tuple[Problem, str]]:
     """For each causal shape the declared lengths allow (L < S, L > S, a single query, and queries over 17 keys,
     past a kernel's block of 8 or 16 keys), the alignment the target's is_causal output matches: "top-left",
-    "bottom-right", "not causal" or "neither"."""
+    "bottom-right", "not causal" or "neither"; or "plain call wrong" where the call without is_causal on the
+    same inputs already disagrees with the oracle: a bug of its own (a dropped tail block, a missing rescale or
+    scale), which says nothing about the triangle and which matches_oracle judges. Each call is judged at the
+    precision of the dtype it calls with."""
     caps = target.caps
     dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
     seen: list[tuple[Problem, str]] = []
     for L, S in ((2, 5), (5, 2), (1, 3), (1, 17), (4, 17)):
         if caps.lengths == "equal" or (caps.lengths == "q<=k" and L > S):
             continue
-        p = Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3)  # type: ignore[arg-type]
+        p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=L, S=S, E=8, Ev=8, dtype=dtype, is_causal=True, seed=3))  # type: ignore[arg-type]
         q, k, v, _ = p.tensors(target.device)
         try:
             out = target(q, k, v, is_causal=True)
+            plain = None if caps.causal == "always" else target(q, k, v)
         except TargetError:
-            continue  # a raising causal call is the "is_causal" finding of the basic cases
+            continue  # a raising call is a finding of the basic cases
+        if plain is not None and not _agrees(target, plain, q, k, v):
+            seen.append((p, "plain call wrong"))
+            continue
         names = [
             a
             for a in (caps.alignment, "bottom-right" if caps.alignment == "top-left" else "top-left")
-            if _agrees(out, oracle(q, k, v, is_causal=True, alignment=a), p.admissible(None, a).any(-1, True))
+            if _agrees(target, out, q, k, v, p.admissible(None, a).any(-1, True), alignment=a, is_causal=True)
         ]
-        seen.append((p, names[0] if names else "not causal" if _agrees(out, oracle(q, k, v)) else "neither"))
+        seen.append((p, names[0] if names else "not causal" if _agrees(target, out, q, k, v) else "neither"))
     return seen
 
 
@@ -357,33 +596,54 @@ def _shape(p: Problem) -> str:
 
 
 def _causal_alignment_finding(target: Target) -> list[Finding]:
-    """is_causal that does not follow the declared alignment on some shape: one finding. Where one alignment
-    explains every shape, the run goes on with it; where none does (the alignment switches with L vs S, or a
-    single query ignores is_causal), no declaration describes it and the run goes on without is_causal."""
+    """is_causal that does not follow the declared alignment on some shape. Where the other alignment explains
+    every shape, it is an undeclared convention: one finding, and the run goes on with it. Where no alignment
+    does (it changes with L vs S, a row sees a key it must not or misses one it may see, NaN), it is a
+    correctness finding with its counterexample, and the causal checks stay on: no declaration switches off the
+    testing of what is broken. Shapes whose call without is_causal is already wrong are not judged here."""
     declared = target.caps.alignment
-    seen = causal_alignments(target)
+    seen = [(p, name) for p, name in causal_alignments(target) if name != "plain call wrong"]
     wrong = [(p, name) for p, name in seen if name != declared]
     if not wrong:
         return []
     names = {name for _, name in seen}
-    narrowed: dict[str, Any]
     observed = "; ".join(f"{_shape(p)}: {name}" for p, name in seen)
-    message = f"is_causal is not {declared}-aligned on {', '.join(_shape(p) for p, _ in wrong)} (observed {observed})"
+    repro, assertion = counterexample(target, wrong[0][0])
     if len(names) == 1 and names <= {"top-left", "bottom-right"}:
         (other,) = names
-        fix, narrowed = f"--causal {other}", {"causal": other}
-    elif all(name == declared for p, name in seen if p.L <= p.S):  # only L > S is off
-        fix, narrowed = "--cap lengths=q<=k (is_causal holds only when L <= S)", {"lengths": "q<=k"}
-    else:
-        fix = "no declaration describes an alignment that changes with the shape: fix is_causal, or --causal none"
-        narrowed = {"causal": None}
-    target.caps = target.caps.replace(**narrowed)
-    return [Finding("causal alignment", message, wrong[0][0].repro(target.name), fix, narrowed=narrowed)]
+        target.caps = target.caps.replace(causal=other)
+        return [
+            Finding(
+                "causal alignment",
+                f"is_causal is {other}-aligned, not {declared} (observed {observed})",
+                repro,
+                f"--causal {other}",
+                narrowed={"causal": other},
+                kind="convention",
+                assertion=assertion,
+            )
+        ]
+    nan = ", NaN in the output" if "non-finite" in assertion else ""
+    return [
+        Finding(
+            "causal alignment",
+            f"is_causal is wrong under every alignment tried (top-left, bottom-right) on "
+            f"{', '.join(_shape(p) for p, _ in wrong)}{nan} (observed {observed}): {assertion}",
+            repro,
+            "none: no declaration describes it (a fix in the target); the causal checks stay on",
+            kind="wrong",
+            assertion=assertion,
+        )
+    ]
 
 
 # Coarser precisions a correct kernel may compute an input dtype in (softmax(x.float()) for float64 inputs;
 # bfloat16 or TF32-like float32 matmuls).
-COARSER = {"float64": ("float32",), "float32": ("bfloat16", "float16")}
+COARSER = {
+    "float64": ("float32", "bfloat16", "float16"),
+    "float32": ("bfloat16", "float16"),
+    "float16": ("bfloat16",),
+}
 
 
 def observe_precision(target: Target) -> None:
@@ -394,7 +654,7 @@ def observe_precision(target: Target) -> None:
         if dtype not in target.caps.dtypes or target.caps.compute_dtype:
             continue
         causal = _causal_call(target)
-        p = Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2)  # type: ignore[arg-type]
+        p = sized(target, Problem(B=1, Hq=2, Hkv=2, L=8, S=8, E=8, Ev=8, dtype=dtype, seed=2))  # type: ignore[arg-type]
         q, k, v, _ = p.tensors(target.device)
         try:
             out = target(q, k, v, is_causal=causal)
@@ -414,18 +674,38 @@ def observe_precision(target: Target) -> None:
 # `attncheck probe`: observe a target's conventions and say how to declare them
 
 
-def _agrees(out: torch.Tensor, ref: torch.Tensor, rows: torch.Tensor | None = None) -> bool:
-    """Within a float32-level tolerance of the reference (the probe asks which convention, not how precise), on
-    ``rows`` (B, H, L, 1) when given: rows with no admissible key follow their own convention."""
-    both = torch.isfinite(ref) & (True if rows is None else rows.expand_as(ref))
-    return bool(torch.isfinite(out[both]).all()) and float((out.double() - ref)[both].abs().max()) < 1e-4
+def _agrees(
+    target: Target,
+    out: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    rows: torch.Tensor | None = None,
+    *,
+    coarse: bool = False,
+    alignment: str = "top-left",
+    **kwargs: Any,
+) -> bool:
+    """``out`` agrees with the float64 oracle of the call (q, k, v, ``kwargs``) under ``alignment``, within the
+    budget of the precision the target computes q's dtype in (docs/design.md, "Oracle and tolerance": declared
+    compute_dtype, else the precision the probe observed, else the dtype itself), on ``rows`` (B, H, L, 1) when
+    given: rows with no admissible key follow their own convention. ``coarse``: within bfloat16's budget, for the
+    questions asked before the precision is measured, whose wrong answers are O(1) (a layout, a causal triangle)."""
+    compute = torch.bfloat16 if coarse else target.precision(q.dtype)
+    ref, tol = expect(q, k, v, kwargs.pop("attn_mask", None), alignment, compute, **kwargs)
+    got = out.detach().double().cpu()
+    both = torch.isfinite(ref) & (True if rows is None else rows.cpu().expand_as(ref))
+    if not bool(torch.isfinite(got[both]).all()):
+        return False
+    return not bool(both.any()) or float((got - ref)[both].abs().max()) <= tol.value
 
 
 def observe_conventions(target: Target) -> dict[str, str]:
     """Call the target on small cases and name the conventions it follows (after :func:`probe`)."""
     caps, seen = target.caps, {}
     dtype = "float32" if "float32" in caps.dtypes else caps.dtypes[0]
-    base = Problem(B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=_causal_call(target), seed=3)  # type: ignore[arg-type]
+    causal = _causal_call(target)
+    base = sized(target, Problem(B=1, Hq=2, Hkv=2, L=4, S=4, E=8, Ev=8, dtype=dtype, is_causal=causal, seed=3))  # type: ignore[arg-type]
 
     def run(p: Problem, **kwargs: Any) -> torch.Tensor | None:
         q, k, v, mask = p.tensors(target.device)
@@ -450,8 +730,12 @@ def observe_conventions(target: Target) -> dict[str, str]:
         target.caps = target.caps.replace(dropout=dropout)
     if not caps.unscaled:  # the default scale: eq. (1)'s 1/sqrt(d_k), or none at all (T5)
         out, causal = run(base), base.is_causal
-        if out is not None and not _agrees(out, oracle(q, k, v, is_causal=causal)):
-            if _agrees(out, oracle(q, k, v, scale=1.0, is_causal=causal)):
+        if out is not None and not _agrees(target, out, q, k, v, is_causal=causal):
+            if _agrees(target, out, q, k, v, scale=1.0, is_causal=causal) and caps.scale:
+                # a target that takes scale= and still computes q . k unscaled has a broken scale: declaring it
+                # unscaled would switch off the testing of what is broken (scaling_variance judges it)
+                seen["default scale"] = "none: q . k unscaled although the target takes scale= (no declaration)"
+            elif _agrees(target, out, q, k, v, scale=1.0, is_causal=causal):
                 seen["default scale"] = "none: q . k unscaled (declare unscaled=yes: attncheck then scales q)"
                 target.caps = target.caps.replace(unscaled=True)
     if caps.scale and not target.caps.unscaled:
@@ -460,10 +744,10 @@ def observe_conventions(target: Target) -> dict[str, str]:
         if out is not None:
             seen["scale="] = (
                 "honoured"
-                if _agrees(out, oracle(q, k, v, scale=0.5, is_causal=causal))
+                if _agrees(target, out, q, k, v, scale=0.5, is_causal=causal)
                 else (
                     "ignored (the default 1/sqrt(E) is used)"
-                    if _agrees(out, oracle(q, k, v, is_causal=causal))
+                    if _agrees(target, out, q, k, v, is_causal=causal)
                     else "neither"
                 )
             )
@@ -522,6 +806,10 @@ def declaration(target: Target) -> tuple[str, str]:
             "mask_shapes",
             "causal",
             "lengths",
+            "length_multiple",
+            "min_length",
+            "max_length",
+            "head_dim_multiple",
             "gqa",
             "gqa_mapping",
             "scale",
@@ -546,17 +834,22 @@ def declaration(target: Target) -> tuple[str, str]:
     if target.observed_precision and not caps.compute_dtype:
         changed["compute_dtype"] = sorted(set(target.observed_precision.values()))[0]
     python = ", ".join(f"{k}={tuple(sorted(v)) if isinstance(v, frozenset) else v!r}" for k, v in changed.items())
+    return f"@declare({python})", cap_flags(changed)
+
+
+def cap_flags(changes: dict[str, Any]) -> str:
+    """Capabilities changes as ``--cap FIELD=VALUE`` verify flags (each parses back to the same value)."""
     flags = []
-    for k, v in changed.items():
+    for k, v in changes.items():
         if isinstance(v, frozenset):
             v = ",".join(sorted(v)) or "none"
         elif isinstance(v, tuple):
             v = ",".join(v)
         elif isinstance(v, bool):
             v = "yes" if v else "no"
-        elif isinstance(v, dict):
+        elif isinstance(v, Mapping):
             v = ",".join(f"{a}:{b}" for a, b in v.items())
         elif v is None:
             v = "none"
         flags.append(f"--cap {k}={v}")
-    return f"@declare({python})", " ".join(flags)
+    return " ".join(flags)

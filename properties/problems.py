@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from attncheck.properties.targets import Capabilities
+from attncheck.properties.targets import Capabilities, Target
 
 MaskKind = Literal["none", "bool", "float"]
 MaskShape = Literal["LS", "B1LS", "BHLS", "1HLS", "B11S"]  # broadcast pattern of the mask over (B, Hq, L, S)
@@ -99,23 +99,31 @@ class Problem:
         """Keyword arguments of the SDPA-convention call for this problem."""
         return {"attn_mask": mask, "is_causal": self.is_causal, "scale": self.scale, "enable_gqa": self.gqa}
 
-    def repro(self, target_spec: str) -> str:
-        """A copy-pasteable snippet that rebuilds the inputs and calls the target."""
+    def repro(self, target: Target) -> str:
+        """A copy-pasteable snippet: rebuild ``target`` with its declaration and the exact inputs, call it, and
+        assert its output against the float64 oracle inside the budget, as matches_oracle does."""
+        from attncheck.properties.repro import target_lines
+
         fields = ", ".join(
             f"{f.name}={getattr(self, f.name)!r}"
             for f in dataclasses.fields(self)
             if getattr(self, f.name) != f.default
         )
-        return (
-            "from attncheck.properties.problems import Problem\n"
-            "from attncheck.properties.targets import resolve\n"
-            "from attncheck.properties.oracle import oracle\n"
-            f"target = resolve({target_spec!r})\n"
-            f"p = Problem({fields})\n"
-            "q, k, v, mask = p.tensors()\n"
-            "out = target(q, k, v, **p.call_kwargs(mask))\n"
-            "ref = oracle(q, k, v, **p.call_kwargs(mask), alignment=target.caps.alignment)\n"
-            "print((out.double() - ref).abs().max())"
+        return "\n".join(
+            [
+                f"from {type(self).__module__} import {type(self).__name__}",
+                "from attncheck.properties.targets import Capabilities, resolve",
+                "from attncheck.properties.oracle import expect",
+                "from attncheck.properties.checks import assert_close, live_rows",
+                *target_lines(target),
+                f"p = {type(self).__name__}({fields})",
+                "q, k, v, mask = p.tensors(target.device)",
+                "kwargs = p.call_kwargs(mask)",
+                "out = target(q, k, v, **kwargs)",
+                "align, compute = target.caps.alignment, target.precision(q.dtype, judged=True)",
+                "ref, budget = expect(q, k, v, kwargs.pop('attn_mask'), align, compute, **kwargs)",
+                "assert_close(out, ref, budget, 'output vs float64 oracle', p, where=live_rows(p, mask, align))",
+            ]
         )
 
     def tensors(self, device: str | torch.device = "cpu") -> tuple[Tensor, Tensor, Tensor, Tensor | None]:
@@ -257,4 +265,27 @@ def problems(
     )
     magnitude = draw(magnitudes)
     seed = draw(seeds)
-    return Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
+    drawn = Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
+    return fit_sizes(drawn, caps)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The sizes a target declares (a kernel's preconditions), applied to every problem drawn or probed
+
+
+def fit_sizes(p: Problem, caps: Capabilities) -> Problem:
+    """The nearest problem whose sizes the target declares it supports: L and S raised to at least min_length and
+    to a multiple of length_multiple (lowered to the largest such length within max_length), E and Ev raised to a
+    multiple of head_dim_multiple. Mapping each draw (rather than filtering) keeps every draw, and its shrinking:
+    a block of 16 turns the draws 1..16 into 16 and 17 into 32, the block edges of tiled kernels."""
+
+    def length(n: int) -> int:
+        m = caps.length_multiple
+        n = -(-max(n, caps.min_length) // m) * m  # ceil to a multiple of m
+        return n if caps.max_length is None or n <= caps.max_length else caps.max_length // m * m
+
+    def dim(n: int) -> int:
+        return -(-n // caps.head_dim_multiple) * caps.head_dim_multiple
+
+    sizes = {"L": length(p.L), "S": length(p.S), "E": dim(p.E), "Ev": dim(p.Ev)}
+    return p if all(getattr(p, k) == v for k, v in sizes.items()) else p.replace(**sizes)

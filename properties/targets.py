@@ -60,6 +60,8 @@ CONTRACT_ARGS = (
     *("cu_seqlens_q", "cu_seqlens_k", "max_seqlen_q", "max_seqlen_k"),  # varlen
     *("cache_seqlens", "block_table"),  # decode
 )
+SIZES = ("length_multiple", "min_length", "max_length", "head_dim_multiple")  # integer Capabilities fields
+SIZE_DEFAULTS = {"length_multiple": 1, "min_length": 1, "max_length": None, "head_dim_multiple": 1}
 # The values a literal Capabilities field takes (None / False: "none" / "no" on the command line).
 CHOICES: dict[str, tuple[Any, ...]] = {
     "causal": ("top-left", "bottom-right", "always", None),
@@ -89,7 +91,16 @@ class Capabilities:
     # alignment of is_causal when L != S; "always" = causal without a flag (top-left); None = no is_causal
     causal: Causal | None = "top-left"
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
-    gqa: bool = True  # enable_gqa: Hq a multiple of Hkv
+    # sizes a kernel documents as preconditions: L and S a multiple of length_multiple (a block), at least
+    # min_length and at most max_length (None = any); E and Ev a multiple of head_dim_multiple. The problems drawn
+    # (and the probe's calls) are narrowed to them, so a precondition is never a failure.
+    length_multiple: int = 1
+    min_length: int = 1
+    max_length: int | None = None
+    head_dim_multiple: int = 1
+    # enable_gqa: Hq a multiple of Hkv; "native": Hkv < Hq accepted with no flag (FlashAttention's convention:
+    # Target then passes no enable_gqa)
+    gqa: bool | Literal["native"] = True
     # which kv head query head h reads: grouped h // (Hq / Hkv) (SDPA, repeat_interleave) or interleaved h % Hkv
     # (einops "(r h)", tiling); Target translates an interleaved target to the contract by reordering the heads
     gqa_mapping: GqaMapping = "grouped"
@@ -134,6 +145,14 @@ class Capabilities:
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}: {getattr(self, name)!r} is not one of {allowed}")
+        for name in SIZES:
+            value = getattr(self, name)
+            if not (value is None and name == "max_length") and not (isinstance(value, int) and value >= 1):
+                raise ValueError(f"{name}: {value!r} is not a positive integer")
+        if self.max_length is not None and self.max_length < max(self.min_length, self.length_multiple):
+            raise ValueError(f"max_length {self.max_length} admits no length (min_length, length_multiple)")
+        if self.gqa not in (True, False, "native"):
+            raise ValueError(f"gqa: {self.gqa!r} is not one of (True, False, 'native')")
         if self.paged and self.entry != "decode":
             raise ValueError("paged: only a decode entry reads a paged cache")
         bad = set(self.features) - set(FEATURES)
@@ -182,7 +201,8 @@ class Capabilities:
             f"mask_shapes={','.join(self.mask_shapes) or 'none'}",
             f"causal={self.causal or 'no'}",
             f"lengths={self.lengths}",
-            f"gqa={self.gqa_mapping if self.gqa else 'no'}",
+            *(f"{name}={getattr(self, name)}" for name in SIZES if getattr(self, name) != SIZE_DEFAULTS[name]),
+            f"gqa={self.gqa_mapping if self.gqa else 'no'}{' (native)' if self.gqa == 'native' else ''}",
             f"scale={'yes' if self.scale else 'no'}{' (unscaled q.k: attncheck scales q)' if self.unscaled else ''}",
             f"grad={'yes' if self.grad else 'no'}",
             f"dropout={self.dropout or 'no'}",
@@ -266,7 +286,7 @@ class Target:
             "dropout_p": dropout_p if dropout_p else None,
             "is_causal": True if is_causal and caps.causal != "always" else None,
             "scale": scale,
-            "enable_gqa": True if enable_gqa and group > 1 else None,
+            "enable_gqa": True if enable_gqa and group > 1 and caps.gqa is True else None,
         }
         expected: tuple[int, ...] = (B, Hq, L, value.shape[-1])  # (B, Hq, L, Ev)
         if caps.layout == "BLHD":
@@ -583,11 +603,14 @@ def parse_capability(text: str) -> dict[str, Any]:
     if not sep or key not in fields:
         raise TargetSpecError(f"bad capability {text!r}: expected FIELD=VALUE with FIELD in {sorted(fields)}")
     value: Any = raw
-    if key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
+    if key == "gqa" and raw == "native":
+        value = raw
+    elif key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
         key == "dropout" and raw in YES_NO
     ):
         if raw.lower() not in YES_NO:
-            raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no")
+            native = ", native" if key == "gqa" else ""
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no{native}")
         value = raw.lower() in ("yes", "true", "1")
         if key == "dropout":
             value = "inverted" if value else False
@@ -597,6 +620,13 @@ def parse_capability(text: str) -> dict[str, Any]:
         if value not in allowed:
             named = ", ".join("none" if a is None else "no" if a is False else str(a) for a in allowed)
             raise TargetSpecError(f"bad capability {text!r}: {key} takes {named}")
+    elif key in SIZES:
+        if key == "max_length" and raw in ("none", "any"):
+            value = None
+        elif raw.isdigit() and int(raw) >= 1:
+            value = int(raw)
+        else:
+            raise TargetSpecError(f"bad capability {text!r}: {key} takes a positive integer")
     elif key in ("masks", "features"):
         value = frozenset() if raw in ("", "none") else frozenset(raw.split(","))
         known = {"bool", "float"} if key == "masks" else set(FEATURES)

@@ -74,13 +74,14 @@ def test_numpy_output_names_the_fix(tmp_path: Path) -> None:
 
 
 def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Path) -> None:
-    """A (q, k, v, mask) kernel: the missing attn_mask keyword behind both mask kinds is one finding naming
-    --arg-name / --no-mask; is_causal, scale and enable_gqa each name their own declaration."""
+    """A (q, k, v, mask) kernel: the attn_mask keyword it names ``mask`` (read from its signature) is one finding
+    naming --arg-name attn_mask=mask, and the run goes on with it; is_causal and scale, which it does not take,
+    each name their own declaration."""
     result, data, _ = verify(tmp_path, f"{FIX}:positional_mask", "--max-examples", "5", "--property", "matches_oracle")
     assert result.returncode == 1
     causes = {c["case"]: c for c in data["targets"][0]["root_causes"]}
-    assert causes["bool masks, float masks"]["fix"].startswith("--arg-name attn_mask=")
-    assert "--no-mask" in causes["bool masks, float masks"]["fix"]
+    assert causes["argument names"]["fix"] == "--arg-name attn_mask=mask"
+    assert "bool masks, float masks" not in causes
     assert "--causal none" in causes["is_causal"]["fix"] and "--no-scale" in causes["scale="]["fix"]
     assert statuses(data) == {"matches_oracle": "passed"}  # the rest is judged, and is correct
     declared, _, _ = verify(
@@ -173,7 +174,11 @@ def probe(target: str) -> subprocess.CompletedProcess[str]:
         ),
         ("blhd", "causal alignment: L=2, S=5: top-left", "--cap layout=BLHD"),
         ("causal_built_in", "without is_causal: causal anyway", "--cap causal=always"),
-        ("positional_mask", "unexpected keyword argument 'attn_mask'", "--cap masks=none --cap causal=none"),
+        (
+            "positional_mask",
+            "found: argument names",
+            "--cap causal=none --cap gqa=no --cap scale=no --cap arg_names=attn_mask:mask",
+        ),
         ("unscaled", "default scale: none: q . k unscaled", "--cap unscaled=yes"),
     ],
 )
@@ -246,16 +251,19 @@ def test_an_interleaved_gqa_mapping_is_one_root_cause_and_declarable(tmp_path: P
     assert set(statuses(data).values()) == {"passed"}
 
 
-def test_is_causal_dropped_for_a_single_query_is_one_root_cause(tmp_path: Path) -> None:
-    """Hugging Face's sdpa convention (no causal mask when L = 1): one root cause naming the shape, instead of
-    no_future_leakage, matches_oracle and rows_sum_to_one each failing on L = 1."""
+def test_is_causal_dropped_for_a_single_query_is_a_correctness_finding_that_stays_red(tmp_path: Path) -> None:
+    """Hugging Face's sdpa convention (no causal mask when L = 1, top-left otherwise): no alignment explains every
+    shape, so it is one correctness finding naming the shapes, with its counterexample; no declaration switches
+    causal testing off, and no_future_leakage stays red (docs/design.md, "One verdict on every path")."""
     props = ["no_future_leakage", "matches_oracle", "rows_sum_to_one"]
     args = [arg for name in props for arg in ("--property", name)]
     result, data, _ = verify(tmp_path, f"{FIX}:causal_dropped_for_one_query", "--max-examples", "10", *args)
     assert result.returncode == 1
     (cause,) = data["targets"][0]["root_causes"]
-    assert cause["case"] == "causal alignment" and "not top-left-aligned on L=1, S=3" in cause["message"]
-    assert "failed" not in statuses(data).values(), statuses(data)
+    assert cause["case"] == "causal alignment" and cause["kind"] == "wrong"
+    assert "wrong under every alignment tried (top-left, bottom-right) on L=1, S=3" in cause["message"]
+    assert "--causal" not in cause["fix"] and cause["assertion"] in cause["message"]
+    assert statuses(data)["no_future_leakage"] == "failed", statuses(data)
 
 
 def test_an_always_causal_target_is_one_root_cause_and_passes_once_declared(tmp_path: Path) -> None:
