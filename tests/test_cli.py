@@ -87,7 +87,10 @@ def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
     assert by_name[f"{FIX}:blhd"]["no_future_leakage"]["status"] == "passed"
     assert by_name[f"{FIX}:blhd"]["mask_semantics"]["status"] == "skipped"  # declared no masks: not applicable
     assert data["settings"]["profile"] == "ci"
-    assert md.read_text().startswith(f"| property | `{FIX}:good` | `{FIX}:blhd` |")
+    outcome, _, header, *_ = md.read_text().splitlines()  # the outcome line, then the matrix
+    assert outcome == "**attncheck: passed: 5 passed, 1 skipped; 0 root causes; exit status 0**", outcome
+    assert header == f"| property | `{FIX}:good` | `{FIX}:blhd` |"
+    assert result.stdout.rstrip().splitlines()[-3] == outcome.strip("*")  # the terminal's last line, then files
 
 
 @pytest.mark.parametrize(
