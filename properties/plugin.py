@@ -31,7 +31,7 @@ from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settin
 from attncheck.properties.checks import drain_observations
 from attncheck.properties.options import ENV_PROFILE, PLUGIN_PREFIX, PROFILE_NAMES, VerifySettings
 from attncheck.properties.probe import probe
-from attncheck.properties.problems import format_counterexample
+from attncheck.properties.render import counterexample_line
 from attncheck.properties.report import (
     BLOCKED,
     FAILED,
@@ -202,8 +202,8 @@ class AttncheckPlugin:
                 head = f"{target.name}::{_property_of(item)}::{item.originalname}"  # type: ignore[attr-defined]
                 lines.append(f"{head}: {f['message']}" + (f" (distinct failure {n} of {len(found)})" if more else ""))
                 if f["counterexample"] is not None:
-                    example = format_counterexample(f["counterexample"])
-                    lines += [f"minimal counterexample: {example}", "reproduce with:", f["repro"]]
+                    example = counterexample_line(f["counterexample"], target.caps.layout)
+                    lines += [example, "reproduce with:", f["repro"]]
             report.longrepr = "\n".join(lines)
         observed = [(what, value) for who, what, value in drain_observations() if who == target.name]
         result = CheckResult(
