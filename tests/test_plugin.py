@@ -196,7 +196,8 @@ def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], fla
     plugin_args += [a for t in targets for a in ("--attncheck-target", t)]
     (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
     plugin_args += ["--attncheck-json", str(tmp_path / "plugin.json")]
-    pytest_args = ["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_own.py", "--pyargs", "attncheck.properties"]
+    pytest_args = ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_own.py"]
+    pytest_args += ["--pyargs", "attncheck.properties"]
     pytest_run = run([*pytest_args, *plugin_args], tmp_path, True)
     broken = any("bug" in t or "mutants" in t or "wrong" in t for t in targets)
     assert cli.returncode == pytest_run.returncode == int(broken), (cli.stdout[-3000:], pytest_run.stdout[-3000:])
@@ -207,8 +208,28 @@ def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], fla
         assert bool(red) == broken, (name, causes, props)  # a broken kernel is never a green column
         for prop, (status, message) in props.items():  # a check a root cause removed is never skipped
             assert not (status == "skipped" and causes and "not applicable" not in message), (name, prop, message)
-    assert "1 passed" in pytest_run.stdout or " passed" in pytest_run.stdout  # the user's own test ran
+    assert "PASSED test_own.py::test_own" in pytest_run.stdout  # the user's own test ran, not deselected
     cli_last = cli.stdout.rstrip().splitlines()[-2]  # the outcome line, then "report written to"
     assert cli_last.startswith(f"attncheck: {'FAILED' if broken else 'passed'}: ") and cli_last.endswith(
         f"exit status {int(broken)}"
     ), cli_last
+
+
+def test_a_good_guest_in_the_users_session(tmp_path: Path) -> None:
+    """--attncheck-property selects among attncheck's checks and keeps the user's own tests; --attncheck-target
+    without attncheck's property tests collected is a one-line usage error; no .benchmarks folder is left behind."""
+    (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
+    base = ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_own.py", "--attncheck-target", "reference"]
+    base += ["--attncheck-max-examples", "1"]
+    selected = run(
+        [*base, "--pyargs", "attncheck.properties", "--attncheck-property", "rows_sum_to_one"], tmp_path, True
+    )
+    assert selected.returncode == 0, selected.stdout[-3000:]
+    assert "PASSED test_own.py::test_own" in selected.stdout
+    ran = [line for line in selected.stdout.splitlines() if line.startswith("PASSED ")]
+    assert len(ran) == 3 and all("test_own" in line or "rows_sum_to_one" in line for line in ran), ran
+    alone = run(base, tmp_path, True)
+    assert alone.returncode == 4, alone.stdout + alone.stderr  # pytest's usage-error status
+    [line] = [line for line in (alone.stdout + alone.stderr).splitlines() if "attncheck" in line]
+    assert "no attncheck property test collected" in line and "--pyargs attncheck.properties" in line
+    assert not (tmp_path / ".benchmarks").exists()  # pytest-benchmark's empty storage folder, removed
