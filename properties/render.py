@@ -143,8 +143,8 @@ def render_table(report: Report, color: bool = True, width: int = 160, exit_stat
 
 def root_cause_title(cause: dict[str, Any]) -> str:
     """``root cause N, found by the first probe: CASE`` or ``root cause N of the run: raised in ...``."""
-    where = "of the run" if "checks" in cause else "found by the first probe"
-    return f"root cause {cause['number']} {where}: {cause['case']}"
+    where = " of the run" if "checks" in cause else ", found by the first probe"
+    return f"root cause {cause['number']}{where}: {cause['case']}"
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
