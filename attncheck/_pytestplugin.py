@@ -5,19 +5,29 @@ Loaded by pytest in every session of every project where attncheck is installed,
 ``--attncheck-*`` options; the suite itself (:class:`attncheck.properties.plugin.AttncheckPlugin`) is activated
 only when a session passes an ``--attncheck-*`` option, sets ``ATTNCHECK_TARGET``, or collects the property
 tests (``pytest --pyargs attncheck.properties``, whose conftest activates it).
+
+pytest-benchmark, which attncheck installs, creates its storage folder ``.benchmarks`` in every session of every
+project, benchmarks or not; an empty one that this session created is removed when the session ends, so
+installing attncheck leaves no stray folder in the user's project.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from attncheck.properties.options import ENV_TARGET, PLUGIN_PREFIX, VerifySettings, add_verify_options
 
 PLUGIN_NAME = "attncheck-suite"  # the name the active suite is registered under
+BENCHMARK_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
+_stray: list[Path] = []  # the default storage folder, when it did not exist as the session began
 
 
 def pytest_addoption(parser: Any) -> None:
+    folder = Path(BENCHMARK_STORAGE.removeprefix("file://")).absolute()
+    if not folder.exists():  # before pytest-benchmark's pytest_configure creates it
+        _stray.append(folder)
     group = parser.getgroup("attncheck", "attncheck property suite (inert unless one of these is given)")
     group.addoption(
         f"--{PLUGIN_PREFIX}target",
@@ -56,3 +66,10 @@ def activate(config: Any) -> None:
 def pytest_configure(config: Any) -> None:
     if requested_settings(config).requested():
         activate(config)
+
+
+def pytest_unconfigure(config: Any) -> None:
+    storage = config.getoption("benchmark_storage", BENCHMARK_STORAGE)
+    for folder in _stray:
+        if storage == BENCHMARK_STORAGE and folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()  # created empty by this session (pytest-benchmark): no trace in the user's project

@@ -76,8 +76,8 @@ def run(
         code = pytest.main(pytest_args, plugins=[plugin, errors, *plugins])
     if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR):
         raise UsageError(errors.error or f"the property run did not start (pytest exit code {int(code)})")
-    if code == pytest.ExitCode.INTERRUPTED:
-        raise UsageError(errors.error or "the property run was interrupted (collection error)")
+    if code == pytest.ExitCode.INTERRUPTED and not plugin.report.partial:  # partial: Ctrl-C after it started
+        raise UsageError(errors.error or "the property run stopped before it started (collection error)")
     return plugin.report
 
 

@@ -3,8 +3,10 @@
 ``attncheck verify`` is a thin front over pytest: it runs the property tests of this package through the
 attncheck pytest plugin (one source of truth, not two runners), shows progress, and renders the report.
 Exit codes: 0 no property failed, 1 some property failed, 2 usage error (bad target, bad flag, bad file, an
-output path that cannot be written: checked before the run). ``--json``, ``--markdown`` and ``--html`` write
-the report as JSON, as a markdown matrix and as one self-contained HTML page (:mod:`attncheck.properties.html`).
+output path that cannot be written: checked before the run), 130 interrupted (Ctrl-C: the table and the reports
+of the checks that finished, marked partial). ``--json``, ``--markdown`` and ``--html`` write the report as
+JSON, as markdown (outcome, matrix, root causes) and as one self-contained HTML page
+(:mod:`attncheck.properties.html`).
 """
 
 from __future__ import annotations
@@ -15,10 +17,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from pluggy import HookimplMarker
+
 from attncheck.errors import UsageError
 from attncheck.properties.options import VerifySettings, add_capability_options, add_verify_options
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130 = 128 + SIGINT, as shells report Ctrl-C
+hookimpl = HookimplMarker("pytest")
 
 
 def verify(args: argparse.Namespace) -> int:
@@ -43,23 +48,26 @@ def verify(args: argparse.Namespace) -> int:
         raise UsageError("--jobs must be at least 1")
     settings.json = None  # written below, once, by this process
 
-    collector = _Collector(quiet=args.quiet)
+    stream = sys.stdout  # one line per finished property when it is not a terminal (a CI log)
+    collector = _Collector(quiet=args.quiet, lines=None if stream.isatty() else stream)
     # the one engine of the CLI and attncheck.verify; the targets are resolved and validated once, here
     report = run(settings, resolve_targets(settings), seed=args.seed, jobs=args.jobs, plugins=[collector])
-    sys.stdout.write(render_table(report, color=sys.stdout.isatty()))
+    status = EXIT_INTERRUPTED if report.partial else EXIT_FAILED if report.failed() else EXIT_OK
+    sys.stdout.write(render_table(report, color=sys.stdout.isatty(), exit_status=status))
+    data = report.to_json()
     try:
         if args.json:
             write_json(report, args.json)
             print(f"report written to {args.json}")
         if args.markdown:
-            write_atomic(args.markdown, markdown(report.to_json()).encode())
-            print(f"markdown matrix written to {args.markdown}")
+            write_atomic(args.markdown, markdown(data, report.failed()).encode())
+            print(f"markdown report written to {args.markdown}")
         if args.html:
-            write_atomic(args.html, verify_page(report.to_json(), report.failed()).encode())
+            write_atomic(args.html, verify_page(data, report.failed()).encode())
             print(f"HTML report written to {args.html}")
     except OSError as exc:
         raise UsageError(f"cannot write {exc.filename or 'the report'}: {exc.strerror or exc}") from None
-    return EXIT_FAILED if report.failed() else EXIT_OK
+    return status
 
 
 def list_checks() -> int:
@@ -74,20 +82,53 @@ def list_checks() -> int:
 
 
 class _Collector:
-    """In-process pytest plugin of the CLI: keeps the config and shows a progress bar on stderr."""
+    """In-process pytest plugin of the CLI: keeps the config and shows a progress bar on stderr; with ``lines``
+    (stdout is not a terminal: a CI log), one line per finished property of a target as it finishes."""
 
-    def __init__(self, quiet: bool) -> None:
+    def __init__(self, quiet: bool, lines: Any = None) -> None:
         self.quiet = quiet
-        self.config: Any = None
+        self.lines = None if quiet else lines
+        self.pending: dict[tuple[str, str], int] = {}  # (target, property) -> checks not finished yet
+        self.counted = False
+        self.plugin: Any = None
         self.progress: Any = None
         self.task: Any = None
 
     def pytest_configure(self, config: Any) -> None:
-        self.config = config
+        from attncheck.properties.plugin import AttncheckPlugin
+
+        self.plugin = next(p for p in config.pluginmanager.get_plugins() if isinstance(p, AttncheckPlugin))
 
     def pytest_collection_finish(self, session: Any) -> None:
         if not self.quiet and session.items:
             self._start(len(session.items))
+        self._expect([item.nodeid for item in session.items])
+
+    def _expect(self, nodeids: list[str]) -> None:
+        """Count the checks of each (target, property) from node ids ``path::check[target]`` (pytest-xdist's
+        controller sees ids only)."""
+        from attncheck.properties.catalog import check_catalog
+
+        catalog = check_catalog()
+        for key in filter(None, map(lambda nodeid: _check_of(nodeid, catalog), nodeids)):
+            self.pending[key] = self.pending.get(key, 0) + 1
+
+    @hookimpl(trylast=True)  # after the suite's plugin has added the result to the report
+    def pytest_runtest_logreport(self, report: Any) -> None:
+        from attncheck.properties.catalog import check_catalog
+        from attncheck.properties.render import verdict_label
+
+        key = _check_of(report.nodeid, check_catalog()) if report.when == "teardown" else None
+        if key is None or key not in self.pending:
+            return
+        self.pending[key] -= 1
+        if self.pending[key] or self.lines is None:
+            return
+        target, prop = key
+        row = next((r for r in self.plugin.report.properties_of(target) if r["name"] == prop), None)
+        if row is not None:  # a line a CI log can grep: target, property, status, time
+            self.lines.write(f"{target}\t{prop}\t{verdict_label(row)}\t{row['duration']:.1f}s\n")
+            self.lines.flush()
 
     def _start(self, total: int) -> None:
         from rich.console import Console
@@ -105,8 +146,12 @@ class _Collector:
         self.task = self.progress.add_task("verifying", total=total)
 
     def pytest_xdist_node_collection_finished(self, node: Any, ids: list[str]) -> None:
-        if self.progress is None and not self.quiet:  # the controller collects nothing: each worker collects all
+        if self.counted:  # the controller collects nothing: each worker collects all, the same
+            return
+        self.counted = True
+        if not self.quiet:
             self._start(len(ids))
+        self._expect(ids)
 
     def pytest_runtest_logstart(self, nodeid: str, location: Any) -> None:
         if self.progress is not None:
@@ -119,6 +164,13 @@ class _Collector:
     def pytest_unconfigure(self, config: Any) -> None:
         if self.progress is not None:
             self.progress.stop()
+
+
+def _check_of(nodeid: str, catalog: dict[str, str]) -> tuple[str, str] | None:
+    """``(target, property)`` of a property check's node id ``path::check[target]``; None for other items."""
+    name = nodeid.rpartition("::")[2]
+    check, bracket, target = name.partition("[")
+    return (target.removesuffix("]"), catalog[check]) if bracket and check in catalog else None
 
 
 def probe_command(args: argparse.Namespace) -> int:

@@ -44,7 +44,20 @@ def target_grads(target: Target, out: Tensor, inputs: tuple[Tensor, ...], grad_o
     A backward that raises is the target raising (status error, not a wrong answer). Some libraries' backward
     works under ``.backward()`` but not under ``torch.autograd.grad``: then the gradients come from
     ``.backward()`` and the difference is reported as an observation. Unused inputs get zero gradients.
+
+    attncheck's own autograd call is never blamed on the target: an empty output has zero gradients (nothing is
+    asked of autograd), and an output that carries no autograd graph although its inputs require gradients is
+    named as such (a wrong answer: no gradient reaches the inputs), not as the target raising.
     """
+    if out.numel() == 0:  # d(nothing)/d(inputs) = 0; autograd refuses an output of a graph it never saw
+        return tuple(torch.zeros_like(x) for x in inputs)
+    if not out.requires_grad and any(x.requires_grad for x in inputs):
+        raise TargetError(
+            f"target {target.name!r} returned an output detached from its inputs (no autograd graph: "
+            "requires_grad=False although query, key and value require gradients), so no gradient reaches them; "
+            "declare --no-grad if the target is not differentiable",
+            "returned",
+        )
     try:
         grads = torch.autograd.grad(out, inputs, grad_out, allow_unused=True, retain_graph=True)
     except Exception as exc:

@@ -15,8 +15,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from attncheck.properties.problems import format_counterexample
-from attncheck.properties.render import LABEL, verdict_label
+from attncheck.properties.render import LABEL, counterexample_line, outcome_line, root_cause_title, verdict_label
 
 # Nothing may be loaded from elsewhere: styles and scripts are inline, images are data: URIs.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"
@@ -86,34 +85,35 @@ def details(css_class: str, anchor: str, summary: str, parts: list[str]) -> str:
 RED = ("failed", "error", "blocked")
 
 
-def _counterexample_and_repro(failure: dict[str, Any]) -> str:
-    """The smallest counterexample and the repro command of a failure, a root cause or a blocked row."""
+def _counterexample_and_repro(failure: dict[str, Any], layout: str) -> str:
+    """The smallest counterexample (labelled with the layout its shapes are in) and the repro command of a
+    failure, a root cause or a blocked row."""
     parts = []
     if failure.get("counterexample"):
-        example = escape(format_counterexample(failure["counterexample"]))
-        parts.append(f'<p>minimal counterexample: <code class="counterexample">{example}</code></p>')
+        head, _, example = counterexample_line(failure["counterexample"], layout).partition(": ")
+        parts.append(f'<p>{escape(head)}: <code class="counterexample">{escape(example)}</code></p>')
     if failure.get("repro"):
         parts.append(f'<p>reproduce with:</p>\n<pre class="repro">{escape(failure["repro"])}</pre>')
     return "\n".join(parts)
 
 
-def _failure_details(anchor: str, target: str, row: dict[str, Any], causes: dict[int, str]) -> str:
+def _failure_details(anchor: str, target: str, row: dict[str, Any], causes: dict[int, str], layout: str) -> str:
     """The ``<details>`` of one red cell: the property's message, then each failing check with its own
     counterexample and repro (each distinct failure Hypothesis found), or the root cause that explains it."""
     parts = []
     if row["message"] not in {c["message"] for c in row["checks"]}:  # blocked, or several checks: the summary
         parts.append(f'<p class="message">{escape(row["message"])}</p>')
     if not row["checks"]:  # blocked by the first probe: the probe's call is the counterexample
-        parts.append(_counterexample_and_repro(row))
+        parts.append(_counterexample_and_repro(row, layout))
     for check in row["checks"]:
-        if check["status"] not in ("failed", "error"):
+        if check["status"] not in ("failed", "error", "blocked"):
             continue
         if check.get("root_cause"):
             link = causes.get(check["root_cause"], "")
-            cause = f'<a href="#{link}">root cause {check["root_cause"]} of the run</a>'
+            cause = f'<a href="#{link}">root cause {check["root_cause"]}</a>'
             parts.append(
-                f'<div class="check"><h4>{escape(check["name"])}: {LABEL["error"]}</h4>'
-                f"<p>the crash of {cause}: {escape(check['message'])}</p></div>"
+                f'<div class="check"><h4>{escape(check["name"])}: {LABEL[check["status"]]}</h4>'
+                f"<p>{cause}: {escape(check['message'])}</p></div>"
             )
             continue
         found = [check, *check["more_failures"]]
@@ -121,22 +121,27 @@ def _failure_details(anchor: str, target: str, row: dict[str, Any], causes: dict
             which = f" (distinct failure {n} of {len(found)})" if len(found) > 1 else ""
             parts.append(
                 f'<div class="check"><h4>{escape(check["name"])}: {LABEL[failure["status"]]}{which}</h4>\n'
-                f'<p class="message">{escape(failure["message"])}</p>\n{_counterexample_and_repro(failure)}</div>'
+                f'<p class="message">{escape(failure["message"])}</p>\n'
+                f"{_counterexample_and_repro(failure, layout)}</div>"
             )
     summary = f"{escape(target)} · {escape(row['name'])}: {escape(verdict_label(row))}"
     return details("failure", anchor, summary, parts)
 
 
-def _root_cause_details(anchor: str, target: str, cause: dict[str, Any], number: int | None) -> str:
+def _root_cause_details(anchor: str, target: str, cause: dict[str, Any], layout: str) -> str:
     """A root cause, listed once: where it was found, its message, the checks it explains, the fix, the repro."""
-    where = f"root cause {number} of the run" if number else "root cause, found by the first probe"
     parts = [f'<p class="message">{escape(cause["message"])}</p>']
     if cause.get("checks"):
         parts.append(f"<p>in: {escape(', '.join(cause['checks']))}</p>")
     parts.append(f"<p>fix: {escape(cause['fix'])}</p>")
-    parts.append(_counterexample_and_repro(cause))
-    summary = f"{escape(target)}: {where}: {escape(cause['case'])}"
+    parts.append(_counterexample_and_repro(cause, layout))
+    summary = f"{escape(target)}: {escape(root_cause_title(cause))}"
     return details("root-cause", anchor, summary, parts)
+
+
+def _layout(target: dict[str, Any]) -> str:
+    """The layout a target of the JSON report was called in (its counterexamples are written in BHLD)."""
+    return str(target["capabilities"].get("layout", "BHLD"))
 
 
 def _settings_line(data: dict[str, Any]) -> str:
@@ -160,22 +165,19 @@ def verify_page(data: dict[str, Any], failed: bool) -> str:
     rows = {t["name"]: {p["name"]: p for p in t["properties"]} for t in targets}
     props = list(dict.fromkeys(p for t in targets for p in rows[t["name"]]))
     counts = Counter(LABEL[p["status"]] for t in targets for p in t["properties"])
-    outcome = "FAILED" if failed else "passed"
+    outcome = ("FAILED" if failed else "passed") + (" (PARTIAL: interrupted)" if data.get("partial") else "")
     meaning = (
-        "Exit status 1: a root cause, a FAILED or an ERROR was found"
+        "Exit status 1: a root cause, a FAILED, an ERROR or a BLOCKED was found"
         if failed
         else "Exit status 0: nothing was found (a usage error would be 2)"
     )
-    cause_anchor: dict[tuple[int, int], str] = {}  # (target index, run root cause number) -> anchor
+    cause_anchor: dict[tuple[int, int], str] = {}  # (target index, root cause number) -> anchor
     cause_sections = []
     for ti, t in enumerate(targets):
-        number = 0
         for ci, cause in enumerate(t["root_causes"]):
             anchor = f"rc-{ti}-{ci}"
-            if "checks" in cause:  # a crash met in several checks during the run: numbered as in the terminal
-                number += 1
-                cause_anchor[ti, number] = anchor
-            cause_sections.append(_root_cause_details(anchor, t["name"], cause, number if "checks" in cause else None))
+            cause_anchor[ti, cause["number"]] = anchor  # numbered as in the terminal
+            cause_sections.append(_root_cause_details(anchor, t["name"], cause, _layout(t)))
     matrix_rows, failure_sections = [], []
     for pi, prop in enumerate(props):
         cells = []
@@ -189,7 +191,7 @@ def verify_page(data: dict[str, Any], failed: bool) -> str:
             if row["status"] in RED:
                 anchor = f"f-{ti}-{pi}"
                 causes = {n: a for (i, n), a in cause_anchor.items() if i == ti}
-                failure_sections.append(_failure_details(anchor, t["name"], row, causes))
+                failure_sections.append(_failure_details(anchor, t["name"], row, causes, _layout(t)))
                 label = f'<a href="#{anchor}">{label}</a>'
             cells.append(
                 f'<td class="verdict v-{row["status"]}" {where} data-status="{row["status"]}">{label} '
@@ -212,6 +214,7 @@ def verify_page(data: dict[str, Any], failed: bool) -> str:
         f'<p class="summary">{len(targets)} target{"s" * (len(targets) != 1)}: {escape(names)}.</p>',
         f'<p class="summary" id="verdicts">{escape(tally)} (properties x targets); '
         f"{len(cause_sections)} root cause{'s' * (len(cause_sections) != 1)}. {escape(meaning)}.</p>",
+        f'<p class="summary" id="outcome">{escape(outcome_line(data, failed, 1 if failed else 0))}</p>',
         _settings_line(data),
         '<h2 id="matrix">Conformance matrix</h2>',
         table(["property", *(t["name"] for t in targets)], matrix_rows, "matrix"),

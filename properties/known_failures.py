@@ -64,9 +64,11 @@ def read_files(paths: Iterable[str], catalog: Mapping[str, str]) -> list[KnownFa
     entries = []
     for path in paths:
         try:
-            lines = Path(path).read_text().splitlines()
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
         except OSError as exc:
             raise UsageError(f"cannot read known-failures file {path!r}: {exc.strerror}") from None
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"known-failures file {path!r} is not UTF-8 text (byte {exc.start})") from None
         for number, line in enumerate(lines, 1):
             body, _, reason = line.partition("#")
             if body.strip():

@@ -38,6 +38,15 @@ _OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("check", {"action": "append", "metavar": "NAME", "help": "run only these checks (repeatable)"}),
     ("timeout", {"type": float, "metavar": "S", "help": "seconds per target call before it counts as hung (60)"}),
     (
+        "threads",
+        {
+            "type": int,
+            "metavar": "N",
+            "help": "torch intra-op threads during the run (default 1: the problems are tiny, more threads only wait "
+            "on each other; raise it to exercise a kernel's own parallel paths)",
+        },
+    ),
+    (
         "known-failures",
         {
             "action": "append",
@@ -131,6 +140,7 @@ class VerifySettings:
     properties: list[str] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     timeout: float | None = None
+    threads: int | None = None  # torch intra-op threads during the run; None = 1
     known_failures: list[str] = field(default_factory=list)  # files
     json: str | None = None
 
@@ -174,6 +184,7 @@ class VerifySettings:
             properties=list(get("property") or []),
             checks=list(get("check") or []),
             timeout=get("timeout"),
+            threads=get("threads"),
             known_failures=list(get("known_failures") or []),
             json=get("json"),
         )
@@ -200,6 +211,7 @@ class VerifySettings:
             ("profile", self.profile),
             ("max-examples", self.max_examples),
             ("timeout", self.timeout),
+            ("threads", self.threads),
             ("json", self.json),
         )
         for flag, value in optional:

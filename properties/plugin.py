@@ -14,22 +14,26 @@ pytest-xdist carries from its workers to the controller, so a distributed run re
 
 from __future__ import annotations
 
+import difflib
 import os
 import warnings
-from collections.abc import Generator
+from collections.abc import Generator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
 
 from attncheck.errors import UsageError
 from attncheck.properties import known_failures
 from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings, screening_rank
 from attncheck.properties.checks import drain_observations
-from attncheck.properties.options import ENV_PROFILE, PROFILE_NAMES, VerifySettings
+from attncheck.properties.options import ENV_PROFILE, PLUGIN_PREFIX, PROFILE_NAMES, VerifySettings
 from attncheck.properties.probe import probe
-from attncheck.properties.problems import format_counterexample
+from attncheck.properties.render import counterexample_line
 from attncheck.properties.report import (
+    BLOCKED,
     ERROR,
     FAILED,
     CheckResult,
@@ -44,6 +48,11 @@ from attncheck.properties.targets import Target, resolve_targets
 
 USER_PROPERTY = "attncheck"  # the key of the result in a test report's user_properties
 CALLS_BEFORE = pytest.StashKey[int]()  # the target's call count when the check started
+REMOVED_BY = pytest.StashKey[list[int]]()  # the root causes whose narrowing made the check skip
+
+
+class _WouldRun(Exception):
+    """Raised instead of calling the target in a dry run: the check got past its requirements."""
 
 
 class AttncheckPlugin:
@@ -56,13 +65,22 @@ class AttncheckPlugin:
         if self.profile not in PROFILE_NAMES:
             raise UsageError(f"unknown profile {self.profile!r}; choose from {', '.join(PROFILE_NAMES)}")
         catalog = check_catalog()
-        for kind, names, known in (("property", settings.properties, PROPERTIES), ("check", settings.checks, catalog)):
-            unknown = sorted(set(names) - set(known))
-            if unknown:
-                raise UsageError(f"unknown {kind} {unknown[0]!r}; see `attncheck verify --list-checks`")
+        _known_names("property", settings.properties, PROPERTIES)
+        settings.checks = [_check_name(name, catalog) for name in settings.checks]
+        if settings.json:
+            from attncheck.properties.render import check_writable
+
+            check_writable(f"--{PLUGIN_PREFIX}json", settings.json)  # before the probe: a typo must not cost it
         entries = known_failures.read_files(settings.known_failures, catalog)
         for target in self.targets:
             entries += known_failures.declared(target.name, target.caps.known_failures, catalog)
+        if settings.threads is not None and settings.threads < 1:
+            raise UsageError(f"--{PLUGIN_PREFIX}threads must be at least 1")
+        # One intra-op thread unless asked (restored at the end of the session): the problems drawn are tiny, and
+        # two threads on a 2-core machine shared with other work made every small op wait for a descheduled thread
+        # (a whole verify of the reference took 89 s of CPU with 2 threads and 14 s with 1 under load).
+        self.threads_before = torch.get_num_threads()
+        torch.set_num_threads(settings.threads or 1)
         with warnings.catch_warnings():  # the probe calls the targets: their libraries' warnings are not findings
             warnings.simplefilter("ignore")
             for target in self.targets:  # after every usage check: a usage error costs no target call
@@ -77,6 +95,7 @@ class AttncheckPlugin:
             "dtypes": settings.dtypes or "all declared",
             "properties": settings.properties or "all",
             "checks": settings.checks or "all",
+            "torch_threads": torch.get_num_threads(),
         }
         self.report = Report(self.targets, run_settings, entries)
         self.session: pytest.Session | None = None
@@ -86,9 +105,6 @@ class AttncheckPlugin:
 
     def pytest_configure(self, config: pytest.Config) -> None:
         self.report.settings["seed"] = config.getoption("hypothesis_seed", None)
-        workers = getattr(config, "workerinput", {}).get("workercount")
-        if workers:  # a pytest-xdist worker: share the cores with the others instead of each taking them all
-            torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(workers)))
 
     # -- collection ---------------------------------------------------------------------------------------------
 
@@ -105,7 +121,15 @@ class AttncheckPlugin:
             return
         metafunc.parametrize("target", self.targets, ids=[t.name for t in self.targets])
 
-    def pytest_collection_modifyitems(self, config: pytest.Config, items: list[pytest.Item]) -> None:
+    @pytest.hookimpl(tryfirst=True)  # before -k/-m deselect: what was collected, not what the user selected
+    def pytest_collection_modifyitems(self, session: pytest.Session, config: pytest.Config, items: list[Any]) -> None:
+        """Select the checks the run asked for (never the session's other tests), put one failing item per root
+        cause of the first probe in front, and refuse a session that collected no property test."""
+        if not any(_property_of(i) is not None for i in items) and not hasattr(config, "workerinput"):
+            raise pytest.UsageError(
+                "attncheck: --attncheck-* options given but no attncheck property test collected; "
+                "add --pyargs attncheck.properties to the pytest command"
+            )
         props, names = set(self.settings.properties), set(self.settings.checks)
         blocked = {t.name for t in self.targets if any(f.blocks_all for f in t.findings)}
         if self.profile == "screen" and self.session is not None:  # a root cause of the first probe is red already
@@ -117,12 +141,21 @@ class AttncheckPlugin:
             keep = [
                 i
                 for i in items
-                if (not props or _property_of(i) in props)
-                and (not names or getattr(i, "originalname", None) in names)
-                and getattr(_target_of(i), "name", None) not in blocked
+                if _property_of(i) is None  # the user's own tests: not ours to select
+                or (
+                    (not props or _property_of(i) in props)
+                    and (not names or getattr(i, "originalname", None) in names)
+                    and getattr(_target_of(i), "name", None) not in blocked  # its root cause item fails instead
+                )
             ]
             config.hook.pytest_deselected(items=[i for i in items if i not in keep])
             items[:] = keep
+        causes = [
+            RootCauseItem.from_parent(session, name=f"attncheck[{t.name}]::root cause {n}", target=t, number=n)
+            for t in self.targets
+            for n in range(1, len(t.findings) + 1)
+        ]
+        items[:0] = causes
         for item in items:
             target = _target_of(item)
             if target is None:
@@ -143,8 +176,16 @@ class AttncheckPlugin:
         if target is None:
             return (yield)
         item.stash[CALLS_BEFORE] = target.calls
-        with check_settings(item.obj, self.hypothesis):  # type: ignore[attr-defined]
-            return (yield)
+        try:
+            with check_settings(item.obj, self.hypothesis):  # type: ignore[attr-defined]
+                return (yield)
+        except pytest.skip.Exception:
+            item.stash[REMOVED_BY] = [
+                n
+                for n, finding in enumerate(target.findings, 1)
+                if finding.narrowed and target.declared is not None and _runs_under(item, target, finding.narrowed)
+            ]
+            raise
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtest_makereport(self, item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
@@ -152,7 +193,7 @@ class AttncheckPlugin:
         target = _target_of(item)
         if target is None or not (report.when == "call" or (report.when == "setup" and report.outcome != "passed")):
             return report
-        status, message, counterexample, repro, more = "passed", "", None, "", []
+        status, message, counterexample, repro, more, root_cause = "passed", "", None, "", [], None
         if hasattr(report, "wasxfail"):
             status = "xpassed" if report.passed else "xfailed"
             message = str(report.wasxfail).removeprefix("reason: ").removeprefix("known failure: ")
@@ -160,6 +201,13 @@ class AttncheckPlugin:
             status = "skipped"
             longrepr = report.longrepr
             message = longrepr[2].removeprefix("Skipped: ") if isinstance(longrepr, tuple) else str(longrepr)
+            removed_by = item.stash.get(REMOVED_BY, [])
+            if removed_by:  # not "not applicable": the declaration applies, a root cause took the check away
+                status, root_cause = BLOCKED, removed_by[0]
+                finding = target.findings[root_cause - 1]
+                message = f"blocked by root cause {root_cause} ({finding.case}): {finding.message}"
+                if isinstance(longrepr, tuple):
+                    report.longrepr = (*longrepr[:2], f"Skipped: {message}")
         elif report.failed:
             check = f"{item.function.__module__}:{item.originalname}"  # type: ignore[attr-defined]
             found = [_described(exc, target, check) for exc in failures(call.excinfo.value)] if call.excinfo else []
@@ -172,7 +220,7 @@ class AttncheckPlugin:
                 head = f"{target.name}::{_property_of(item)}::{item.originalname}"  # type: ignore[attr-defined]
                 lines.append(f"{head}: {f['message']}" + (f" (distinct failure {n} of {len(found)})" if more else ""))
                 if f["counterexample"] is not None:
-                    lines.append(f"minimal counterexample: {format_counterexample(f['counterexample'])}")
+                    lines.append(counterexample_line(f["counterexample"], target.caps.layout))
                 if f["repro"]:
                     lines += ["reproduce with:", f["repro"]]
             report.longrepr = "\n".join(lines)
@@ -189,6 +237,7 @@ class AttncheckPlugin:
             observed,
             target.calls - item.stash.get(CALLS_BEFORE, target.calls),
             more,
+            root_cause,
         )
         report.user_properties.append((USER_PROPERTY, result.to_dict()))
         return report
@@ -204,9 +253,15 @@ class AttncheckPlugin:
 
     # -- reporting ----------------------------------------------------------------------------------------------
 
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        torch.set_num_threads(self.threads_before)  # the session's own setting again
+
+    def pytest_keyboard_interrupt(self) -> None:
+        self.report.partial = True  # the report holds the checks that finished, and says so
+
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
-        if not self.report.results or hasattr(config, "workerinput"):  # a pytest-xdist worker reports nothing
-            return
+        if hasattr(config, "workerinput") or not (self.report.results or any(t.findings for t in self.targets)):
+            return  # a pytest-xdist worker reports nothing
         from attncheck.properties.render import render_table, write_json
 
         terminalreporter.write_sep("=", "attncheck conformance")
@@ -240,3 +295,100 @@ def _target_of(item: pytest.Item) -> Target | None:
         return None
     target = callspec.params.get("target")
     return target if isinstance(target, Target) else None
+
+
+class RootCauseItem(pytest.Item):
+    """One root cause of the first probe as a failing pytest item: it fails the session as it fails the CLI, with
+    its message, counterexample and repro in pytest's own failure output."""
+
+    def __init__(self, *, target: Target, number: int, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.target, self.number = target, number
+
+    def runtest(self) -> None:
+        finding = self.target.findings[self.number - 1]
+        raise _RootCause(
+            "\n".join(
+                [
+                    f"{self.target.name}: root cause {self.number}, found by the first probe: {finding.case}",
+                    finding.message,
+                    f"fix: {finding.fix}",
+                    "reproduce with:",
+                    finding.repro,
+                ]
+            )
+        )
+
+    def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
+        return str(excinfo.value)
+
+    def reportinfo(self) -> tuple[Path, None, str]:
+        return self.path, None, self.name
+
+
+class _RootCause(Exception):
+    """The failure of a :class:`RootCauseItem`."""
+
+
+def _known_names(kind: str, names: list[str], known: Any) -> None:
+    """A usage error for the first unknown name, with the closest known one."""
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, list(known), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise UsageError(f"unknown {kind} {name!r}{hint} (see `attncheck verify --list-checks`)")
+
+
+def _check_name(name: str, catalog: dict[str, str]) -> str:
+    """A ``--check`` as ``check`` or as ``property::check`` (the form ``--list-checks`` prints) -> the check."""
+    prop, _, check = name.rpartition("::")
+    _known_names("check", [check], catalog)
+    if prop:
+        _known_names("property", [prop], PROPERTIES)
+        if catalog[check] != prop:
+            raise UsageError(f"check {check!r} belongs to property {catalog[check]!r}, not {prop!r}")
+    return check
+
+
+def _runs_under(item: pytest.Item, target: Target, undone: dict[str, Any]) -> bool:
+    """Whether the skipped check ``item`` would get past its requirements with the capability fields ``undone``
+    as declared instead of as the first probe narrowed them: a dry run of one example in which calling the target
+    raises instead (the check then was removed by that root cause, not inapplicable)."""
+    assert target.declared is not None
+    caps, fn = target.caps, target.fn
+    target.caps = caps.replace(**{name: getattr(target.declared, name) for name in undone})
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise _WouldRun
+
+    target.fn = refuse
+    dry = settings(
+        max_examples=1, phases=[Phase.generate], database=None, deadline=None, suppress_health_check=list(HealthCheck)
+    )
+    args = {name: item.funcargs[name] for name in item._fixtureinfo.argnames}  # type: ignore[attr-defined]
+    try:
+        with check_settings(item.obj, dry), warnings.catch_warnings():  # type: ignore[attr-defined]
+            warnings.simplefilter("ignore")
+            item.obj(**args)  # type: ignore[attr-defined]
+    except pytest.skip.Exception:
+        return False
+    except BaseException as exc:
+        return any(isinstance(e, _WouldRun) for e in _chain(exc))
+    finally:
+        target.caps, target.fn = caps, fn
+    return False
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    """``exc``, what caused it, and the leaves of exception groups."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        e = todo.pop()
+        if id(e) in seen:
+            continue
+        seen.add(id(e))
+        yield e
+        todo += [x for x in (e.__cause__, e.__context__) if x is not None]
+        if isinstance(e, BaseExceptionGroup):
+            todo += list(e.exceptions)

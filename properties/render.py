@@ -11,6 +11,7 @@ import io
 import json
 import os
 import tempfile
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +33,7 @@ STYLE = {
     "skipped": "yellow",
     "known-failure": "yellow",
 }
+ORDER = {"failed": 0, "error": 1, "blocked": 2, "passed": 3, "known-failure": 4, "skipped": 5}  # outcome order
 LABEL = {
     "passed": "passed",
     "failed": "FAILED",
@@ -43,14 +45,36 @@ LABEL = {
 
 
 def verdict_label(row: dict[str, Any]) -> str:
-    """A property's status as a cell: passed, FAILED, skipped (not applicable) or known failure."""
+    """A property's status as a cell: passed, FAILED, ERROR, BLOCKED (root cause N), skipped (not applicable) or
+    known failure."""
     label = LABEL[row["status"]]
     if row["known_failures"] and row["status"] in ("passed", "skipped"):
         label += f" ({len(row['known_failures'])} known)"
-    causes = sorted({c["root_cause"] for c in row["checks"] if c.get("root_cause")})
-    if row["status"] in ("error", "blocked") and causes:  # the crash is printed once, as a root cause of the run
+    causes = row.get("root_causes") or sorted({c["root_cause"] for c in row["checks"] if c.get("root_cause")})
+    if row["status"] in ("error", "blocked") and causes:  # the cause is printed once, as a root cause
         label += f" (root cause {', '.join(map(str, causes))})"
     return label
+
+
+def outcome_line(data: dict[str, Any], failed: bool, exit_status: int | None = None) -> str:
+    """The run in one line: the outcome, the properties x targets cells per status, root causes, exit status."""
+    counts = Counter(row["status"] for t in data["targets"] for row in t["properties"])
+    tally = ", ".join(f"{n} {LABEL[status]}" for status, n in sorted(counts.items(), key=lambda kv: ORDER[kv[0]]))
+    causes = sum(len(t["root_causes"]) for t in data["targets"])
+    outcome = "INTERRUPTED" if data.get("partial") else "FAILED" if failed else "passed"
+    line = f"attncheck: {outcome}: {tally or 'no property ran'}"
+    line += f"; {causes} root cause{'s' * (causes != 1)}"
+    if data.get("partial"):
+        line += "; PARTIAL (interrupted: only the checks that finished)"
+        exit_status = 130 if exit_status is not None else None  # 128 + SIGINT, whatever was found
+    return line + (f"; exit status {exit_status}" if exit_status is not None else "")
+
+
+def counterexample_line(counterexample: dict[str, Any], layout: str) -> str:
+    """``minimal counterexample: ...``, its shapes labelled with the layout they are written in (the contract's
+    BHLD) when the target was called in another one."""
+    shapes = "" if layout == "BHLD" else f" (shapes in BHLD; the target was called in {layout})"
+    return f"minimal counterexample{shapes}: {format_counterexample(counterexample)}"
 
 
 def _cell(row: dict[str, Any] | None) -> str:
@@ -59,11 +83,13 @@ def _cell(row: dict[str, Any] | None) -> str:
     return f"[{STYLE[row['status']]}]{verdict_label(row)}[/] {row['duration']:.1f}s"
 
 
-def render_table(report: Report, color: bool = True, width: int = 160) -> str:
-    """Properties x targets table, observations, then each failure with its counterexample and repro."""
+def render_table(report: Report, color: bool = True, width: int = 160, exit_status: int | None = None) -> str:
+    """Properties x targets table, observations, each root cause and failure with its counterexample and repro,
+    then the outcome line (with ``exit_status`` when the caller knows it)."""
     out = io.StringIO()
     console = Console(file=out, force_terminal=color, no_color=not color, width=width, highlight=False)
-    table = Table(title="attncheck: properties x targets", show_lines=False)
+    title = "attncheck: properties x targets" + (" (PARTIAL: interrupted)" if report.partial else "")
+    table = Table(title=title, show_lines=False)
     table.add_column("property")
     per_target = {t.name: {row["name"]: row for row in report.properties_of(t.name)} for t in report.targets}
     for t in report.targets:
@@ -83,24 +109,19 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
     for warning in data["warnings"]:
         console.print(f"[yellow]warning:[/] {warning}", markup=True, highlight=False)
     for t in data["targets"]:
-        run_causes = 0
+        layout = t["capabilities"].get("layout", "BHLD")
         for cause in t["root_causes"]:  # each root cause once, before what it explains
-            if "checks" in cause:  # the same crash in several checks during the run
-                run_causes += 1
-                where = f"root cause {run_causes} of the run: {cause['case']}"
-            else:
-                where = f"root cause, found by the first probe: {cause['case']}"
-            console.rule(f"[bold red]{escape(t['name'])}: {escape(where)}")
+            console.rule(f"[bold red]{escape(t['name'])}: {escape(root_cause_title(cause))}")
             console.print(cause["message"], markup=False)
             if cause.get("checks"):
                 console.print(f"in: {', '.join(cause['checks'])}", markup=False)
             if cause.get("counterexample"):
-                example = format_counterexample(cause["counterexample"])
-                console.print(f"minimal counterexample: {example}", markup=False)
+                console.print(counterexample_line(cause["counterexample"], layout), markup=False)
             console.print(f"fix: {cause['fix']}", markup=False)
             console.print("reproduce with:", markup=False)
             console.print(cause["repro"], markup=False)
     for t in data["targets"]:
+        layout = t["capabilities"].get("layout", "BHLD")
         for row in t["properties"]:
             for check in row["checks"]:  # every failing check with its own counterexample and repro
                 if check["status"] not in ("failed", "error") or check.get("root_cause"):
@@ -112,12 +133,18 @@ def render_table(report: Report, color: bool = True, width: int = 160) -> str:
                     console.rule(f"[bold red]{title}")
                     console.print(failure["message"], markup=False)
                     if failure["counterexample"]:
-                        example = format_counterexample(failure["counterexample"])
-                        console.print(f"minimal counterexample: {example}", markup=False)
+                        console.print(counterexample_line(failure["counterexample"], layout), markup=False)
                     if failure["repro"]:
                         console.print("reproduce with:", markup=False)
                         console.print(failure["repro"], markup=False)
+    console.print(outcome_line(data, report.failed(), exit_status), markup=False, highlight=False)
     return out.getvalue()
+
+
+def root_cause_title(cause: dict[str, Any]) -> str:
+    """``root cause N, found by the first probe: CASE`` or ``root cause N of the run: raised in ...``."""
+    where = " of the run" if "checks" in cause else ", found by the first probe"
+    return f"root cause {cause['number']}{where}: {cause['case']}"
 
 
 def write_atomic(path: str | os.PathLike[str], data: bytes) -> None:
@@ -161,12 +188,17 @@ def check_writable(flag: str, path: str | os.PathLike[str], directory: bool = Fa
         folder = folder.parent
     if not folder.is_dir():
         raise UsageError(f"{flag} {path}: {folder} is not a directory")
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: cannot write into {folder}")
+    try:  # as write_atomic will: a temporary file in the folder (os.access says yes to root, and on /proc)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".attncheck-", suffix=".tmp")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: cannot write into {folder} ({exc.strerror or exc})") from None
 
 
-def markdown(data: dict[str, Any]) -> str:
-    """The properties x targets matrix of a JSON report (``Report.to_json()``) as a markdown table."""
+def markdown(data: dict[str, Any], failed: bool) -> str:
+    """A JSON report (``Report.to_json()``) as markdown for a CI comment or job summary: the outcome line, the
+    properties x targets matrix, then every root cause (``failed``: whether the run exits 1)."""
     names = [t["name"] for t in data["targets"]]
     rows = {t["name"]: {p["name"]: p for p in t["properties"]} for t in data["targets"]}
     props = list(dict.fromkeys(p for t in data["targets"] for p in rows[t["name"]]))
@@ -182,6 +214,13 @@ def markdown(data: dict[str, Any]) -> str:
                 f"**{verdict_label(row)}**" if row["status"] in ("failed", "error", "blocked") else verdict_label(row)
             )
         lines.append(f"| {prop} | " + " | ".join(cells) + " |")
+    lines = [f"**{outcome_line(data, failed, 1 if failed else 0)}**", "", *lines]
+    for t in data["targets"]:
+        for cause in t["root_causes"]:
+            lines += ["", f"**`{t['name']}`: {root_cause_title(cause)}**", "", cause["message"], ""]
+            lines.append(f"fix: {cause['fix']}")
+            if cause.get("repro"):
+                lines += ["", "```python", cause["repro"], "```"]
     return "\n".join(lines) + "\n"
 
 

@@ -11,6 +11,7 @@ import ast
 import platform
 import re
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -31,7 +32,7 @@ class CheckResult:
     target: str
     property: str
     check: str
-    status: str  # passed | failed | error | skipped | xfailed | xpassed
+    status: str  # passed | failed | error | blocked (removed by a root cause) | skipped | xfailed | xpassed
     duration: float
     message: str = ""
     counterexample: dict[str, Any] | None = None
@@ -41,6 +42,7 @@ class CheckResult:
     # further distinct failures of the same check (Hypothesis found several bugs): status, message,
     # counterexample and repro of each
     more: list[dict[str, Any]] = field(default_factory=list)
+    root_cause: int | None = None  # blocked: the number of the first probe's root cause that removed the check
 
     def key(self) -> str:
         """The check's name in the form a known-failures file accepts: ``target::property::check``."""
@@ -63,6 +65,7 @@ class Report:
     known: list[KnownFailure] = field(default_factory=list)
     results: list[CheckResult] = field(default_factory=list)
     started: float = field(default_factory=time.time)
+    partial: bool = False  # the run was interrupted: the results are those of the checks that finished
 
     def _results_of(self, target: str, prop: str) -> list[CheckResult]:
         # Sorted by check name: the same order whatever order the checks ran in (serial or pytest-xdist).
@@ -71,12 +74,15 @@ class Report:
     def properties_of(self, target: str) -> list[dict[str, Any]]:
         """Per-property aggregate for ``target``: failed if a check failed, else error if the target raised or
         hung in one (blocked when every such crash is a root cause of the run, met in several checks and reported
-        once), else passed if a check that called the target passed, else known-failure if a check is a known
-        failure, else skipped (not applicable, or no check called the target)."""
+        once), else blocked if a root cause of the first probe removed a check (it would run under the declaration),
+        else passed if a check that called the target passed, else known-failure if a check is a known failure,
+        else skipped (not applicable, or no check called the target). Root causes are numbered per target as
+        :meth:`root_causes` lists them: the first probe's, then the run's."""
         rows = []
         found = next((t for t in self.targets if t.name == target), None)
-        blocking = [f for f in (found.findings if found else []) if f.blocks_all]
-        crashes = {key: n for n, (key, _) in enumerate(self._crashes(target), 1)}
+        findings = found.findings if found else []
+        blocking = [f for f in findings if f.blocks_all]
+        crashes = {key: len(findings) + n for n, (key, _) in enumerate(self._crashes(target), 1)}
         for name in PROPERTIES:
             results = self._results_of(target, name)
             if (
@@ -84,7 +90,7 @@ class Report:
                 and not results
                 and (self.settings["properties"] == "all" or name in self.settings["properties"])
             ):
-                rows.append(_blocked_row(name, blocking[0]))
+                rows.append(_blocked_row(name, blocking[0], findings.index(blocking[0]) + 1))
                 continue
             if not results:
                 continue
@@ -93,15 +99,19 @@ class Report:
             passed = [r for r in results if r.status in ("passed", "xpassed")]
             judged = [r for r in passed if r.target_calls > 0]
             known = [r for r in results if r.status == "xfailed"]
+            removed = [r for r in results if r.status == BLOCKED]
             skipped = [r for r in results if r.status == "skipped"]
-            status = FAILED if failed else ERROR if errors else PASSED if judged else KNOWN if known else SKIPPED
+            status = FAILED if failed else ERROR if errors else BLOCKED if removed else PASSED if judged else SKIPPED
+            status = KNOWN if status == SKIPPED and known else status
             causes = sorted({crashes.get(crash_key(r.message)) or 0 for r in errors})
             if status == ERROR and 0 not in causes:  # every error is a crash reported once, as a root cause
                 status = BLOCKED
-            first = next(iter(failed + errors), None)
+            if status == BLOCKED and not errors:
+                causes = sorted({r.root_cause or 0 for r in removed})
+            first = next(iter(failed + errors + removed), None)
             if first is not None:
                 message = first.message
-                if status == BLOCKED:
+                if status == BLOCKED and errors:
                     which = ", ".join(map(str, causes))
                     message = f"blocked by root cause {which} of the run (the target raised): {first.message}"
             elif passed and not judged and not known:
@@ -113,6 +123,7 @@ class Report:
                     "name": name,
                     "status": status,
                     "message": message,
+                    "root_causes": causes if status == BLOCKED else [],
                     "counterexample": first.counterexample if first else None,
                     "repro": first.repro if first else "",
                     "duration": round(sum(r.duration for r in results), 3),
@@ -130,7 +141,7 @@ class Report:
                             "target_calls": r.target_calls,
                             "duration": round(r.duration, 3),
                             "more_failures": r.more,
-                            "root_cause": crashes.get(crash_key(r.message)) if r.status == ERROR else None,
+                            "root_cause": crashes.get(crash_key(r.message)) if r.status == ERROR else r.root_cause,
                         }
                         for r in results
                     ],
@@ -196,7 +207,16 @@ class Report:
 
     def failed(self) -> bool:
         """Whether the run found something: a root cause, a wrong answer, or a target that raised or hung."""
-        return any(t.findings for t in self.targets) or any(r.status in (FAILED, ERROR) for r in self.results)
+        return any(t.findings for t in self.targets) or any(r.status in (FAILED, ERROR, BLOCKED) for r in self.results)
+
+    def root_causes(self, target: Target) -> list[dict[str, Any]]:
+        """Every root cause of ``target``, numbered from 1: the first probe's findings, then the run's crashes."""
+        found = [f.to_dict() for f in target.findings] + self.run_root_causes(target.name)
+        return [{"number": n, **cause} for n, cause in enumerate(found, 1)]
+
+    def counts(self) -> Counter[str]:
+        """How many properties x targets cells have each status."""
+        return Counter(row["status"] for t in self.targets for row in self.properties_of(t.name))
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -206,7 +226,7 @@ class Report:
                     "description": t.description,
                     "device": t.device,
                     "capabilities": (t.declared or t.caps).to_dict(),
-                    "root_causes": [f.to_dict() for f in t.findings] + self.run_root_causes(t.name),
+                    "root_causes": self.root_causes(t),
                     "observations": self.observations_of(t.name),
                     "properties": self.properties_of(t.name),
                 }
@@ -219,15 +239,17 @@ class Report:
                 for k in self.unmatched_known_failures()
             ],
             "wall_time_s": round(time.time() - self.started, 2),
+            "partial": self.partial,
         }
 
 
-def _blocked_row(name: str, finding: Any) -> dict[str, Any]:
-    """A property that could not run: the first probe's plain call does not work."""
+def _blocked_row(name: str, finding: Any, number: int) -> dict[str, Any]:
+    """A property that could not run: the first probe's plain call (root cause ``number``) does not work."""
     return {
         "name": name,
         "status": BLOCKED,
         "message": f"blocked by the {finding.case}: {finding.message}",
+        "root_causes": [number],
         "counterexample": None,
         "repro": finding.repro,
         "duration": 0.0,

@@ -26,8 +26,8 @@ def test_inputs_unchanged(target: Target, data: st.DataObject) -> None:
     leaves = [x.detach().clone().requires_grad_(target.caps.grad) for x in (q, k, v)]
     before = [x.detach().clone() for x in leaves] + ([mask.clone()] if mask is not None else [])
     out = target(leaves[0], leaves[1], leaves[2], **p.call_kwargs(mask))
-    if target.caps.grad:
-        out.sum().backward()
+    if target.caps.grad:  # through target_grads: a backward that raises is the target raising, as everywhere
+        target_grads(target, out, tuple(leaves), torch.ones_like(out))
     after = [x.detach() for x in leaves] + ([mask] if mask is not None else [])
     for name, b, a in zip(("query", "key", "value", "attn_mask"), before, after, strict=False):
         assert_identical(a, b, f"{name} after the call vs before (the target wrote into its input)", p)

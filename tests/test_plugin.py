@@ -8,8 +8,11 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
+
+from tests.fixtures.flash_kernels import DECLARATION
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,3 +161,75 @@ def test_an_entry_that_matches_nothing_is_a_warning(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
     assert len(warnings) == 1 and "no-such-target" in warnings[0] and "matches no check" in result.stdout
+
+
+FLASH = "tests.fixtures.flash_kernels"
+PROPS = ("rows_sum_to_one", "no_future_leakage", "matches_oracle")
+FLAGS = DECLARATION.split()
+AGREE = [  # (targets of one run, its declaration flags): the correct kernel alone, then the broken ones together
+    ([f"{FLASH}:attention"], FLAGS),
+    ([f"{FLASH}:attention_{b}" for b in ("bug_causal", "bug_tail", "bug_rescale", "wrong_layout")], FLAGS),
+    (["tests.variants:online_softmax"], []),
+    ([f"tests.mutants:{m}" for m in ("no_scaling", "causal_shows_next_token", "softmax_wrong_axis")], []),
+]
+
+
+def _results(path: Path) -> dict[str, Any]:
+    """Per target: its root causes (case, message) and every property's (status, message)."""
+    data = json.loads(path.read_text())
+    return {
+        t["name"]: (
+            [(c["case"], c["message"]) for c in t["root_causes"]],
+            {p["name"]: (p["status"], p["message"]) for p in t["properties"]},
+        )
+        for t in data["targets"]
+    }
+
+
+@pytest.mark.parametrize(("targets", "flags"), AGREE, ids=["flash", "flash-bugs", "variant", "mutants"])
+def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], flags: list[str]) -> None:
+    """The same targets and declaration through `attncheck verify` and through pytest with the plugin: the same
+    exit status, the same root causes, every property's status and message the same, and no broken kernel green."""
+    common = ["--profile", "ci", "--max-examples", "5", *(a for p in PROPS for a in ("--property", p)), *flags]
+    cli = run(["-m", "attncheck", "verify", *targets, *common, "-q", "--json", str(tmp_path / "cli.json")], ROOT, True)
+    plugin_args = [f"--attncheck-{a.removeprefix('--')}" if a.startswith("--") else a for a in common]
+    plugin_args += [a for t in targets for a in ("--attncheck-target", t)]
+    (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
+    plugin_args += ["--attncheck-json", str(tmp_path / "plugin.json")]
+    pytest_args = ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_own.py"]
+    pytest_args += ["--pyargs", "attncheck.properties"]
+    pytest_run = run([*pytest_args, *plugin_args], tmp_path, True)
+    broken = any("bug" in t or "mutants" in t or "wrong" in t for t in targets)
+    assert cli.returncode == pytest_run.returncode == int(broken), (cli.stdout[-3000:], pytest_run.stdout[-3000:])
+    via_cli, via_plugin = _results(tmp_path / "cli.json"), _results(tmp_path / "plugin.json")
+    assert via_cli == via_plugin
+    for name, (causes, props) in via_cli.items():
+        red = causes or any(status in ("failed", "error", "blocked") for status, _ in props.values())
+        assert bool(red) == broken, (name, causes, props)  # a broken kernel is never a green column
+        for prop, (status, message) in props.items():  # a check a root cause removed is never skipped
+            assert not (status == "skipped" and causes and "not applicable" not in message), (name, prop, message)
+    assert "PASSED test_own.py::test_own" in pytest_run.stdout  # the user's own test ran, not deselected
+    cli_last = cli.stdout.rstrip().splitlines()[-2]  # the outcome line, then "report written to"
+    assert cli_last.startswith(f"attncheck: {'FAILED' if broken else 'passed'}: ") and cli_last.endswith(
+        f"exit status {int(broken)}"
+    ), cli_last
+
+
+def test_a_good_guest_in_the_users_session(tmp_path: Path) -> None:
+    """--attncheck-property selects among attncheck's checks and keeps the user's own tests; --attncheck-target
+    without attncheck's property tests collected is a one-line usage error; no .benchmarks folder is left behind."""
+    (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
+    base = ["-m", "pytest", "-q", "-rA", "-p", "no:cacheprovider", "test_own.py", "--attncheck-target", "reference"]
+    base += ["--attncheck-max-examples", "1"]
+    selected = run(
+        [*base, "--pyargs", "attncheck.properties", "--attncheck-property", "rows_sum_to_one"], tmp_path, True
+    )
+    assert selected.returncode == 0, selected.stdout[-3000:]
+    assert "PASSED test_own.py::test_own" in selected.stdout
+    ran = [line for line in selected.stdout.splitlines() if line.startswith("PASSED ")]
+    assert len(ran) == 3 and all("test_own" in line or "rows_sum_to_one" in line for line in ran), ran
+    alone = run(base, tmp_path, True)
+    assert alone.returncode == 4, alone.stdout + alone.stderr  # pytest's usage-error status
+    [line] = [line for line in (alone.stdout + alone.stderr).splitlines() if "attncheck" in line]
+    assert "no attncheck property test collected" in line and "--pyargs attncheck.properties" in line
+    assert not (tmp_path / ".benchmarks").exists()  # pytest-benchmark's empty storage folder, removed

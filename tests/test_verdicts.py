@@ -340,3 +340,23 @@ def test_crashes_are_one_cause_up_to_their_numbers_only() -> None:
     first = "TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 16, 8)"
     assert crash_key(first) == crash_key("TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 33, 4)")
     assert crash_key(first) != crash_key("TargetError: target 'k' raised RuntimeError: out of memory for (1, 2)")
+
+
+def test_a_backward_that_raises_or_is_missing_is_named_once_and_blocks_only_gradients(tmp_path: Path) -> None:
+    """A backward that raises and an output detached from its inputs: each one root cause of the first probe, named
+    for what it is (the target raising; no autograd graph, not "element 0 of tensors does not require grad"), the
+    gradient checks BLOCKED by it in every property that takes gradients, and the forward checks judged."""
+    props = ["--property", "matches_oracle", "--property", "purity_and_determinism", "--max-examples", "3"]
+    result, data, _ = verify(tmp_path, f"{FIX}:backward_raises", f"{FIX}:detached", *props)
+    assert result.returncode == 1, result.stdout
+    raising, detached = data["targets"]
+    for target, words in ((raising, "backward raised RuntimeError: backward kernel"), (detached, "detached from")):
+        [cause] = target["root_causes"]
+        assert cause["case"] == "backward" and words in cause["message"], cause
+        assert "does not require grad" not in cause["message"]
+        checks = {c["name"]: c for p in target["properties"] for c in p["checks"]}
+        assert checks["test_gradients_match_oracle"]["status"] == "blocked", checks["test_gradients_match_oracle"]
+        assert checks["test_gradients_match_oracle"]["root_cause"] == cause["number"] == 1
+        assert checks["test_forward_matches_oracle"]["status"] == "passed"
+        assert {p["name"]: p["status"] for p in target["properties"]}["matches_oracle"] == "blocked"
+    assert "BLOCKED (root cause 1)" in result.stdout
