@@ -37,6 +37,8 @@ PROPERTIES = (
     "varlen",
     "decode",
     "model",
+    "integrity",
+    "batch_invariance",
 )
 
 PROFILES = ("dev", "ci", "thorough")

@@ -17,12 +17,24 @@ Tolerance (docs/design.md, "Oracle and tolerance"): a target in dtype T may diff
 * k = 5 for gradients: FlashAttention uses 3x to 5x for gradients, PyTorch fudge factors of 4 (dQ) and 2
   (dK, dV) on top of its max-difference rule; backward passes chain two more matmuls.
 * floor(T) is an absolute floor per dtype, scaled by the largest |V| (outputs are convex combinations of the
-  values, so their scale is |V|) and by the largest |scaled logit| s (a correct kernel that sums the dot
-  products in another order perturbs each logit by about eps(T) * |s|, and softmax passes a logit error
-  through to the weights one to one): 4 units in the last place of T at 1.0 (64 in float64, see ULPS).
+  values, so their scale is |V|): ULPS units in the last place of T, 4 (64 in float64, see ULPS). A correct
+  kernel that sums the dot products in another order perturbs each logit by about eps(A) * |s|, A the dtype it
+  accumulates the logits in, and softmax passes a logit error through to the weights one to one, so the floor is
+  ULPS * |V| * max(eps(T), eps(A) * max|s|). A is T itself for float32 and float64; for float16 and bfloat16 it
+  is float32 (ACCUMULATE): every fused kernel (FlashAttention, torch SDPA's CPU flash kernel, cuDNN) computes
+  Q K^T in float32 and keeps the logits there until the softmax. Scaling the half-precision floor by eps(T) * |s|
+  instead (up to issue 19) made it swamp the output's own scale: in bfloat16 (L = 17, E = 16, inputs of
+  magnitude 3) the budget was 7.30, and returning the mean of V (error 3.18) passed.
   PyTorch's default atol is 1e-5 for float32 and 1e-3 for half types plus an rtol of 1e-3 (fp16) / 1.6e-2
   (bf16); the floor matters only where the naive error is near 0 (always in float64, where the naive
   implementation *is* the oracle), and k times the naive error dominates elsewhere.
+* In a half type T the naive implementation is what a good kernel achieves: the reference from the T inputs
+  with float32 logits and softmax, rounded to T (FlashAttention's ``attention_ref(upcast=True)``; every fused
+  kernel keeps the logits in float32). Calibrating on the reference computed entirely in T (logits rounded to T)
+  let the budget grow with the logits' rounding: in bfloat16 with inputs of magnitude 10 it passed an output at
+  half the scale. A kernel that rounds its logits to T passes where that rounding is small next to the output's
+  (inputs of magnitude about 1) and fails where it is not; the failure names that precision
+  (:func:`logit_precision_note`).
 """
 
 from __future__ import annotations
@@ -43,6 +55,13 @@ K_GRAD = 5.0
 ULPS = {torch.float64: 64, torch.float32: 4, torch.bfloat16: 4, torch.float16: 4}
 FLOOR = {dt: ulps * torch.finfo(dt).eps for dt, ulps in ULPS.items()}
 # float64 1.4e-14, float32 4.8e-7, bfloat16 3.1e-2, float16 3.9e-3
+# The dtype a kernel computes its logits in, for inputs of a dtype: half types accumulate in float32.
+ACCUMULATE = {
+    torch.float64: torch.float64,
+    torch.float32: torch.float32,
+    torch.bfloat16: torch.float32,
+    torch.float16: torch.float32,
+}
 
 
 @overload
@@ -157,7 +176,9 @@ def budget(
     the budget: they are left out of the naive error, and the property ``numerical_range`` checks finiteness.
     """
     naive_error = _max_abs_finite(naive.double(), reference)
-    floor = FLOOR[dtype] * max(1.0, value_scale) * max(1.0, logit_scale)
+    eps = torch.finfo(dtype).eps
+    logit_eps = torch.finfo(ACCUMULATE[dtype]).eps * logit_scale  # a logit's rounding: eps(A) * max|s|
+    floor = ULPS[dtype] * max(1.0, value_scale) * max(eps, logit_eps)
     return Budget(k * naive_error + floor, naive_error, k, floor, dtype)
 
 
@@ -178,10 +199,14 @@ def output_budget(
     compute: torch.dtype | None = None,
     **kwargs: object,
 ) -> Budget:
-    """Budget for the forward output: naive = the reference computed in the target's precision (the inputs' dtype,
-    or a coarser declared or observed compute dtype), rounded to the inputs' dtype."""
+    """Budget for the forward output: naive = the reference computed in the target's precision (a coarser declared
+    or observed compute dtype; for inputs computed at their own precision, the dtype they accumulate in: float32
+    logits and softmax for half inputs, as a fused kernel and FlashAttention's ``attention_ref(upcast=True)``),
+    rounded to the inputs' dtype."""
     work = precision(query.dtype, compute)
-    naive = oracle(query, key, value, alignment=alignment, dtype=work, **kwargs)  # type: ignore[call-overload]
+    # computed at the input's own precision: a half type is calibrated on a fused kernel (logits in float32)
+    calibration = ACCUMULATE[work] if work == query.dtype else work
+    naive = oracle(query, key, value, alignment=alignment, dtype=calibration, **kwargs)  # type: ignore[call-overload]
     naive = naive.to(query.dtype)
     value_scale = float(value.double().abs().max()) if value.numel() else 1.0
     return budget(naive, reference, value_scale, work, logit_scale=logit_scale(query, key, kwargs))
@@ -256,3 +281,33 @@ def expect_lse(
     _, reference = oracle(query, key, value, attn_mask, alignment=alignment, return_lse=True, **kwargs)  # type: ignore[call-overload]
     tol = lse_budget(query, key, value, reference, lse_dtype, alignment, compute, attn_mask=attn_mask, **kwargs)
     return reference, tol
+
+
+def precision_note(
+    query: Tensor, key: Tensor, value: Tensor, error: float, alignment: str = "top-left", **kwargs: object
+) -> str:
+    """For an output outside its budget, the precision its error is consistent with (precision honesty): the
+    reference computed entirely in a dtype C (logits and softmax rounded to C, k times its error plus the floor)
+    for C the input dtype when that is a half type (logits rounded before the softmax), else float32, float16 and
+    bfloat16 where coarser than the input, finest first; the error in units of C's rounding at |V|. Empty when
+    no such precision explains the error (a wrong answer, not a coarse one)."""
+    dtype = query.dtype
+    reference = oracle(query, key, value, alignment=alignment, **kwargs)  # type: ignore[call-overload]
+    value_scale = float(value.double().abs().max()) if value.numel() else 1.0
+    half = ACCUMULATE[dtype] != dtype
+    coarser = (torch.float32, torch.float16, torch.bfloat16)
+    for compute in (dtype,) if half else tuple(c for c in coarser if torch.finfo(c).eps > torch.finfo(dtype).eps):
+        naive = oracle(query, key, value, alignment=alignment, dtype=compute, **kwargs)  # type: ignore[call-overload]
+        rounded = budget(naive.to(dtype), reference, value_scale, compute, logit_scale=logit_scale(query, key, kwargs))
+        if error <= rounded.value:
+            ulp = torch.finfo(compute).eps * max(1.0, value_scale)
+            name = str(compute).removeprefix("torch.")
+            seen = f"{error / ulp:.1f} ulp of {name} at |V| (the reference computed in {name}: "
+            seen += f"{rounded.naive_error / ulp:.1f})"
+            if half:
+                return (
+                    f"; the error, {seen}, is what logits rounded to {name} before the softmax give: less precise "
+                    "than a kernel keeping float32 logits"
+                )
+            return f"; the error, {seen}, is what computing in {name} gives (declare --cap compute_dtype={name})"
+    return ""

@@ -1,0 +1,92 @@
+"""Meta-tests of integrity and of the tolerance: every cheat is caught by the check meant for it, the honest
+counterparts pass, and the matches_oracle budget rejects degenerate outputs in every dtype (issue 19).
+
+Settings as tests/test_meta.py: derandomized, 20 examples per check, no shrinking for a catch.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+from attncheck.properties.catalog import checks
+from attncheck.properties.oracle import expect
+from attncheck.properties.problems import DTYPES, Problem
+from tests.cheats import CHEATS, HONEST
+from tests.test_meta import CATCH_SETTINGS, run_property
+
+
+def _check_fn(name: str):  # type: ignore[no-untyped-def]
+    (fn,) = (c for found in checks().values() for c in found if c.__name__ == name)
+    return fn
+
+
+def test_there_are_enough_cheats() -> None:
+    assert len(CHEATS) >= 15 and len(HONEST) >= 4
+
+
+@pytest.mark.parametrize("name", sorted(CHEATS))
+def test_cheat_is_caught_by_its_check(name: str) -> None:
+    c = CHEATS[name]
+    fn = _check_fn(c.check)
+    failures, passes, skips = run_property(c.target(), fn.attncheck_property, CATCH_SETTINGS)
+    caught = [f for f in failures if f.startswith(c.check + ":")]
+    assert caught, f"cheat {name!r} was not caught by {c.check} (failures {failures}; passed {passes}; {skips})"
+
+
+@pytest.mark.parametrize("prop", ["integrity", "batch_invariance", "matches_oracle"])
+@pytest.mark.parametrize("name", sorted(HONEST))
+def test_honest_kernel_passes(name: str, prop: str) -> None:
+    failures, _, _ = run_property(HONEST[name].target(), prop)
+    assert not failures, f"false alarm on the honest kernel {name!r}: {failures}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Garbage rejection: the matches_oracle budget rejects degenerate outputs on every input distribution drawn
+
+
+def _garbage(p: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None):  # type: ignore[no-untyped-def]
+    """Degenerate outputs (B, Hq, L, Ev) a cheating kernel might return, in the inputs' dtype."""
+    sdpa = torch.nn.functional.scaled_dot_product_attention
+    right = sdpa(q, k, v, attn_mask=mask, scale=p.scale)  # (B, Hq, L, Ev)
+    s = p.scale if p.scale is not None else p.E**-0.5
+    yield "mean of V", v.double().mean(-2, keepdim=True).expand_as(right).to(q.dtype)
+    yield "a constant", torch.full_like(right, 0.5)
+    yield "V itself", v[..., : p.L, :].expand_as(right).clone()
+    yield "rows permuted", right.roll(1, dims=-2)
+    yield "half the scale", sdpa(q, k, v, attn_mask=mask, scale=s / 2)
+    yield "twice the scale", sdpa(q, k, v, attn_mask=mask, scale=s * 2)
+
+
+MAGNITUDES = (1.0, 10.0)  # problems() also draws 1e-3, where attention is uniform: there mean(V) *is* the answer
+
+
+@pytest.mark.parametrize("dtype", sorted(DTYPES))
+def test_budget_rejects_garbage_in_every_dtype(dtype: str) -> None:
+    for magnitude, mask, seed in itertools.product(MAGNITUDES, ("none", "bool", "float"), range(3)):
+        p = Problem(B=2, Hq=2, Hkv=2, L=17, S=17, E=16, Ev=16, dtype=dtype, mask=mask, magnitude=magnitude, seed=seed)
+        q, k, v, m = p.tensors()
+        ref, tol = expect(q, k, v, m, "top-left", scale=p.scale)
+        for what, out in _garbage(p, q, k, v, m):
+            err = float((out.double() - ref).abs().max())
+            assert err > tol.value, f"{what} passes the {dtype} budget {tol.explain()} (error {err:.3g}) on {p}"
+
+
+@pytest.mark.parametrize(
+    ("p", "garbage", "before"),
+    [
+        (Problem(L=17, S=17, E=16, Ev=16, dtype="bfloat16", magnitude=3.0), "mean of V", 7.30),
+        (Problem(L=64, S=64, E=64, Ev=64, dtype="float16"), "half the scale", 1.66),
+    ],
+)
+def test_issue_19_cases_are_red_and_sdpa_green(p: Problem, garbage: str, before: float) -> None:
+    """The issue's two cases fail the budget (before: budgets of 7.30 and 1.66 let them pass); torch SDPA passes."""
+    q, k, v, m = p.tensors()
+    ref, tol = expect(q, k, v, m, "top-left")
+    err = dict(_garbage(p, q, k, v, m))[garbage]
+    assert float((err.double() - ref).abs().max()) > tol.value
+    assert tol.value < before / 10
+    sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+    assert float((sdpa.double() - ref).abs().max()) <= tol.value
