@@ -214,12 +214,15 @@ def output_budget(
 
 def logit_scale(query: Tensor, key: Tensor, kwargs: dict[str, object]) -> float:
     """The logits' magnitude for the floor: ``max_logit`` plus the largest finite |float mask| and |sink| (the
-    bias moves the logits, and a sink is one more logit in the row)."""
+    bias moves the logits, and a sink is one more logit in the row). The floor multiplies it by eps of the dtype
+    the logits accumulate in (ACCUMULATE); a float mask or sink arrives in the input dtype T and a kernel may add
+    it there (torch SDPA's CPU kernel in float16 does), so its part is weighted by eps(T) / eps(accumulate)."""
     logits = max_logit(query, key, kwargs.get("scale"))
+    in_t = torch.finfo(query.dtype).eps / torch.finfo(ACCUMULATE.get(query.dtype, query.dtype)).eps
     for extra in (kwargs.get("attn_mask"), kwargs.get("sinks")):
         if isinstance(extra, Tensor) and extra.dtype != torch.bool and extra.numel():
             finite = extra[torch.isfinite(extra)]
-            logits += float(finite.double().abs().max()) if finite.numel() else 0.0
+            logits += in_t * float(finite.double().abs().max()) if finite.numel() else 0.0
     return logits
 
 
