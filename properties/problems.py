@@ -256,7 +256,7 @@ def problems(
         is_causal = True
     elif caps.causal is not None and causal is not False and "none" in mask_kinds:
         is_causal = True if causal else draw(st.booleans())
-    # a mask together with is_causal: both apply, ANDed (torch SDPA 2.13 on the CPU), unless the target refuses it
+    # a mask together with is_causal (both apply, ANDed) where the target declares the pair (mask_with_causal)
     pair = caps.causal == "always" or caps.mask_with_causal
     mask: MaskKind = "none" if is_causal and not pair else draw(st.sampled_from(mask_kinds))
     mask_shape: MaskShape = draw(st.sampled_from(shapes)) if mask != "none" else "BHLS"  # type: ignore[assignment]

@@ -89,8 +89,9 @@ class Capabilities:
     mask_shapes: tuple[str, ...] = MASK_SHAPES
     # alignment of is_causal when L != S; "always" = causal without a flag (top-left); None = no is_causal
     causal: Causal | None = "top-left"
-    # attn_mask together with is_causal, the two ANDed (torch SDPA 2.13 on the CPU); False: the target refuses the pair
-    mask_with_causal: bool = True
+    # attn_mask together with is_causal, the two ANDed, is accepted (the reference; torch SDPA 2.13 on the CPU
+    # accepts it only without grad, and raises otherwise, so it is not the contract's default)
+    mask_with_causal: bool = False
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
     gqa: bool = True  # enable_gqa: Hq a multiple of Hkv
     # which kv head query head h reads: grouped h // (Hq / Hkv) (SDPA, repeat_interleave) or interleaved h % Hkv

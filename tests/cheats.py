@@ -241,7 +241,7 @@ def mask_dropped_when_first_row_full(c: Call) -> Tensor:
     return _honest(c)
 
 
-@cheat("test_forward_matches_oracle")
+@cheat("test_forward_matches_oracle", mask_with_causal=True)
 def mask_dropped_under_causal(c: Call) -> Tensor:
     """With is_causal, ignore attn_mask (as one inference runtime documents): right whenever no mask is passed."""
     if c.is_causal:
