@@ -12,8 +12,9 @@ import pytest
 import torch
 
 from attncheck.properties.catalog import checks
-from attncheck.properties.oracle import expect
+from attncheck.properties.oracle import expect, oracle
 from attncheck.properties.problems import DTYPES, Problem
+from attncheck.properties.targets import Capabilities, Target
 from tests.cheats import CHEATS, HONEST
 from tests.test_meta import CATCH_SETTINGS, run_property
 
@@ -90,3 +91,33 @@ def test_issue_19_cases_are_red_and_sdpa_green(p: Problem, garbage: str, before:
     assert tol.value < before / 10
     sdpa = torch.nn.functional.scaled_dot_product_attention(q, k, v)
     assert float((sdpa.double() - ref).abs().max()) <= tol.value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Budgets follow the precision of every tensor a check uses
+
+
+def float32_lse(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+    *,
+    sinks: torch.Tensor | None = None,
+    return_lse: bool = False,
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    """A correct kernel whose lse is float32 whatever its inputs (FlashAttention's convention)."""
+    out, lse = oracle(query, key, value, attn_mask, is_causal, scale, enable_gqa, sinks=sinks, return_lse=True)
+    out = out.to(query.dtype)  # (B, Hq, L, Ev)
+    return (out, lse.float()) if return_lse else out  # lse (B, Hq, L) in float32
+
+
+@pytest.mark.parametrize("prop", ["sinks", "lse"])
+def test_float32_lse_for_float64_inputs_is_green(prop: str) -> None:
+    caps = Capabilities(dtypes=("float64",), features=frozenset({"sinks", "lse"}), masked_rows="zeros")
+    failures, passes, _ = run_property(Target("float32_lse", float32_lse, caps), prop)
+    assert passes and not failures, failures
