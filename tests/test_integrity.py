@@ -121,3 +121,42 @@ def test_float32_lse_for_float64_inputs_is_green(prop: str) -> None:
     caps = Capabilities(dtypes=("float64",), features=frozenset({"sinks", "lse"}), masked_rows="zeros")
     failures, passes, _ = run_property(Target("float32_lse", float32_lse, caps), prop)
     assert passes and not failures, failures
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Rows emptied by a bottom-right causal alignment (L > S) are fully masked rows, judged by their convention
+
+
+def bottom_right(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attn_mask: torch.Tensor | None = None,
+    dropout_p: float = 0.0,
+    is_causal: bool = False,
+    scale: float | None = None,
+    enable_gqa: bool = False,
+) -> torch.Tensor:
+    """A correct bottom-right causal kernel (FlashAttention's alignment); rows with no key give zeros."""
+    out = oracle(query, key, value, attn_mask, is_causal, scale, enable_gqa, alignment="bottom-right")
+    return out.to(query.dtype)
+
+
+def bottom_right_nan_rows(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, **kwargs: object
+) -> torch.Tensor:
+    """Declares zeros for rows with no key, returns NaN there (a softmax of an empty row, 0 / 0)."""
+    out = bottom_right(query, key, value, **kwargs)  # type: ignore[arg-type]
+    L, S = query.size(-2), key.size(-2)
+    if kwargs.get("is_causal") and L > S:
+        out[..., : L - S, :] = float("nan")  # (B, Hq, L - S, Ev): the rows the triangle empties
+    return out
+
+
+@pytest.mark.parametrize(("fn", "caught"), [(bottom_right, False), (bottom_right_nan_rows, True)])
+def test_rows_emptied_by_bottom_right_causal_are_judged(fn, caught: bool) -> None:  # type: ignore[no-untyped-def]
+    caps = Capabilities(causal="bottom-right", masked_rows="zeros", grad=False, dtypes=("float64", "float32"))
+    (check,) = (c for c in checks()["fully_masked_rows"] if c.__name__ == "test_rows_emptied_by_the_causal_alignment")
+    failures, passes, _ = run_property(Target(fn.__name__, fn, caps), "fully_masked_rows", CATCH_SETTINGS)
+    emptied = [f for f in failures if f.startswith(check.__name__)]
+    assert bool(emptied) == caught and (caught or check.__name__ in passes), (failures, passes)
