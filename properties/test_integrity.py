@@ -133,12 +133,12 @@ def test_refilled_buffers_give_the_new_answer(target: Target, data: st.DataObjec
         b = (a[0], a[1], v_b, a[3])
     else:
         b = p.replace(seed=p.seed + 1).tensors(target.device)
-    buffers = tuple(None if x is None else x.clone() for x in a)  # the caller's fixed buffers
+    q, k, v = (x.clone() for x in a[:3])  # the caller's fixed buffers
+    mask = None if a[3] is None else a[3].clone()
     for label, data_in in (("A", a), ("B", b), ("A again", a)):
-        for buf, x in zip(buffers, data_in, strict=True):
-            if buf is not None:
+        for buf, x in zip((q, k, v, mask), data_in, strict=True):
+            if buf is not None and x is not None:
                 buf.copy_(x)  # in place: same pointer, same shape, new content
-        q, k, v, mask = buffers
         out = target(q, k, v, **p.call_kwargs(mask))
         ref, tol, live = _reference(target, p, *data_in)
         assert_close(

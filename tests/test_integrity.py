@@ -13,7 +13,7 @@ import torch
 
 from attncheck.properties.catalog import checks
 from attncheck.properties.oracle import expect, logit_rounding_budget, oracle
-from attncheck.properties.problems import DTYPES, Problem
+from attncheck.properties.problems import DTYPES, MaskKind, Problem
 from attncheck.properties.targets import Capabilities, Target
 from tests.cheats import CHEATS, HONEST
 from tests.test_meta import CATCH_SETTINGS, run_property
@@ -66,7 +66,8 @@ MAGNITUDES = (1.0, 10.0)  # problems() also draws 1e-3, where attention is unifo
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_budget_rejects_garbage_in_every_dtype(dtype: str) -> None:
-    for magnitude, mask, seed in itertools.product(MAGNITUDES, ("none", "bool", "float"), range(3)):
+    kinds: tuple[MaskKind, ...] = ("none", "bool", "float")
+    for magnitude, mask, seed in itertools.product(MAGNITUDES, kinds, range(3)):
         p = Problem(B=2, Hq=2, Hkv=2, L=17, S=17, E=16, Ev=16, dtype=dtype, mask=mask, magnitude=magnitude, seed=seed)
         q, k, v, m = p.tensors()
         ref, tol = expect(q, k, v, m, "top-left", scale=p.scale)
