@@ -39,6 +39,8 @@ PROPERTIES = (
     "varlen",
     "decode",
     "model",
+    "integrity",
+    "batch_invariance",
 )
 
 PROFILES = PROFILE_NAMES

@@ -49,6 +49,9 @@ class Problem:
     mask: MaskKind = "none"
     mask_shape: MaskShape = "BHLS"
     masked_rows: int = 0  # number of query rows with no admissible key (needs a mask)
+    # the mask's first slice (batch 0, else head 0, else row 0) is all admissible while the others are not: a fast
+    # path that judges the whole mask on its first row, head or batch drops it (issue 19)
+    first_full: bool = False
     is_causal: bool = False
     scale: float | None = None
     layout: LayoutKind = "contiguous"
@@ -75,8 +78,10 @@ class Problem:
             "dtype": self.dtype,
         }
         if self.mask != "none":
-            d["attn_mask"] = f"{self.mask} {self.mask_shape}" + (
-                f", {self.masked_rows} fully masked row(s)" if self.masked_rows else ""
+            d["attn_mask"] = (
+                f"{self.mask} {self.mask_shape}"
+                + (f", {self.masked_rows} fully masked row(s)" if self.masked_rows else "")
+                + (", first batch/head/row all admissible" if self.first_full else "")
             )
         if self.is_causal:
             d["is_causal"] = True
@@ -164,7 +169,15 @@ class Problem:
         admissible = torch.rand(shape, generator=g) < 0.7  # (*shape)
         # Every row keeps at least one admissible key (a random one), except the rows asked to be fully masked.
         keep = torch.randint(0, self.S, shape[:-1], generator=g)  # (*shape[:-1])
+        if self.is_causal:  # the kept key must survive the causal triangle too, under either alignment
+            rows = torch.arange(shape[-2]) if shape[-2] == self.L else torch.zeros(1, dtype=torch.long)  # (L|1,)
+            # top-left: row i sees keys j <= i; bottom-right: j <= i - (L - S) (all rows live when L <= S)
+            keep = torch.minimum(keep, (rows - max(0, self.L - self.S)).clamp(min=0))  # (*shape[:-1])
         admissible.scatter_(-1, keep.unsqueeze(-1), True)  # (*shape)
+        if self.first_full:
+            lead = next((d for d, n in enumerate(shape[:-1]) if n > 1), None)  # batch, else head, else row
+            if lead is not None:
+                admissible.select(lead, 0).fill_(True)  # (*shape): that slice all admissible, the others not
         if self.masked_rows and shape[-2] != 1:
             admissible[..., : self.masked_rows, :] = False  # the first rows see no key
         elif self.masked_rows:
@@ -251,12 +264,16 @@ def problems(
         is_causal = True
     elif caps.causal is not None and causal is not False and "none" in mask_kinds:
         is_causal = True if causal else draw(st.booleans())
-    # SDPA refuses a mask with is_causal
-    mask: MaskKind = "none" if is_causal and caps.causal != "always" else draw(st.sampled_from(mask_kinds))
+    # a mask together with is_causal (both apply, ANDed) where the target declares the pair (mask_with_causal)
+    pair = caps.causal == "always" or caps.mask_with_causal
+    mask: MaskKind = "none" if is_causal and not pair else draw(st.sampled_from(mask_kinds))
     mask_shape: MaskShape = draw(st.sampled_from(shapes)) if mask != "none" else "BHLS"  # type: ignore[assignment]
+    first_full = mask != "none" and draw(st.booleans())
     rows = 0
     if masked_rows and mask != "none":
         rows = draw(st.integers(0, min(L, 3)))
+    if is_causal and caps.alignment == "bottom-right" and not masked_rows:
+        L = min(L, S)  # L > S empties the first L - S rows under a bottom-right triangle: no keyless rows here
     scale = None
     if caps.scale and custom_scale and draw(st.booleans()):
         scale = draw(st.sampled_from((0.5, 0.125, 1.0, 2.0, 0.01)))
@@ -265,7 +282,9 @@ def problems(
     )
     magnitude = draw(magnitudes)
     seed = draw(seeds)
-    drawn = Problem(B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, is_causal, scale, layout, magnitude, seed)
+    drawn = Problem(
+        B, Hq, Hkv, L, S, E, Ev, dtype, mask, mask_shape, rows, first_full, is_causal, scale, layout, magnitude, seed
+    )
     return fit_sizes(drawn, caps)
 
 

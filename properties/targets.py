@@ -22,6 +22,7 @@ instead of stopping the run. Properties that need an undeclared feature are skip
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import difflib
 import importlib
@@ -90,6 +91,9 @@ class Capabilities:
     mask_shapes: tuple[str, ...] = MASK_SHAPES
     # alignment of is_causal when L != S; "always" = causal without a flag (top-left); None = no is_causal
     causal: Causal | None = "top-left"
+    # attn_mask together with is_causal, the two ANDed, is accepted (the reference; torch SDPA 2.13 on the CPU
+    # accepts it only without grad, and raises otherwise, so it is not the contract's default)
+    mask_with_causal: bool = False
     lengths: Lengths = "any"  # query/key lengths accepted: any, equal (self-attention only), q<=k (L <= S)
     # sizes a kernel documents as preconditions: L and S a multiple of length_multiple (a block), at least
     # min_length and at most max_length (None = any); E and Ev a multiple of head_dim_multiple. The problems drawn
@@ -136,6 +140,9 @@ class Capabilities:
     lse_empty: Literal["-inf", "+inf", "any"] = "-inf"
     arg_names: Mapping[str, str] = field(default_factory=dict)  # contract name -> the target's keyword
     known_failures: Mapping[str, str] = field(default_factory=dict)  # check name -> reason (accepted, xfail)
+    # a row's output is bitwise the same alone, inside a batch of any size and beside sequences of other lengths
+    # (vllm's batch invariance, thinking-machines' batch_invariant_ops); undeclared, it is observed and reported
+    batch_invariant: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "masks", frozenset(self.masks))
@@ -437,10 +444,12 @@ class Target:
             raise TargetError(self._hung, "hung")
         result: dict[str, Any] = {}
         grad_enabled = torch.is_grad_enabled()  # grad mode is thread-local: carry the caller's over
+        inference = torch.is_inference_mode_enabled()  # so is inference mode (integrity calls under it)
 
         def work() -> None:
             try:
-                with torch.set_grad_enabled(grad_enabled):
+                mode = torch.inference_mode() if inference else contextlib.nullcontext()
+                with mode, torch.set_grad_enabled(grad_enabled):
                     result["out"] = self.fn(query, key, value, **kwargs)
             except BaseException as exc:
                 result["exc"] = exc
@@ -605,9 +614,17 @@ def parse_capability(text: str) -> dict[str, Any]:
     value: Any = raw
     if key == "gqa" and raw == "native":
         value = raw
-    elif key in ("gqa", "scale", "unscaled", "grad", "value_dim", "window_counts_self", "paged") or (
-        key == "dropout" and raw in YES_NO
-    ):
+    elif key in (
+        "gqa",
+        "scale",
+        "unscaled",
+        "grad",
+        "value_dim",
+        "window_counts_self",
+        "paged",
+        "batch_invariant",
+        "mask_with_causal",
+    ) or (key == "dropout" and raw in YES_NO):
         if raw.lower() not in YES_NO:
             native = ", native" if key == "gqa" else ""
             raise TargetSpecError(f"bad capability {text!r}: {key} takes yes or no{native}")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require, target_grads
 from attncheck.properties.oracle import expect
-from attncheck.properties.problems import problems
+from attncheck.properties.problems import Problem, problems
 from attncheck.properties.targets import Target
 
 
@@ -26,19 +26,37 @@ def test_fully_masked_rows(target: Target, data: st.DataObject) -> None:
     """Convention observed (and kept if declared); other rows match the oracle; their gradients are finite."""
     caps = target.caps
     require(bool(caps.masks), "target declares no mask support")
+    always = None if caps.causal == "always" else False  # an always-causal target's rows: mask and triangle
     p = data.draw(
-        problems(caps, masks=("bool", "float"), masked_rows=True, causal=False, max_len=33).filter(
+        problems(caps, masks=("bool", "float"), masked_rows=True, causal=always, max_len=33).filter(
             lambda p: p.masked_rows > 0
         ),
         label="problem",
     )
+    _judge_rows(target, p)
+
+
+@prop("fully_masked_rows")
+@given(data=st.data())
+def test_rows_emptied_by_the_causal_alignment(target: Target, data: st.DataObject) -> None:
+    """Bottom-right causal with L > S leaves the first L - S queries no key (FlashAttention's convention): they
+    are judged as fully masked rows, whatever the mask; the other rows match the oracle, gradients finite."""
+    require(target.caps.causal == "bottom-right", "only a bottom-right causal alignment empties rows (L > S)")
+    drawn = problems(target.caps, causal=True, masked_rows=True, max_len=33).filter(lambda p: p.L > p.S)
+    _judge_rows(target, data.draw(drawn, label="problem"))
+
+
+def _judge_rows(target: Target, p: Problem) -> None:
+    """Observe (and judge where declared) the rows with no admissible key of ``p``; the other rows against the
+    oracle, and the gradients with a zero output gradient on the empty rows finite."""
+    caps = target.caps
     q, k, v, mask = p.tensors(target.device)
-    assert mask is not None
     lq, lk, lv = leaves = tuple(x.detach().clone().requires_grad_(caps.grad) for x in (q, k, v))
     out = target(lq, lk, lv, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
-    live = live_rows(p, mask, "top-left").to(out.device)  # (B, Hq, L, 1)
+    align = caps.alignment
+    live = live_rows(p, mask, align).to(out.device)  # (B, Hq, L, 1)
     judge_empty_rows(target, out, v, live, p)
-    ref, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
+    ref, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
     assert_close(out, ref, tol, "rows with admissible keys, beside fully masked rows, vs the oracle", p, where=live)
     if caps.grad and bool(live.any()):
         g = torch.Generator().manual_seed(p.seed + 11)

@@ -131,9 +131,12 @@ def test_two_halves_of_the_keys_merge_into_the_whole(target: Target, data: st.Da
     rows = lse_rows(p, mask, align).to(lse.device)  # (B, Hq, L)
     _, tol = expected(target, p, q, k, v, mask)
     _, lse_tol = expected_lse(target, p, q, k, v, mask, lse.dtype)
-    # three calls, each with its own rounding: twice the budget of one
-    what = f"output merged from keys [:{m}] and [{m}:] vs all keys (2 x budget {tol.explain()})"
-    assert_close(merged, out, 2 * tol.value, what, p, where=rows[..., None])
+    # three calls, each with its own rounding: twice the budget of one; the weights carry the lse's own rounding
+    # (float32 for float64 inputs, as FlashAttention's): d sigmoid <= 1/4, so errors e_A + e_B <= 2 x lse budget
+    # move weight_a by at most lse budget / 2, and the merge by that times |out_A - out_B| <= 2 max|V|
+    lse_part = lse_tol.value * float(v.double().abs().max())
+    what = f"output merged from keys [:{m}] and [{m}:] vs all keys (2 x budget {tol.explain()} + {lse_part:.3g} lse)"
+    assert_close(merged, out, 2 * tol.value + lse_part, what, p, where=rows[..., None])
     what = f"logaddexp of the lse of keys [:{m}] and [{m}:] vs the lse of all keys (2 x budget {lse_tol.explain()})"
     assert_close(merged_lse, lse, 2 * lse_tol.value, what, p, where=rows)
 

@@ -8,8 +8,19 @@ from hypothesis import strategies as st
 from hypothesis import target as hypothesis_target
 
 from attncheck.properties.catalog import prop
-from attncheck.properties.checks import assert_close, judge_empty_rows, live_rows, require, target_grads
-from attncheck.properties.oracle import K_GRAD, budget, expect, max_logit, oracle
+from attncheck.properties.checks import assert_close, judge_empty_rows, live_rows, observe, require, target_grads
+from attncheck.properties.oracle import (
+    ACCUMULATE,
+    K_GRAD,
+    LOGIT_ROUNDING_LIMIT,
+    budget,
+    expect,
+    logit_rounding_budget,
+    max_logit,
+    oracle,
+    precision_note,
+    precision_ratio,
+)
 from attncheck.properties.problems import problems
 from attncheck.properties.targets import Target
 
@@ -27,8 +38,26 @@ def test_forward_matches_oracle(target: Target, data: st.DataObject) -> None:
     ref, tol = expect(
         q, k, v, mask, align, target.precision(q.dtype, judged=True), is_causal=p.is_causal, scale=p.scale
     )
-    err = assert_close(out, ref, tol, _what("output", target, q.dtype), p, where=live)
+    what = _what("output", target, q.dtype)
+    worst = float(torch.where(live.cpu(), (out.detach().cpu().double() - ref.cpu()).abs(), 0.0).nan_to_num(0.0).max())
+    half = ACCUMULATE[q.dtype] != q.dtype and tol.dtype == q.dtype  # half inputs computed at their own precision
+    fused = tol.naive_error  # what a float32-logit kernel achieves on these inputs
+    if worst > tol.value and half:  # logits rounded to the input dtype: less precise, not wrong (reported)
+        rounding = logit_rounding_budget(q, k, v, align, attn_mask=mask, is_causal=p.is_causal, scale=p.scale)
+        if worst <= rounding.value:
+            tol = rounding
+        else:
+            name = str(q.dtype).removeprefix("torch.")
+            what += (
+                f" (logits rounded to {name} before the softmax would give {rounding.naive_error:.3g} here; "
+                f"allowed only up to {LOGIT_ROUNDING_LIMIT:.3g} x max|V| in all)"
+            )
+    elif worst > tol.value:  # name the precision the error is consistent with (precision honesty)
+        what += precision_note(q, k, v, worst, align, attn_mask=mask, is_causal=p.is_causal, scale=p.scale)
+    err = assert_close(out, ref, tol, what, p, where=live)
     hypothesis_target(err / tol.value, label="error / budget")
+    if half:  # how close to a fused kernel, in few distinct values
+        observe(target, "precision vs a float32-logit kernel", precision_ratio(q.dtype, err, fused))
 
 
 @prop("matches_oracle")

@@ -16,7 +16,7 @@ from attncheck.reference.attention import merge_masks
 def reference_target() -> Target:
     from attncheck.reference.attention import scaled_dot_product_attention
 
-    caps = Capabilities(dropout="inverted", masked_rows="zeros", features=frozenset(FEATURES))
+    caps = Capabilities(dropout="inverted", masked_rows="zeros", features=frozenset(FEATURES), mask_with_causal=True)
     return Target(
         "reference", scaled_dot_product_attention, caps, "attncheck.reference.attention.scaled_dot_product_attention"
     )
