@@ -81,7 +81,8 @@ _PROFILE_SETTINGS: dict[str, dict[str, Any]] = {
 # The screen profile's order: the cheapest checks first, by their time on a correct kernel under the screen profile
 # (0.07 s to 3.2 s each), with the checks that catch the most meta-test mutants (tests/mutants.py: the forward
 # oracle, causality, masked rows, masks, purity) moved up among the first; then the feature checks in catalog
-# order, and the model-level checks (a Transformer around the target, 22 s in all) last. A broken kernel fails fast
+# order, and the model-level checks (a Transformer around the target, 22 s in all) last. The integrity checks
+# (tests/cheats.py: the exploits of generated kernels) follow the forward oracle. A broken kernel fails fast
 # when the check that catches it runs early; a correct one runs them all (tests/verdict_speed.py measures both).
 SCREEN_ORDER = (
     "test_scaled_logits_have_unit_variance",
@@ -90,6 +91,10 @@ SCREEN_ORDER = (
     "test_effective_scale",
     "test_ones_in_ones_out",
     "test_forward_matches_oracle",
+    "test_output_shares_no_storage",
+    "test_inputs_unchanged_in_every_grad_mode",
+    "test_refilled_buffers_give_the_new_answer",
+    "test_no_uninitialised_memory_in_the_output",
     "test_future_perturbation",
     "test_fully_masked_rows",
     "test_broadcast_mask_equals_materialised",
@@ -115,6 +120,7 @@ SCREEN_ORDER = (
     "test_output_in_convex_hull",
     "test_key_permutation_invariance",
     "test_gradients_match_oracle",
+    "test_output_plain_complete_no_threads",  # waits 50 ms per example for work finished after the return
 )
 
 
