@@ -5,7 +5,7 @@
     PYTHONPATH=. python -m tests.verdict_speed --cprofile no_scaling     # where the time of one screening goes
 
 It lives with the mutants (tests/mutants.py), the correct variants (tests/variants.py) and the cheats
-(tests/cheats.py, when present) it measures, so that nothing shipped imports a test module. Every kernel runs in
+(tests/cheats.py) it measures, so that nothing shipped imports a test module. Every kernel runs in
 this one process, one after the other, as in a loop over generated kernels: the first verdict pays the imports and
 the strategies, the others reuse them. Two stages: the screen profile (stop at the first red check, no shrinking),
 then the full catalog (the default profile) for the kernels ``--full`` asks for. A mutant or a cheat counts as
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import importlib
 import io
 import json
 import os
@@ -34,17 +33,13 @@ from attncheck.properties.render import write_atomic
 def kernels() -> dict[str, tuple[Any, str]]:
     """name -> (SDPA callable, expected verdict): every mutant and cheat must fail, every variant and honest
     counterpart of a cheat pass."""
+    from tests.cheats import CHEATS, HONEST
     from tests.mutants import MUTANTS
     from tests.variants import VARIANTS
 
     found = {f"mutant:{n}": (m.fn, "failed") for n, m in MUTANTS.items()}
-    try:
-        cheats = importlib.import_module("tests.cheats")
-    except ModuleNotFoundError:  # not every checkout has the cheating kernels yet
-        pass
-    else:
-        found |= {f"cheat:{n}": (c.fn, "failed") for n, c in cheats.CHEATS.items()}
-        found |= {f"honest:{n}": (h.fn, "passed") for n, h in cheats.HONEST.items()}  # their correct counterparts
+    found |= {f"cheat:{n}": (c.fn, "failed") for n, c in CHEATS.items()}
+    found |= {f"honest:{n}": (h.fn, "passed") for n, h in HONEST.items()}  # their correct counterparts
     found |= {f"variant:{n}": (v.fn, "passed") for n, v in VARIANTS.items()}
     return found
 
