@@ -16,6 +16,7 @@ from attncheck.properties.oracle import expect, logit_rounding_budget, oracle
 from attncheck.properties.problems import DTYPES, MaskKind, Problem
 from attncheck.properties.targets import Capabilities, Target
 from tests.cheats import CHEATS, HONEST
+from tests.mutants import MUTANTS
 from tests.test_meta import CATCH_SETTINGS, run_property
 
 
@@ -62,6 +63,21 @@ def _garbage(p: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
 
 
 MAGNITUDES = (1.0, 10.0)  # problems() also draws 1e-3, where attention is uniform: there mean(V) *is* the answer
+
+
+# Wrong but honest: deterministic kernels with a real bug and no cheat (a wrong scale, a shifted causal triangle,
+# heads mixed up, the mean of V on some rows). Integrity must not call them cheats: their wrong answer is the same on
+# fresh and refilled buffers and whatever unwritten memory holds (the corpus found such false 'stale cache' and
+# 'uninitialised memory' claims on flash kernels with a wrong causal offset).
+WRONG_BUT_HONEST = ["no_scaling", "causal_prefill_offset", "causal_hides_diagonal", "heads_mixed", "mask_after_softmax"]
+
+
+@pytest.mark.parametrize("name", WRONG_BUT_HONEST)
+def test_a_wrong_kernel_is_not_called_a_cheat(name: str) -> None:
+    failures, passes, _ = run_property(MUTANTS[name].target(), "integrity", CATCH_SETTINGS)
+    assert not failures and passes, failures
+    wrong, _, _ = run_property(MUTANTS[name].target(), MUTANTS[name].property, CATCH_SETTINGS)
+    assert wrong  # and the bug is still found by its own property
 
 
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
