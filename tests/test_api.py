@@ -136,8 +136,8 @@ def test_screen_stops_at_the_first_red_check() -> None:
 
 
 def test_screen_stops_at_a_root_cause_of_the_first_probe() -> None:
-    """The probe sees the missing scale (scale= ignored): red before any check runs."""
-    report = attncheck.verify(MUTANTS["no_scaling"].fn, profile="screen")
+    """The probe sees a causal triangle that no alignment explains (the next token shown): red before any check."""
+    report = attncheck.verify(MUTANTS["causal_shows_next_token"].fn, profile="screen")
     assert report.verdict == "failed" and report.checks_run == 0 and report.root_causes
     assert "first probe's root cause" in report.note
 

@@ -100,9 +100,11 @@ def test_dry_run_skips_every_cuda_step_and_runs_the_stand_ins(tmp_path: Path) ->
 
 def test_a_step_out_of_time_is_interrupted_and_keeps_what_it_finished(tmp_path: Path) -> None:
     """SIGINT first (bench run writes the cases that finished), then the outcome says it timed out."""
-    step = gpu._bench("slow", ("torch-sdpa",), 1, "--cases", "cpu-float32-fwd", "--threads", "1", cuda=False)
-    outcome = gpu.run_step(step, tmp_path, seconds=15)  # 8 cases: ~25 s on a quiet machine
-    assert outcome.status == "timed out after 15 s"
+    kernel = "tests.fixtures.bench_targets:hangs_after_its_first_shape"  # one case finishes, the next hangs
+    flags = ("--layout", "BLHD", "--arg-name", "is_causal=causal", "--no-mask", "--no-scale", "--cases", "float32")
+    step = gpu._bench("slow", (kernel,), 1, *flags, "--threads", "1", cuda=False)
+    outcome = gpu.run_step(step, tmp_path, seconds=30)
+    assert outcome.status == "timed out after 30 s"
     log = (tmp_path / "slow.log").read_text()
     assert "interrupted:" in log and "finished cases kept" in log
     assert json.loads((tmp_path / "slow.json").read_text())["benchmarks"]  # what finished, written
