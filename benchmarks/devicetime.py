@@ -1,6 +1,6 @@
 """Timing a call on a GPU so that it cannot be fooled: the anchors' method, hardened against a kernel that games it.
 
-What the anchors do (``benchmarks/README.md``, "GPU timing", compares them point by point): ``triton.testing.
+What the anchors do (``docs/benchmarks.md``, "GPU timing", compares them point by point): ``triton.testing.
 do_bench`` warms up for a time (25 ms by default), clears the L2 cache before every repetition by writing a
 buffer larger than it, records a pair of CUDA events around each call on the current stream, synchronises once at
 the end, and returns the mean (or the quantiles asked for); FlashAttention's ``benchmarks/

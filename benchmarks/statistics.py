@@ -32,8 +32,8 @@ of them, and says why:
 * runs without those records (older files), or with different calibration kernels: **wall time**, and the
   reason names the files.
 
-The figures behind these choices (A/A and A/B comparisons, quiet and under load) are in ``benchmarks/README.md``,
-"Comparing under load".
+The figures behind these choices (A/A and A/B comparisons, quiet and under load) are in ``docs/benchmarks.md``,
+"Comparing under load: measurements".
 
 Comparing two runs
 ==================

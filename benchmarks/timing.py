@@ -24,7 +24,7 @@ The calibration kernel, a fixed amount of work run right next to every round, sl
 machine that is slower (frequency, memory, another model of the same "kind") or busier in a way CPU time still
 sees slows both alike, and the ratio cancels it. Which metric ``bench compare`` uses for a pair of runs, and why,
 is :func:`attncheck.benchmarks.statistics.choose_metrics`'s rule; the measurements behind it are in
-``benchmarks/README.md`` ("Comparing under load").
+``docs/benchmarks.md`` ("Comparing under load: measurements").
 
 The calibration kernel (:class:`Calibration`): a 256 x 256 float32 matmul into a preallocated output (compute)
 and a copy of a 4 MiB float32 buffer (memory), one unit; a calibration runs ``units`` units, chosen once per

@@ -9,7 +9,7 @@ import pytest
 # One intra-op thread per test process, and for every subprocess a test starts (they inherit the environment).
 # The problems the tests draw are tiny (a few hundred elements); on 2 cores with 2 pytest-xdist workers, torch's
 # default of one OpenMP thread per core oversubscribes the machine and each small op waits for a descheduled
-# thread: the model-level checks took 34 s of CPU with 2 threads and 6.5 s with 1 (README, "CI time").
+# thread: the model-level checks took 34 s of CPU with 2 threads and 6.5 s with 1.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 

@@ -9,7 +9,7 @@ no other, the comparison table's statuses, the run labels, and no network reques
 the requests the page made). Without chromium, chromedriver or selenium the browser tests are skipped with the
 reason; ``.ci/run`` installs them.
 
-Run as a module, it takes the README's screenshots::
+Run as a module, it takes the screenshots of docs/verify.md and docs/benchmarks.md::
 
     python -m tests.test_html_reports docs/img
 """
@@ -354,7 +354,7 @@ def test_chart_axis_spans_the_threshold_band(tmp_path: Path) -> None:
     assert 0.02 * middle / (high - low) < 0.12  # a 2% step fills about a tenth of the height
 
 
-# --- screenshots for the README ---------------------------------------------------------------------------------
+# --- screenshots for docs/verify.md and docs/benchmarks.md ------------------------------------------------------------
 
 
 def screenshots(directory: Path) -> None:
