@@ -1,21 +1,17 @@
 #!/usr/bin/env bash
-# Rerun attncheck on every corpus target, one at a time (2 cores).
-#   bash run_all.sh                 # against the installed attncheck (/work/main, editable): results/main/
-#   ATTNCHECK=baseline bash run_all.sh   # against the frozen pre-rework copy in baseline/: results/baseline/
-#   ATTNCHECK=declared bash run_all.sh   # the installed attncheck again, into results/declared/ (any other name: results/NAME/)
-#   bash run_all.sh NAME ...        # only these targets
-# Writes results/<mode>/NAME.json, NAME.txt and times.tsv (name, exit code, wall seconds, attncheck fingerprint).
+# Run attncheck on every corpus target, one at a time, with the attncheck of this checkout (the repository root is
+# put first on PYTHONPATH, before any installed copy).
+#   bash run_all.sh                  # all targets, into results/current/
+#   ATTNCHECK=NAME bash run_all.sh   # into results/NAME/
+#   bash run_all.sh TARGET ...       # only these targets (rows are appended to times.tsv; the last one counts)
+# Writes results/<name>/TARGET.json, TARGET.txt (the terminal report) and times.tsv (target, exit status, wall
+# seconds, a fingerprint of attncheck's sources: runs with the same fingerprint ran the same attncheck).
 cd "$(dirname "$0")"
-mode="${ATTNCHECK:-main}"
-export CI=true KERAS_BACKEND=torch
-if [ "$mode" = baseline ]; then
-  export PYTHONPATH="$PWD/baseline:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  src="$PWD/baseline"
-else
-  export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-  src="$(python -c 'import attncheck, os; print(os.path.dirname(os.path.realpath(attncheck.__file__)))')/.."
-fi
-fp=$(cd "$src" && find -L . -name "*.py" -path "*attncheck*" -not -path "*__pycache__*" -not -path "./build/*" -not -path "./tests/*" | sort | xargs cat | sha256sum | cut -c1-12)
+root="$(cd .. && pwd)"
+mode="${ATTNCHECK:-current}"
+export CI=true KERAS_BACKEND=torch  # CI=true: the ci profile (derandomised); keras 3 on its torch backend
+export PYTHONPATH="$PWD:$root${PYTHONPATH:+:$PYTHONPATH}"
+fp=$(cd "$root" && find -L attncheck -name "*.py" -not -path "*__pycache__*" | sort | xargs cat | sha256sum | cut -c1-12)
 ALL="xt_attend xt_attend_flash xt_attend_softcap xt_attend_sinks mea_attention mea_chunked mea_flash mea_flash_f32 ring_flash ring_flash_f32 keras_dpa diffusers_attn hf_gpt2_upcast hf_t5 hf_whisper_eager"
 out="results/$mode"
 mkdir -p "$out"

@@ -9,7 +9,8 @@ from tally import PKG, RES, load_verdicts, root_causes
 CAT = {"F1": "precision read as structure", "F2": "undeclarable convention / capability", "F3": "crash reported as a failure of another property",
        "F4": "fan-out of one root cause (message names another cause)", "F4a": "fan-out, attributed: an error row pointing at its root cause",
        "F5": "fully-masked-row convention read as a failure",
-       "C3": "contested: NaN in masked K/V reaches the output", "-": ""}
+       "C3": "contested: NaN in masked K/V reaches the output",
+       "P": "precision by design: logits rounded to the input half dtype beyond the suite's limit", "-": ""}
 v = load_verdicts()
 only = os.environ.get("ONLY", "").split()
 
@@ -23,7 +24,10 @@ for n in PKG:
         continue
     t = json.load(open(f"{RES}/{n}.json"))["targets"][0]
     print(f"\n### {n}\n")
-    print(f"observed: {t['observations'] or '-'}\n")
+    obs = t["observations"]  # a string in older reports, {kind: [values]} in newer ones
+    if isinstance(obs, dict):
+        obs = "; ".join(f"{k}: {', '.join(x)}" for k, x in obs.items())
+    print(f"observed: {obs or '-'}\n")
     print("| check | verdict | root cause | evidence | minimal counterexample (as printed) |")
     print("|---|---|---|---|---|")
     for i, (key, rc) in enumerate(root_causes(t), 1):
