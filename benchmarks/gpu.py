@@ -55,6 +55,12 @@ GRACE_S = 20.0  # seconds a step has to write what it finished after its time is
 # --- the targets ------------------------------------------------------------------------------------------------
 
 
+def recompile_limit_name(config: Any) -> str:
+    """The name of dynamo's limit of compiled graphs per function: ``recompile_limit`` in current torch,
+    ``cache_size_limit`` in older ones (now a deprecated alias, which a test's monkeypatch can remove)."""
+    return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
+
+
 def _sdpa(backend: str, **caps: Any) -> Any:
     """torch SDPA forced to ``SDPBackend.<backend>`` (the built-in adapter's forcing), declared for CUDA."""
     import torch
@@ -105,8 +111,9 @@ def _compiled_flex(factory: Any, name: str) -> Any:
     from attncheck.properties.targets import Target
 
     require_cuda(name)
-    # one compiled graph per shape and mask: past dynamo's cache limit (8) it would fall back to eager, silently
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    # one compiled graph per shape and mask: past dynamo's recompile limit (8) it would fall back to eager, silently
+    config, limit = torch._dynamo.config, recompile_limit_name(torch._dynamo.config)
+    setattr(config, limit, max(getattr(config, limit), 256))
     eager = flex.flex_attention
     # torch.compile(flex_attention), as the FlexAttention documentation compiles it (dynamic shapes after the first
     # recompilation), put where the adapter imports it from while it is built

@@ -60,7 +60,7 @@ def test_head_slice_equals_whole(target: Target, data: st.DataObject) -> None:
 @given(data=st.data())
 def test_gqa_equals_repeat_interleave(target: Target, data: st.DataObject) -> None:
     """enable_gqa with Hkv < Hq equals passing K and V repeat_interleave'd to Hq heads."""
-    require(target.caps.gqa, "target declares no GQA")
+    require(bool(target.caps.gqa), "target declares no GQA")
     p = data.draw(problems(target.caps, dtypes=PRECISE).filter(lambda p: p.gqa), label="problem")
     q, k, v, mask = p.tensors(target.device)
     group = p.Hq // p.Hkv

@@ -68,8 +68,8 @@ def test_each_torch_gpu_target_builds_with_a_valid_declaration(name: str, monkey
 
     monkeypatch.setattr(adapters, "require_cuda", lambda library: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")
-    limit = torch._dynamo.config.cache_size_limit
-    monkeypatch.setattr(torch._dynamo.config, "cache_size_limit", limit)  # restored: compiled flex raises it
+    limit = gpu.recompile_limit_name(torch._dynamo.config)
+    monkeypatch.setattr(torch._dynamo.config, limit, getattr(torch._dynamo.config, limit))  # restored: flex raises it
     target = getattr(gpu, name)
     assert target.caps.devices == ("cuda",) and target.device == "cuda"
     assert target.name.endswith(("-cuda", "-compiled")) and "stand-in GPU" in target.description
