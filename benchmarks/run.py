@@ -177,7 +177,11 @@ def run_command(args: argparse.Namespace) -> int:
         code = pytest.main(pytest_args, plugins=[plugin])
         if code in (pytest.ExitCode.USAGE_ERROR, pytest.ExitCode.INTERNAL_ERROR) or plugin.error:
             raise UsageError(plugin.error or f"the benchmark run did not start (pytest exit code {int(code)})")
-        if not raw.is_file():  # interrupted before pytest-benchmark wrote anything
+        # pytest-benchmark opens --benchmark-json when it parses its options: interrupted before it wrote the
+        # results, the file is there and empty
+        if not raw.is_file() or raw.stat().st_size == 0:
+            if plugin.interrupted:
+                console.print("interrupted before any case finished: nothing written", soft_wrap=True)
             return EXIT_INTERRUPTED if plugin.interrupted else 1
         doc = json.loads(raw.read_text())
     # What finished is written even if Ctrl-C comes now: SIGINT waits until the outputs are written.
