@@ -57,7 +57,7 @@ GRACE_S = 20.0  # seconds a step has to write what it finished after its time is
 
 def recompile_limit_name(config: Any) -> str:
     """The name of dynamo's limit of compiled graphs per function: ``recompile_limit`` in current torch,
-    ``cache_size_limit`` in older ones (now a deprecated alias, which a test's monkeypatch can remove)."""
+    ``cache_size_limit`` in older ones (now a deprecated alias)."""
     return "recompile_limit" if hasattr(config, "recompile_limit") else "cache_size_limit"
 
 
