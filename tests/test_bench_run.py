@@ -24,6 +24,8 @@ from tests.test_bench_compare import assert_one_line_error
 ROOT = Path(__file__).resolve().parent.parent
 USER = "tests.fixtures.bench_targets:flash_blhd"
 FLAGS = ["--layout", "BLHD", "--arg-name", "is_causal=causal", "--arg-name", "scale=softmax_scale", "--no-mask"]
+# the fixtures without softmax_scale= (interrupted_at_512, replaces_the_clock), on one thread
+UNSCALED = ["--layout", "BLHD", "--arg-name", "is_causal=causal", "--no-mask", "--no-scale", "--threads", "1"]
 
 
 def attncheck(*args: object, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -102,8 +104,7 @@ def test_bad_save_name_and_unknown_target_are_one_line_errors(tmp_path: Path) ->
 def test_ctrl_c_exits_130_and_keeps_what_finished(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     spec = "tests.fixtures.bench_targets:interrupted_at_512"
-    args = ["--layout", "BLHD", "--arg-name", "is_causal=causal", "--no-mask", "--no-scale", "--threads", "1"]
-    proc = attncheck("bench", "run", spec, *args, "--cases", "cpu-float32-fwd-noncausal", "--json", out)
+    proc = attncheck("bench", "run", spec, *UNSCALED, "--cases", "cpu-float32-fwd-noncausal", "--json", out)
     assert proc.returncode == 130, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "interrupted: 1 finished cases kept" in proc.stdout
     (bench,) = json.loads(out.read_text())["benchmarks"]
@@ -113,8 +114,7 @@ def test_ctrl_c_exits_130_and_keeps_what_finished(tmp_path: Path) -> None:
 def test_a_kernel_that_replaces_a_timer_function_fails_and_is_not_stored(tmp_path: Path) -> None:
     out = tmp_path / "run.json"
     spec = "tests.fixtures.bench_targets:replaces_the_clock"
-    args = ["--layout", "BLHD", "--arg-name", "is_causal=causal", "--no-mask", "--no-scale", "--threads", "1"]
-    proc = attncheck("bench", "run", spec, *args, "--cases", "cpu-float32-fwd-noncausal-B4H8L128D64", "--json", out)
+    proc = attncheck("bench", "run", spec, *UNSCALED, "--cases", "cpu-float32-fwd-noncausal-B4H8L128D64", "--json", out)
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "FAILED" in proc.stdout and "timer functions replaced" in proc.stdout and "time.perf_counter" in proc.stdout
     assert json.loads(out.read_text())["benchmarks"] == []
