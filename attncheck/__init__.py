@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from attncheck.api import Failure, Report, verify
     from attncheck.errors import AttncheckError
-    from attncheck.properties.targets import Capabilities, Target, declare
+    from attncheck.properties.contract import Capabilities, Target, declare
 
 __all__ = ["AttncheckError", "Capabilities", "Failure", "Report", "Target", "declare", "verify"]
 
@@ -25,9 +25,9 @@ _LAZY = {
     "Failure": "attncheck.api",
     "Report": "attncheck.api",
     "verify": "attncheck.api",
-    "Capabilities": "attncheck.properties.targets",
-    "Target": "attncheck.properties.targets",
-    "declare": "attncheck.properties.targets",
+    "Capabilities": "attncheck.properties.contract",
+    "Target": "attncheck.properties.contract",
+    "declare": "attncheck.properties.contract",
 }
 
 

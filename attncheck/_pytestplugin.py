@@ -2,7 +2,7 @@
 
 Loaded by pytest in every session of every project where attncheck is installed, so, like Hypothesis's own
 ``_hypothesis_pytestplugin``, it imports neither torch nor Hypothesis and changes no settings. It registers the
-``--attncheck-*`` options; the suite itself (:class:`attncheck.properties.plugin.AttncheckPlugin`) is activated
+``--attncheck-*`` options; the suite itself (:class:`attncheck.plugin.AttncheckPlugin`) is activated
 only when a session passes an ``--attncheck-*`` option, sets ``ATTNCHECK_TARGET``, or collects the property
 tests (``pytest --pyargs attncheck.properties``, whose conftest activates it).
 
@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from attncheck.properties.options import ENV_TARGET, PLUGIN_PREFIX, VerifySettings, add_verify_options
+from attncheck.options import ENV_TARGET, PLUGIN_PREFIX, VerifySettings, add_verify_options
 
 PLUGIN_NAME = "attncheck-suite"  # the name the active suite is registered under
 BENCHMARK_STORAGE = "file://./.benchmarks"  # pytest-benchmark's default --benchmark-storage
@@ -52,7 +52,7 @@ def activate(config: Any) -> None:
     import pytest
 
     from attncheck.errors import UsageError
-    from attncheck.properties.plugin import AttncheckPlugin
+    from attncheck.plugin import AttncheckPlugin
 
     if any(isinstance(plugin, AttncheckPlugin) for plugin in config.pluginmanager.get_plugins()):
         return

@@ -1,9 +1,9 @@
 """The Python API: ``attncheck.verify(fn)`` for notebooks and for loops that screen generated kernels.
 
 It runs the same engine as ``attncheck verify``: :func:`run` hands the property tests to ``pytest.main`` in this
-process with the :class:`~attncheck.properties.plugin.AttncheckPlugin` (the CLI calls :func:`run` too), so a
+process with the :class:`~attncheck.plugin.AttncheckPlugin` (the CLI calls :func:`run` too), so a
 kernel gets the same verdict through either door. A callable needs no import path: it is wrapped in a
-:class:`~attncheck.properties.targets.Target` here and handed to the plugin already resolved.
+:class:`~attncheck.properties.contract.Target` here and handed to the plugin already resolved.
 
 ``isolate=True`` runs the verification in a child process forked from this one (so a function defined in a
 notebook or in ``__main__`` reaches it as it is, nothing pickled; Linux and macOS, where ``fork`` exists). The
@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from attncheck.errors import TargetUnavailable, UsageError
 
 if TYPE_CHECKING:
-    from attncheck.properties.report import Report as EngineReport
-    from attncheck.properties.targets import Target
+    from attncheck.properties.contract import Target
+    from attncheck.report import Report as EngineReport
 
 PASSED, FAILED, INCONCLUSIVE = "passed", "failed", "inconclusive"
 GRACE_S = 5.0  # seconds an isolated child gets to exit after it sent its last result
@@ -49,13 +49,13 @@ def run(
     """Run the property tests on ``targets`` through ``pytest.main`` with the attncheck plugin; the report.
 
     The one engine of ``attncheck verify`` and :func:`verify`. ``settings`` is a
-    :class:`~attncheck.properties.options.VerifySettings`; ``jobs`` > 1 spreads the checks over pytest-xdist
+    :class:`~attncheck.options.VerifySettings`; ``jobs`` > 1 spreads the checks over pytest-xdist
     workers (string targets only: the workers resolve them again); ``plugins`` are extra pytest plugins.
     Raises :class:`UsageError` when the run cannot start (a collection error, a bad option).
     """
     import pytest
 
-    from attncheck.properties.plugin import AttncheckPlugin
+    from attncheck.plugin import AttncheckPlugin
 
     ini = Path(__file__).parent / "properties" / "verify.ini"  # not the configuration of the project around us
     pytest_args = ["-c", str(ini), "--rootdir", str(ini.parent), "--pyargs", "attncheck.properties"]
@@ -184,7 +184,7 @@ class Report:
         return self._rerun(**{"checks": [name], "profile": "dev", **overrides})
 
     def __str__(self) -> str:
-        from attncheck.properties.render import render_table
+        from attncheck.render import render_table
 
         table = render_table(self.engine, color=False)
         return table + (f"{self.verdict}: {self.note}\n" if self.note else "")
@@ -198,7 +198,7 @@ class Report:
 
     def _repr_html_(self) -> str:
         """The ``attncheck verify --html`` page, in an iframe so that its styles stay out of the notebook's."""
-        from attncheck.properties.html import verify_page
+        from attncheck.html import verify_page
 
         page = verify_page(self._json, not self.passed)
         note = f"<p><b>{escape(self.verdict)}</b>: {escape(self.note)}</p>" if self.note else ""
@@ -228,8 +228,8 @@ def verify(
     """Verify one attention implementation against the property catalog; silent, returns a :class:`Report`.
 
     ``target``: a callable in the SDPA convention (a function of this notebook or script is fine), a
-    :class:`~attncheck.properties.targets.Target`, or a TARGET string as on the command line (a built-in name or
-    ``module.path:attr``). ``declarations`` are :class:`~attncheck.properties.targets.Capabilities` fields
+    :class:`~attncheck.properties.contract.Target`, or a TARGET string as on the command line (a built-in name or
+    ``module.path:attr``). ``declarations`` are :class:`~attncheck.properties.contract.Capabilities` fields
     (``causal="bottom-right"``, ``masks={"bool"}``, ``features={"window"}``...), applied over what ``@declare``
     attached to the function. ``profile``: dev (the default), ci, thorough or screen (fail fast at the first red
     check, no shrinking: the first stage of a loop). ``known_failures``: files in the ``--known-failures`` format,
@@ -237,7 +237,7 @@ def verify(
     ``timeout``: seconds per call of the target before it counts as hung (60). ``isolate`` and ``budget_s``:
     see the module's docstring. Raises :class:`~attncheck.errors.UsageError` for a bad argument.
     """
-    from attncheck.properties.options import PROFILE_NAMES, VerifySettings
+    from attncheck.options import PROFILE_NAMES, VerifySettings
 
     if profile is not None and profile not in PROFILE_NAMES:
         raise UsageError(f"unknown profile {profile!r}; choose from {', '.join(PROFILE_NAMES)}")
@@ -320,7 +320,8 @@ def _target(target: Any, declarations: dict[str, Any], device: str) -> Target:
     """A Target for ``target`` (a Target, a TARGET string or a callable), with ``declarations`` applied."""
     import torch
 
-    from attncheck.properties.targets import Capabilities, Target, resolve
+    from attncheck.properties.contract import Capabilities, Target
+    from attncheck.targets import resolve
 
     if isinstance(target, Target):
         resolved = target
@@ -387,7 +388,7 @@ class _Stream:
         self.conn = conn
 
     def pytest_sessionstart(self, session: Any) -> None:
-        from attncheck.properties.plugin import AttncheckPlugin
+        from attncheck.plugin import AttncheckPlugin
 
         [suite] = [p for p in session.config.pluginmanager.get_plugins() if isinstance(p, AttncheckPlugin)]
         t = suite.targets[0]
@@ -398,7 +399,7 @@ class _Stream:
         self.conn.send(("start", nodeid))
 
     def pytest_runtest_logreport(self, report: Any) -> None:
-        from attncheck.properties.plugin import USER_PROPERTY
+        from attncheck.plugin import USER_PROPERTY
 
         for key, value in report.user_properties:
             if key == USER_PROPERTY:
@@ -434,8 +435,8 @@ def _run_isolated(
     """Run :func:`run` in a forked child; rebuild the engine's report here from what it streamed."""
     import torch
 
-    from attncheck.properties.report import CheckResult
-    from attncheck.properties.report import Report as EngineReport
+    from attncheck.report import CheckResult
+    from attncheck.report import Report as EngineReport
 
     if "fork" not in multiprocessing.get_all_start_methods():
         raise UsageError("isolate=True needs the fork start method (Linux, macOS); it is not available here")
@@ -499,9 +500,9 @@ def _check_name(nodeid: str) -> str:
 
 def _add_process_finding(target: Target, engine: EngineReport, message: str, running: str) -> None:
     """The child died: a root cause of the target; the check it was in (if any) is an error pointing to it."""
+    from attncheck.probe import Finding
     from attncheck.properties.catalog import check_catalog
-    from attncheck.properties.probe import Finding
-    from attncheck.properties.report import ERROR, CheckResult
+    from attncheck.report import ERROR, CheckResult
 
     check = _check_name(running) if running else ""
     where = f" during {check}" if check else " during the first probe (before any check)"

@@ -6,7 +6,7 @@ Exit codes: 0 no property failed, 1 some property failed, 2 usage error (bad tar
 output path that cannot be written: checked before the run), 130 interrupted (Ctrl-C: the table and the reports
 of the checks that finished, marked partial). ``--json``, ``--markdown`` and ``--html`` write the report as
 JSON, as markdown (outcome, matrix, root causes) and as one self-contained HTML page
-(:mod:`attncheck.properties.html`).
+(:mod:`attncheck.html`).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from typing import Any
 from pluggy import HookimplMarker
 
 from attncheck.errors import UsageError
-from attncheck.properties.options import VerifySettings, add_capability_options, add_verify_options
+from attncheck.options import VerifySettings, add_capability_options, add_verify_options
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130  # 130 = 128 + SIGINT, as shells report Ctrl-C
 hookimpl = HookimplMarker("pytest")
@@ -28,9 +28,9 @@ hookimpl = HookimplMarker("pytest")
 
 def verify(args: argparse.Namespace) -> int:
     from attncheck.api import run
-    from attncheck.properties.html import verify_page
-    from attncheck.properties.render import check_writable, markdown, render_table, write_atomic, write_json
-    from attncheck.properties.targets import resolve_targets
+    from attncheck.html import verify_page
+    from attncheck.render import check_writable, markdown, render_table, write_atomic, write_json
+    from attncheck.targets import resolve_targets
 
     settings = VerifySettings.from_options(lambda dest: getattr(args, dest), args.targets)
     if args.list_checks:
@@ -95,7 +95,7 @@ class _Collector:
         self.task: Any = None
 
     def pytest_configure(self, config: Any) -> None:
-        from attncheck.properties.plugin import AttncheckPlugin
+        from attncheck.plugin import AttncheckPlugin
 
         self.plugin = next(p for p in config.pluginmanager.get_plugins() if isinstance(p, AttncheckPlugin))
 
@@ -116,7 +116,7 @@ class _Collector:
     @hookimpl(trylast=True)  # after the suite's plugin has added the result to the report
     def pytest_runtest_logreport(self, report: Any) -> None:
         from attncheck.properties.catalog import check_catalog
-        from attncheck.properties.render import verdict_label
+        from attncheck.render import verdict_label
 
         key = _check_of(report.nodeid, check_catalog()) if report.when == "teardown" else None
         if key is None or key not in self.pending:
@@ -175,8 +175,8 @@ def _check_of(nodeid: str, catalog: dict[str, str]) -> tuple[str, str] | None:
 
 def probe_command(args: argparse.Namespace) -> int:
     """Observe a target's conventions on small calls and print the declaration that matches them."""
-    from attncheck.properties.probe import declaration, observe_conventions, probe
-    from attncheck.properties.targets import resolve_targets
+    from attncheck.probe import declaration, observe_conventions, probe
+    from attncheck.targets import resolve_targets
 
     settings = VerifySettings.from_options(lambda dest: getattr(args, dest, None), [args.target])
     settings.timeout = args.timeout
@@ -210,7 +210,7 @@ def targets_command(args: argparse.Namespace) -> int:
     from rich.markup import escape
     from rich.table import Table
 
-    from attncheck.properties.targets import availability
+    from attncheck.targets import availability
 
     rows = availability()
     if not sys.stdout.isatty():  # piped or captured: one line a target, nothing wrapped, easy to grep
@@ -265,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=targets_command)
 
     b = sub.add_parser("bench", help="benchmark targets (bench run, bench ab) and compare runs (compare, history)")
-    from attncheck.benchmarks.cli import register
+    from attncheck.bench.cli import register
 
     register(b.add_subparsers(dest="bench_command", required=True))
     return parser

@@ -22,13 +22,14 @@ from collections.abc import Callable
 import pytest
 import torch
 
-from attncheck.benchmarks.cases import grid
-from attncheck.benchmarks.devicetime import CAPTURED  # noqa: F401  the timer functions, before any target import
-from attncheck.benchmarks.statistics import MIN_ROUNDS
-from attncheck.benchmarks.workloads import SIZES, BenchSize, Gemm, Roofline, measure_copy, measure_gemm
+from attncheck.adapters import BUILTINS
+from attncheck.bench.cases import grid
+from attncheck.bench.devicetime import CAPTURED  # noqa: F401  the timer functions, before any target import
+from attncheck.bench.statistics import MIN_ROUNDS
+from attncheck.bench.workloads import SIZES, BenchSize, Gemm, Roofline, measure_copy, measure_gemm
 from attncheck.errors import TargetUnavailable, UsageError
-from attncheck.properties.adapters import BUILTINS
-from attncheck.properties.targets import Target, resolve
+from attncheck.properties.contract import Target
+from attncheck.targets import resolve
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -6,10 +6,10 @@ Each benchmark times ``target.fn`` itself (not ``Target.__call__``, whose per-ca
 timed too) with ``benchmark.pedantic``: the rounds are fixed by the grid (``BenchSize.rounds``, the sample size
 that ``attncheck bench compare`` tests; ``--bench-rounds`` overrides it) and the iterations per round are
 calibrated once so that a round lasts at least ``BenchSize.round_time``. Between rounds
-:func:`attncheck.benchmarks.timing.timed_rounds` runs a fixed calibration kernel and reads the process CPU clock:
+:func:`attncheck.bench.timing.timed_rounds` runs a fixed calibration kernel and reads the process CPU clock:
 ``extra_info["timing"]`` holds each round's CPU time and the calibration rounds, from which ``bench compare``
-chooses the metric that decides (:mod:`attncheck.benchmarks.timing`). On CUDA each case is timed by
-:func:`attncheck.benchmarks.devicetime.measure` instead (CUDA events around the call, the output materialised and
+chooses the metric that decides (:mod:`attncheck.bench.timing`). On CUDA each case is timed by
+:func:`attncheck.bench.devicetime.measure` instead (CUDA events around the call, the output materialised and
 the device synchronised before the clock stops, the L2 flushed before each repetition, warm-up by time, early
 repetitions dropped), its repetitions stored as pytest-benchmark's rounds. A benchmark whose timer functions were
 replaced since the session started fails, and nothing of it is stored.
@@ -21,13 +21,13 @@ replaced since the session started fails, and nothing of it is stored.
   window (w, 0), w = L // 8), x 3.5 for forward + backward (backward = 2.5 x forward, the FlashAttention
   convention); ``window`` and ``softcap`` (c = 30) cases run for the targets that declare the feature;
 * ``gflops``: flops / median seconds per call; on a GPU ``None`` when the speed is impossible (``impossible``
-  says why: above :data:`~attncheck.benchmarks.workloads.IMPOSSIBLE_MARGIN` x the roofline, the timing missed
+  says why: above :data:`~attncheck.bench.workloads.IMPOSSIBLE_MARGIN` x the roofline, the timing missed
   work); on the CPU, whose ceiling moves with other processes' load, as measured;
 * ``gemm_gflops``, ``gemm_n``, ``gemm_fraction``: a same-run (n, n) matmul of the same dtype and device, the
   machine's practical peak, and the attention throughput as a fraction of it;
 * ``min_bytes``, ``copy_gbps``, ``roofline_gflops``, ``roofline_fraction``: the call's compulsory memory traffic
-  (:func:`~attncheck.benchmarks.workloads.min_bytes`), a same-run device copy's bandwidth, the attainable
-  min(GEMM peak, flops / min_bytes x copy bandwidth) (:class:`~attncheck.benchmarks.workloads.Roofline`), and
+  (:func:`~attncheck.bench.workloads.min_bytes`), a same-run device copy's bandwidth, the attainable
+  min(GEMM peak, flops / min_bytes x copy bandwidth) (:class:`~attncheck.bench.workloads.Roofline`), and
   gflops as a fraction of it;
 * CUDA only: ``device_timing`` (method, median and IQR, warm-up and repetition counts, dropped repetitions, L2
   flush size, host wall times) and ``leftover_work`` (threads or other-stream work the call left running, named);
@@ -51,10 +51,10 @@ from typing import Any
 import pytest
 import torch
 
-from attncheck.benchmarks.cases import calibrate, make_call, unsupported
-from attncheck.benchmarks.devicetime import cuda_api, leftover_work, measure, tampered
-from attncheck.benchmarks.timing import timed_rounds
-from attncheck.benchmarks.workloads import (
+from attncheck.bench.cases import calibrate, make_call, unsupported
+from attncheck.bench.devicetime import cuda_api, leftover_work, measure, tampered
+from attncheck.bench.timing import timed_rounds
+from attncheck.bench.workloads import (
     SOFTCAP,
     BenchSize,
     Roofline,
@@ -63,7 +63,7 @@ from attncheck.benchmarks.workloads import (
     min_bytes,
     window_of,
 )
-from attncheck.properties.targets import Target
+from attncheck.properties.contract import Target
 
 GPU_REPETITIONS = 50  # timed repetitions per case on a GPU (the first DROP_FRACTION of them dropped)
 

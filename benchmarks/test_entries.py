@@ -26,15 +26,15 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.benchmarks.timing import timed_rounds
+from attncheck.bench.timing import timed_rounds
 from attncheck.properties.packed import DecodeProblem, VarlenProblem
-from attncheck.properties.targets import resolve
+from attncheck.targets import resolve
 
 DECODE_TARGETS = ("reference-decode", "decode:torch-sdpa", "reference-decode-paged", "decode-paged:torch-sdpa")
 DECODE_LENGTHS = {"quick": (512, 2048), "full": (512, 1024, 2048, 4096, 8192)}
 PREFILL = {"quick": (256, 16), "full": (1024, 32)}  # (long sequence, short sequences), 1 long + 7 short
 ROUNDS = 10
-ROUND_TIME = 0.02  # seconds: the calibration between rounds lasts about half of this (benchmarks/timing.py)
+ROUND_TIME = 0.02  # seconds: the calibration between rounds lasts about half of this (attncheck/bench/timing.py)
 
 
 def _time(call: Callable[[], Any], repeats: int = 5) -> float:

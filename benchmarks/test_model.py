@@ -37,7 +37,7 @@ source tokens src (B, L) and the same sequence as the target: decoder input src[
 * ``target``, ``device``, ``dtype`` (float32), ``model`` (copy, base), ``N``, ``d_model``, ``d_ff``, ``h``,
   ``vocab``, ``params`` (parameter count), ``B`` (sequences), ``L`` (tokens per sequence), ``iterations`` (calls
   per round), ``timing`` (each round's CPU time and the calibration rounds around it:
-  :mod:`attncheck.benchmarks.timing`);
+  :mod:`attncheck.bench.timing`);
 * ``test_train_step`` and ``test_forward``: ``tokens_per_s``: target tokens per second, B (L - 1) / median seconds;
 * ``test_forward``: ``attention_share``: the median fraction of a forward pass spent in attention calls;
   ``attention_share_per_layer``: {"encoder.0": ..., "decoder.<N-1>": ...}, the median fraction of each layer's
@@ -68,11 +68,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from attncheck.benchmarks.cases import calibrate
-from attncheck.benchmarks.timing import timed_rounds
-from attncheck.benchmarks.workloads import synchronizer
+from attncheck.bench.cases import calibrate
+from attncheck.bench.timing import timed_rounds
+from attncheck.bench.workloads import synchronizer
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.targets import Capabilities, resolve
+from attncheck.properties.contract import Capabilities
 from attncheck.reference.copy_task import PAD, START, copy_batch
 from attncheck.reference.decoding import greedy_decode
 from attncheck.reference.model import (
@@ -85,6 +85,7 @@ from attncheck.reference.model import (
     padding_mask,
     target_mask,
 )
+from attncheck.targets import resolve
 
 
 @dataclass(frozen=True)

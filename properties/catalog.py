@@ -16,7 +16,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, settings
 from hypothesis.errors import InvalidArgument
 
-from attncheck.properties.options import PROFILE_NAMES
+from attncheck.properties import PROFILE_NAMES
 
 PROPERTIES = (
     "rows_sum_to_one",

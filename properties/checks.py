@@ -12,14 +12,14 @@ import sys
 import types
 from typing import Any, NoReturn
 
-import pytest
 import torch
 from torch import Tensor
 
 from attncheck.errors import PropertyFailure, TargetError
+from attncheck.properties.contract import Target
+from attncheck.properties.contract import require as require  # the named checks' helper, re-exported
 from attncheck.properties.oracle import Budget
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Target
 
 # Conventions observed on targets while a check runs (e.g. what fully masked rows return), for the report. The
 # plugin drains them into the check's test report, so they travel from pytest-xdist workers with the result.
@@ -73,12 +73,6 @@ def target_grads(target: Target, out: Tensor, inputs: tuple[Tensor, ...], grad_o
             ) from exc
         observe(target, "backward", f"torch.autograd.grad raises {type(exc).__name__}, .backward() works")
     return tuple(torch.zeros_like(x) if g is None else g for x, g in zip(inputs, grads, strict=True))
-
-
-def require(condition: bool, reason: str) -> None:
-    """Skip the property as not applicable (never pass it) when the target lacks a feature."""
-    if not condition:
-        pytest.skip(f"not applicable: {reason}")
 
 
 def _fail(failure: PropertyFailure) -> NoReturn:

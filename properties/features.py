@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from attncheck.properties.checks import require
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.oracle import Budget, expect, expect_lse
 from attncheck.properties.problems import Problem, problems
-from attncheck.properties.targets import Capabilities, Target
 from attncheck.reference.attention import window_mask
 
 # Caps from 1 (where capping after masking lets masked keys leak, FlashAttention PR#1025) to Gemma 2's 50.

@@ -26,10 +26,10 @@ from hypothesis import strategies as st
 from torch import Tensor
 
 from attncheck.properties.checks import assert_close, check, observe, row_convention
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.features import SINK_STD, SOFTCAPS, windows
 from attncheck.properties.oracle import Budget, expect, expect_lse, oracle
 from attncheck.properties.problems import DTYPES, seeds
-from attncheck.properties.targets import Capabilities, Target
 
 SEQ_LENGTHS = st.one_of(st.integers(0, 5), st.sampled_from((1, 7, 16, 17)))  # 0 = empty segment; block edges
 PAGE_SIZES = (1, 3, 16)  # one entry per page, odd, a common kernel page
@@ -86,7 +86,8 @@ class _EntryProblem:
         return "\n".join(
             [
                 f"from attncheck.properties.packed import {kind}, expected",
-                "from attncheck.properties.targets import Capabilities, resolve",
+                "from attncheck import Capabilities",
+                "from attncheck.targets import resolve",
                 "from attncheck.properties.checks import assert_close",
                 *target_lines(target),
                 f"p = {kind}({fields})",

@@ -16,7 +16,7 @@ import torch
 from hypothesis import strategies as st
 from torch import Tensor
 
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target, require
 
 MaskKind = Literal["none", "bool", "float"]
 MaskShape = Literal["LS", "B1LS", "BHLS", "1HLS", "B11S"]  # broadcast pattern of the mask over (B, Hq, L, S)
@@ -117,7 +117,8 @@ class Problem:
         return "\n".join(
             [
                 f"from {type(self).__module__} import {type(self).__name__}",
-                "from attncheck.properties.targets import Capabilities, resolve",
+                "from attncheck import Capabilities",
+                "from attncheck.targets import resolve",
                 "from attncheck.properties.oracle import expect",
                 "from attncheck.properties.checks import assert_close, live_rows",
                 *target_lines(target),
@@ -258,8 +259,6 @@ def problems(
     mask_kinds = tuple(m for m in masks if m == "none" or (m in caps.masks and shapes)) or ("none",)
     is_causal = False
     if caps.causal == "always":  # causal with no flag: every problem is causal, and may carry a mask too
-        from attncheck.properties.checks import require
-
         require(causal is not False, "the target is always causal (causal=always); this check is not causal")
         is_causal = True
     elif caps.causal is not None and causal is not False and "none" in mask_kinds:

@@ -23,7 +23,7 @@ from typing import Any
 from hypothesis import HealthCheck, Phase, Verbosity, given, settings
 from hypothesis import strategies as st
 
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target
 
 # The problem classes a drawn value may be (anything else drawn is a literal: ints, floats, tuples, lists).
 PROBLEM_CLASSES = {
@@ -122,7 +122,8 @@ def replay_snippet(target: Target, check: str, draws: list[str], given_args: dic
     imports = [f"from {PROBLEM_CLASSES[name]} import {name}" for name in used]
     imports += [
         "from attncheck.properties.repro import replay",
-        "from attncheck.properties.targets import Capabilities, resolve",
+        "from attncheck import Capabilities",
+        "from attncheck.targets import resolve",
     ]
     values = "".join(f"\n    {src}," for src in draws)
     kwargs = "".join(f"\n    {name}={src}," for name, src in given_args.items())

@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, require
+from attncheck.properties.contract import Target
 from attncheck.properties.packed import (
     PAGE_SIZES,
     DecodeProblem,
@@ -31,7 +32,6 @@ from attncheck.properties.packed import (
     judge_lse,
 )
 from attncheck.properties.problems import seeds
-from attncheck.properties.targets import Target
 
 
 def _require_decode(target: Target) -> None:

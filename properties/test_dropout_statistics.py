@@ -18,7 +18,7 @@ from scipy import stats
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, require
-from attncheck.properties.targets import Target
+from attncheck.properties.contract import Target
 from attncheck.reference.attention import causal_mask
 
 ALPHA = 1e-6

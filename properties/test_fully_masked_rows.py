@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require, target_grads
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
 from attncheck.properties.problems import Problem, problems
-from attncheck.properties.targets import Target
 
 
 @prop("fully_masked_rows")

@@ -42,9 +42,9 @@ from torch import Tensor
 from attncheck.errors import PropertyFailure
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, assert_identical, check, live_rows, observe, require
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import Budget, expect
 from attncheck.properties.problems import PRECISE, Problem, problems
-from attncheck.properties.targets import Target
 
 SETTLE_S = 0.05  # how long the output is left alone before it is read again (work finished after return)
 POISON = 1234.5  # the finite pattern written into freed blocks before the second call (exactly representable)

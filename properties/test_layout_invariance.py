@@ -11,9 +11,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, require
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
 from attncheck.properties.problems import PRECISE, problems
-from attncheck.properties.targets import Target
 
 
 @prop("layout_invariance")

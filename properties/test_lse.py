@@ -18,9 +18,9 @@ from hypothesis import strategies as st
 from attncheck.errors import PropertyFailure
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, live_rows, observe, require
+from attncheck.properties.contract import Target
 from attncheck.properties.features import FeatureProblem, expected, expected_lse, feature_problems, require_feature
 from attncheck.properties.problems import PRECISE
-from attncheck.properties.targets import Target
 from attncheck.reference.attention import attention_logits, expand_kv_heads, merge_masks
 
 

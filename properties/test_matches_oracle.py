@@ -9,6 +9,7 @@ from hypothesis import target as hypothesis_target
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, judge_empty_rows, live_rows, observe, require, target_grads
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import (
     ACCUMULATE,
     K_GRAD,
@@ -22,7 +23,6 @@ from attncheck.properties.oracle import (
     precision_ratio,
 )
 from attncheck.properties.problems import problems
-from attncheck.properties.targets import Target
 
 
 @prop("matches_oracle")

@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, require
+from attncheck.properties.contract import Target
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Target
 from attncheck.reference.decoding import cached_vs_full
 from attncheck.reference.model import (
     EncoderDecoder,

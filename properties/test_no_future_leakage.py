@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, require, target_grads
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
 from attncheck.properties.problems import PRECISE, problems
-from attncheck.properties.targets import Target
 
 
 def horizon(t: int, L: int, S: int, alignment: str) -> int:

@@ -16,9 +16,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect, oracle
 from attncheck.properties.problems import problems
-from attncheck.properties.targets import Target
 
 
 @prop("numerical_range")

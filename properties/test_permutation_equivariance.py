@@ -14,9 +14,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
 from attncheck.properties.problems import PRECISE, Problem, problems
-from attncheck.properties.targets import Target
 
 
 def _permutation(n: int, seed: int) -> torch.Tensor:

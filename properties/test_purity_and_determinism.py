@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_identical, target_grads
+from attncheck.properties.contract import Target
 from attncheck.properties.problems import problems
-from attncheck.properties.targets import Target
 
 
 @prop("purity_and_determinism")

@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check
+from attncheck.properties.contract import Target
 from attncheck.properties.oracle import budget, max_logit, oracle
 from attncheck.properties.problems import Problem, problems
-from attncheck.properties.targets import Target
 
 
 def with_identity_room(p: Problem, value_dim: bool) -> Problem:

@@ -19,8 +19,8 @@ from scipy import stats
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import check, require
+from attncheck.properties.contract import Target
 from attncheck.properties.problems import Problem, problems
-from attncheck.properties.targets import Target
 
 # Variance test: false-alarm rate per example. With the ci profile's 15 examples a correct target is
 # flagged with probability < 1.5e-5 per run; the thorough profile's 1000 examples, < 1e-3.

@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, live_rows, require
+from attncheck.properties.contract import Target
 from attncheck.properties.features import expected, expected_lse, feature_problems, require_feature
 from attncheck.properties.problems import PRECISE
-from attncheck.properties.targets import Target
 from attncheck.reference.attention import additive_bias
 
 

@@ -17,10 +17,10 @@ from hypothesis import strategies as st
 from attncheck.errors import PropertyFailure
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows
+from attncheck.properties.contract import Target
 from attncheck.properties.features import FeatureProblem, expected, feature_problems, require_feature
 from attncheck.properties.oracle import Budget
 from attncheck.properties.problems import PRECISE
-from attncheck.properties.targets import Target
 from attncheck.properties.test_rows_sum_to_one import identity_values, with_identity_room
 from attncheck.reference.attention import expand_kv_heads, merge_masks
 

@@ -21,8 +21,8 @@ from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, check, require, target_grads
+from attncheck.properties.contract import Target
 from attncheck.properties.packed import VarlenProblem, expected, judge_empty_rows, judge_lse, varlen_problems
-from attncheck.properties.targets import Target
 
 
 def _require_varlen(target: Target) -> None:

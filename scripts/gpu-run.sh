@@ -1,5 +1,5 @@
 #!/bin/sh
-# The GPU run in one command (benchmarks/gpu.py): conformance of torch SDPA's CUDA backends, compiled
+# The GPU run in one command (attncheck/bench/gpu.py): conformance of torch SDPA's CUDA backends, compiled
 # FlexAttention and JAX on the GPU, and a GPU baseline of the quick benchmark grid, into one output folder.
 #
 #   scripts/gpu-run.sh [OUT_DIR] [--budget S] [--dry-run]
@@ -16,4 +16,4 @@ PY=${PYTHON:-$(command -v python || command -v python3)}
 if ! "$PY" -c "import attncheck" 2>/dev/null; then
     "$PY" -m pip install --quiet --no-deps --no-index --no-build-isolation .
 fi
-exec timeout 540 "$PY" -m attncheck.benchmarks.gpu --out "$OUT" "$@"
+exec timeout 540 "$PY" -m attncheck.bench.gpu --out "$OUT" "$@"

@@ -11,7 +11,7 @@ from them (the default scale, the working dtype, the merged mask as an additive 
 value, all through the reference's own helpers of ``attncheck.reference.attention``). :func:`as_sdpa` is the
 only adapter: :class:`Call`'s fields are the one place the signature above is spelled out.
 :meth:`Implementation.decorator` is what the ``@mutant`` and ``@variant`` decorators share: it adapts the
-function, declares its capabilities on it (as :func:`attncheck.properties.targets.declare` does, so
+function, declares its capabilities on it (as :func:`attncheck.properties.contract.declare` does, so
 ``attncheck verify tests.mutants:no_scaling`` sees them too) and records it as an :class:`Implementation`.
 
 The three steps both the mutants' pipeline and the variants need are here as well: masked scores, inverted
@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Self
 import torch
 from torch import Tensor
 
-from attncheck.properties.targets import Capabilities, Target, declare
+from attncheck.properties.contract import Capabilities, Target, declare
 from attncheck.reference.attention import CausalAlignment, additive_bias, expand_kv_heads, merge_masks
 
 NEG_INF = float("-inf")

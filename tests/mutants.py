@@ -8,7 +8,7 @@ function of one :class:`~tests.meta_call.Call` and declared with ``@mutant("prop
         return _attend(c.replace(scale=1.0))  # BUG: scale = 1
 
 The decorator registers it in :data:`MUTANTS` (a :class:`Mutant`: name, SDPA callable, the catalog property
-that must catch it, declared :class:`~attncheck.properties.targets.Capabilities`) and leaves the SDPA callable
+that must catch it, declared :class:`~attncheck.properties.contract.Capabilities`) and leaves the SDPA callable
 under the function's name, so ``attncheck verify tests.mutants:no_scaling`` runs it too. The property is
 checked against the stable catalog when the decorator is built; it is the most specific one, others may fail
 too. Capabilities are declared only by the few bugs that are wrong relative to a declaration (the suite

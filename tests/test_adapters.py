@@ -1,6 +1,6 @@
 """The third-party built-in adapters: each is unavailable with a one-line reason, or agrees with the float64 oracle.
 
-Also pins the divergences the adapters declare or document (properties/adapters.py), so a library upgrade that
+Also pins the divergences the adapters declare or document (attncheck/adapters.py), so a library upgrade that
 changes them fails here and the declarations get revisited instead of silently going stale.
 """
 
@@ -16,13 +16,14 @@ import pytest
 import torch
 from torch import Tensor
 
+from attncheck.adapters import BUILTINS, cuda
 from attncheck.errors import TargetError
-from attncheck.properties.adapters import BUILTINS, cuda
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.features import FeatureProblem
 from attncheck.properties.oracle import lse_budget, oracle, output_budget
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Capabilities, Target, availability, resolve
 from attncheck.reference.attention import scaled_dot_product_attention, window_mask
+from attncheck.targets import availability, resolve
 from tests.test_meta import run_property
 
 ADAPTERS = (
@@ -119,8 +120,7 @@ def test_unavailable_targets_give_one_line_reasons() -> None:
 def test_importing_adapters_imports_no_optional_library() -> None:
     optional = sorted(OPTIONAL.values())
     code = (
-        "import sys, attncheck.properties.targets, attncheck.properties.adapters; "
-        f"print(sorted(m for m in {optional!r} if m in sys.modules))"
+        f"import sys, attncheck.targets, attncheck.adapters; print(sorted(m for m in {optional!r} if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]", f"importing the targets and the adapter registry imported {out.strip()}"
@@ -136,7 +136,7 @@ def test_adapter_matches_oracle(name: str) -> None:
 
 
 # Rows with no admissible key (-inf float bias or all-False bool mask), as observed with torch 2.13.0,
-# transformers 5.24.0 and jax 0.10.2; the table in properties/adapters.py says the same.
+# transformers 5.24.0 and jax 0.10.2; the table in attncheck/adapters.py says the same.
 MASKED_ROWS = {
     ("torch-mha", "bool"): "nan",
     ("torch-mha-noweights", "bool"): "zeros",
@@ -278,7 +278,7 @@ def test_jax_lse_of_a_row_without_keys_is_finite() -> None:
 
 
 # The CUDA feature adapters, on the CPU: stand-in modules with the documented signatures and semantics (their
-# docstrings, cited in properties/adapters/cuda.py) implemented with the reference, so the adapters' translation
+# docstrings, cited in attncheck/adapters/cuda.py) implemented with the reference, so the adapters' translation
 # (layout, argument names, lse shape, base and empty-row value, alignment) is checked by the properties themselves.
 
 

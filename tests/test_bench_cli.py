@@ -38,7 +38,7 @@ HELP_CASES = {
 def test_help_exits_0_and_lists_the_options(case: str) -> None:
     argv, expected = HELP_CASES[case]
     proc = subprocess.run(
-        [sys.executable, "-m", "attncheck.benchmarks.cli", *argv, "--help"],
+        [sys.executable, "-m", "attncheck.bench.cli", *argv, "--help"],
         cwd=ROOT,
         env={**os.environ, "COLUMNS": "200"},  # one line per option, whatever the terminal
         capture_output=True,

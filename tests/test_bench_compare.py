@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attncheck.benchmarks import cli
-from attncheck.benchmarks.statistics import FASTER, NOISY, SLOWER, UNCHANGED, compare_runs
-from attncheck.benchmarks.storage import load_run, machine_differences
+from attncheck.bench import cli
+from attncheck.bench.statistics import FASTER, NOISY, SLOWER, UNCHANGED, compare_runs
+from attncheck.bench.storage import load_run, machine_differences
 from attncheck.errors import BenchmarkDataError
-from attncheck.properties.render import write_atomic
+from attncheck.render import write_atomic
 
 BASELINES = Path(__file__).resolve().parent.parent / "benchmarks" / "baselines"
 NAME = "test_attention[torch-sdpa-cpu-float32-fwd-causal-B1H4L1024D128]"
@@ -357,7 +357,7 @@ def test_standalone_module_entry_point(tmp_path: Path) -> None:
     cand = write_run(tmp_path / "cand.json", {NAME: rounds(1.2e-3, seed=2)})
     root = Path(__file__).resolve().parent.parent
     proc = subprocess.run(
-        [sys.executable, "-m", "attncheck.benchmarks.cli", "compare", str(base), str(cand)],
+        [sys.executable, "-m", "attncheck.bench.cli", "compare", str(base), str(cand)],
         cwd=root,
         capture_output=True,
         text=True,

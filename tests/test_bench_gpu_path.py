@@ -2,7 +2,7 @@
 
 A GPU runs kernels asynchronously: a call returns once its kernels are queued, and a timer read then measures the
 launch, not the work. Every timed call of the benchmarks ends with ``torch.cuda.synchronize()``
-(:func:`attncheck.benchmarks.workloads.synchronizer`). No GPU here, so :class:`FakeStream` stands in for one:
+(:func:`attncheck.bench.workloads.synchronizer`). No GPU here, so :class:`FakeStream` stands in for one:
 work "launched" on it takes no time until the stream is synchronised, when it is done (slept) at once. A timed
 region that forgot to synchronise, or synchronised before the work, would measure nothing of it, and these fail.
 """
@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 import torch
 
-from attncheck.benchmarks import cases, devicetime, timing
+from attncheck.bench import cases, devicetime, timing
+from attncheck.bench.workloads import Gemm, Roofline, Shape, synchronizer
 from attncheck.benchmarks.test_model import timed_layers
-from attncheck.benchmarks.workloads import Gemm, Roofline, Shape, synchronizer
-from attncheck.properties.targets import resolve
+from attncheck.targets import resolve
 from tests.test_bench_model import copy_model, forward_of
 
 WORK = 0.005  # seconds of device work per launch

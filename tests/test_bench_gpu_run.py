@@ -1,4 +1,4 @@
-"""The GPU run (``scripts/gpu-run.sh``, :mod:`attncheck.benchmarks.gpu`) on a machine without CUDA: the plan
+"""The GPU run (``scripts/gpu-run.sh``, :mod:`attncheck.bench.gpu`) on a machine without CUDA: the plan
 covers what the GPU run must, every CUDA step is skipped with its reason, and the CPU stand-ins carry the driver's
 whole path (reports, summary) through."""
 
@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from attncheck.benchmarks import gpu
-from attncheck.benchmarks.workloads import DTYPES
+from attncheck.bench import gpu
+from attncheck.bench.workloads import DTYPES
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.targets import resolve
+from attncheck.targets import resolve
 from tests.test_bench_compare import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -35,20 +35,20 @@ def script(*args: object) -> subprocess.CompletedProcess[str]:
 def test_the_plan_covers_the_gpu_run() -> None:
     steps = {s.name: s.argv for s in gpu.PLAN}
     sdpa = steps["verify-sdpa"]
-    assert [a.rpartition(":")[2] for a in sdpa if a.startswith("attncheck.benchmarks.gpu:")] == [
+    assert [a.rpartition(":")[2] for a in sdpa if a.startswith("attncheck.bench.gpu:")] == [
         "sdpa_flash",
         "sdpa_efficient",
         "sdpa_cudnn",
         "sdpa_math",
     ]
     assert sdpa[sdpa.index("--device") + 1] == "cuda"
-    assert {"attncheck.benchmarks.gpu:flex_compiled", "attncheck.benchmarks.gpu:flex_varlen_compiled"} <= set(
+    assert {"attncheck.bench.gpu:flex_compiled", "attncheck.bench.gpu:flex_varlen_compiled"} <= set(
         steps["verify-flex"]
     )
-    assert {"attncheck.benchmarks.gpu:jax_xla", "attncheck.benchmarks.gpu:jax_cudnn"} <= set(steps["verify-jax"])
+    assert {"attncheck.bench.gpu:jax_xla", "attncheck.bench.gpu:jax_cudnn"} <= set(steps["verify-jax"])
     bench = steps["bench-gpu-quick"]
     assert bench[:2] == ("bench", "run") and "quick" in bench and bench[bench.index("--device") + 1] == "cuda"
-    assert "attncheck.benchmarks.gpu:flex_compiled" in steps["bench-gpu-quick-flex"]
+    assert "attncheck.bench.gpu:flex_compiled" in steps["bench-gpu-quick-flex"]
     assert DTYPES["cuda"] == ("bfloat16", "float16")  # the GPU grid: both half types, fwd and fwd+bwd
     assert all(s.cuda for s in gpu.PLAN) and sum(s.weight for s in gpu.PLAN) > 0
 
@@ -56,7 +56,7 @@ def test_the_plan_covers_the_gpu_run() -> None:
 @pytest.mark.parametrize("name", sorted(gpu.TARGETS))
 def test_each_gpu_target_is_unavailable_in_one_line_without_cuda_or_jax(name: str) -> None:
     with pytest.raises(TargetUnavailable):
-        resolve(f"attncheck.benchmarks.gpu:{name}")
+        resolve(f"attncheck.bench.gpu:{name}")
 
 
 @pytest.mark.parametrize("name", [n for n in sorted(gpu.TARGETS) if not n.startswith("jax")])
@@ -64,7 +64,7 @@ def test_each_torch_gpu_target_builds_with_a_valid_declaration(name: str, monkey
     """With CUDA stubbed (nothing runs): the declarations are valid Capabilities, on CUDA, of the right backend."""
     import torch
 
-    from attncheck.properties import adapters
+    from attncheck import adapters
 
     monkeypatch.setattr(adapters, "require_cuda", lambda library: None)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "stand-in GPU")

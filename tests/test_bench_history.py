@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from matplotlib.axes import Axes
 
-from attncheck.benchmarks.report import plot_name, plot_trend
-from attncheck.benchmarks.statistics import (
+from attncheck.bench.report import plot_name, plot_trend
+from attncheck.bench.statistics import (
     FASTER,
     NOISY,
     SLOWER,
@@ -23,7 +23,7 @@ from attncheck.benchmarks.statistics import (
     rank_test,
     trends,
 )
-from attncheck.benchmarks.storage import Benchmark, Run, load_history, load_run, run_labels
+from attncheck.bench.storage import Benchmark, Run, load_history, load_run, run_labels
 from tests.test_bench_compare import NAME, assert_one_line_error, recorded_baselines, rounds, run_cli, write_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -1,6 +1,6 @@
 """Which metric ``bench compare`` decides in, and why: wall time normalised by the calibration rounds where the
 machines ran at speeds a busy neighbour explains, a refusal beyond, wall time for runs recorded without them; the rounds
-:func:`~attncheck.benchmarks.timing.timed_rounds` records; ``bench ab``'s paired comparison.
+:func:`~attncheck.bench.timing.timed_rounds` records; ``bench ab``'s paired comparison.
 
 The runs are synthetic (``tests/test_bench_compare.py``'s documents, plus an ``extra_info["timing"]`` record), so
 each test knows what a busy neighbour, a slower machine or a slower kernel did to which clock.
@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from attncheck.benchmarks import ab
-from attncheck.benchmarks.statistics import (
+from attncheck.bench import ab
+from attncheck.bench.statistics import (
     FASTER,
     NOISY,
     SLOWER,
@@ -26,7 +26,7 @@ from attncheck.benchmarks.statistics import (
     compare_paired,
     compare_runs,
 )
-from attncheck.benchmarks.storage import CPU, NORMALISED_WALL, WALL, load_run
+from attncheck.bench.storage import CPU, NORMALISED_WALL, WALL, load_run
 from attncheck.errors import BenchmarkDataError, UsageError
 from tests.test_bench_compare import MACHINE, run_doc, write_json
 from tests.test_bench_model import run_benchmarks
@@ -110,7 +110,7 @@ def test_cpu_time_must_confirm_what_normalised_wall_time_sees(tmp_path: Path) ->
 
 
 def test_history_marks_a_change_only_where_both_clocks_see_it(tmp_path: Path) -> None:
-    from attncheck.benchmarks.statistics import trends
+    from attncheck.bench.statistics import trends
 
     def history(name: str, **last: float) -> list[Any]:
         paths = [timed_run(tmp_path / f"{name}{i}.json", seed=i, **(last if i >= 3 else {})) for i in range(5)]
@@ -137,7 +137,7 @@ def test_a_machine_of_another_speed_is_refused_or_normalised_on_demand(tmp_path:
 
 
 def test_compare_refuses_runs_of_different_speeds_in_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
-    from attncheck.benchmarks import cli
+    from attncheck.bench import cli
 
     fast = timed_run(tmp_path / "fast.json", seed=1)
     slow = timed_run(tmp_path / "slow.json", seed=2, kernel_speed=1.45)
@@ -153,7 +153,7 @@ def test_compare_refuses_runs_of_different_speeds_in_one_line(tmp_path: Path, ca
 
 
 def test_another_host_of_the_same_kind_and_speed_compares(tmp_path: Path) -> None:
-    from attncheck.benchmarks import cli
+    from attncheck.bench import cli
 
     other = {**MACHINE, "node": "another-runner"}
     a = timed_run(tmp_path / "a.json", seed=1)
@@ -214,8 +214,8 @@ def test_a_malformed_timing_record_names_the_file_and_benchmark(
 
 def test_the_machine_speed_sits_in_the_history_too(tmp_path: Path) -> None:
     """history and compare choose alike: a history whose last run is on a 1.2x slower machine is normalised."""
-    from attncheck.benchmarks.statistics import trends
-    from attncheck.benchmarks.storage import load_history
+    from attncheck.bench.statistics import trends
+    from attncheck.bench.storage import load_history
 
     paths = [timed_run(tmp_path / f"r{i}.json", seed=i, kernel_speed=1.2 if i == 3 else 1.0) for i in range(4)]
     docs = [json.loads(p.read_text()) for p in paths]
@@ -279,7 +279,7 @@ def test_a_slowed_call_does_the_extra_work_in_cpu_time() -> None:
     process is preempted (a sleep costs wall time and no CPU time: it adds nothing to wait for)."""
     import time
 
-    from attncheck.benchmarks.slowdown import slowed
+    from attncheck.bench.slowdown import slowed
 
     def work() -> None:
         end = time.process_time() + 0.02
@@ -306,8 +306,8 @@ def test_bench_ab_rejects_what_it_cannot_run(capsys: pytest.CaptureFixture) -> N
 
 
 def test_shared_cases_are_those_both_targets_declare() -> None:
-    from attncheck.benchmarks.cases import grid, split
-    from attncheck.properties.targets import resolve
+    from attncheck.bench.cases import grid, split
+    from attncheck.targets import resolve
 
     cases, _ = split([resolve("reference"), resolve("flex-attention")], grid("quick", ("cpu",)))
     assert {c.mask for c in cases} == {"noncausal", "causal", "window", "softcap"}
@@ -320,6 +320,6 @@ def test_shared_cases_are_those_both_targets_declare() -> None:
 
 
 def test_ab_knows_the_grid_sizes_without_importing_them() -> None:
-    from attncheck.benchmarks.workloads import SIZES
+    from attncheck.bench.workloads import SIZES
 
     assert set(ab.SIZE_NAMES) == set(SIZES)

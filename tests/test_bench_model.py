@@ -21,8 +21,9 @@ import torch
 
 from attncheck.benchmarks import test_model as model_benchmarks
 from attncheck.benchmarks.test_model import COPY, attention_shares, timed_layers, unsupported
-from attncheck.properties.targets import Capabilities, resolve
+from attncheck.properties.contract import Capabilities
 from attncheck.reference.model import EncoderDecoder, MultiHeadedAttention, make_model, padding_mask, target_mask
+from attncheck.targets import resolve
 
 ROOT = Path(__file__).resolve().parent.parent
 SLEEP = 0.002  # seconds each attention call of the slowed model sleeps

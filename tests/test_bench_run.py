@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from attncheck.benchmarks.cases import grid, split
-from attncheck.benchmarks.storage import load_run
-from attncheck.properties.targets import resolve
+from attncheck.bench.cases import grid, split
+from attncheck.bench.storage import load_run
+from attncheck.targets import resolve
 from tests.test_bench_compare import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -70,10 +70,10 @@ def test_a_users_blhd_kernel_is_benchmarked_with_verifys_flags(tmp_path: Path) -
 
 def test_the_user_kernel_is_called_in_its_own_layout_and_names() -> None:
     """The flags reach the call: BLHD inputs, causal= rather than is_causal= (make_call, as bench run uses it)."""
-    from attncheck.benchmarks.cases import make_call
-    from attncheck.benchmarks.workloads import Shape
-    from attncheck.properties.options import VerifySettings
-    from attncheck.properties.targets import resolve_targets
+    from attncheck.bench.cases import make_call
+    from attncheck.bench.workloads import Shape
+    from attncheck.options import VerifySettings
+    from attncheck.targets import resolve_targets
     from tests.fixtures import bench_targets
 
     caps = ["layout=BLHD", "arg_names=is_causal:causal,scale:softmax_scale", "masks=none"]

@@ -10,9 +10,10 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetError, TargetSpecError
-from attncheck.properties.options import VerifySettings
+from attncheck.options import VerifySettings
+from attncheck.properties.contract import CHOICES, Capabilities, Target
 from attncheck.properties.oracle import oracle
-from attncheck.properties.targets import CHOICES, Capabilities, Target, parse_capability
+from attncheck.targets import parse_capability
 from tests.variants import VARIANTS
 
 

@@ -184,8 +184,7 @@ def test_targets_prints_install_hints_as_text(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """rich must not eat `[hf]` in `pip install 'attncheck[hf]'` as markup."""
-    from attncheck import cli
-    from attncheck.properties import targets
+    from attncheck import cli, targets
 
     rows = [("hf-eager", "transformers [eager]", "transformers is not installed: pip install 'attncheck[hf]'")]
     monkeypatch.setattr(targets, "availability", lambda: rows)

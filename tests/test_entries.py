@@ -15,15 +15,16 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.properties.adapters.entries import (
+from attncheck.adapters.entries import (
     _REFERENCE,
     reference_decode_paged_target,
     reference_decode_target,
     reference_varlen_target,
 )
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.packed import DecodeProblem, VarlenProblem, expected
-from attncheck.properties.targets import Capabilities, Target, resolve
 from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
+from attncheck.targets import resolve
 from tests.test_meta import CATCH_SETTINGS, run_property
 
 VARLEN, DECODE, PAGED = (

@@ -1,4 +1,4 @@
-"""The adapters of the varlen and decode entries of real libraries (properties/adapters/cuda_entries.py, jax.py).
+"""The adapters of the varlen and decode entries of real libraries (attncheck/adapters/cuda_entries.py, jax.py).
 
 The CUDA adapters run on the CPU against stand-ins with the libraries' documented signatures and semantics
 (tests/fixtures/entry_stand_ins.py): each goes through its entry's property (varlen or decode) and, where it
@@ -20,10 +20,11 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.properties.adapters import BUILTINS, cuda, cuda_entries
+from attncheck.adapters import BUILTINS, cuda, cuda_entries
+from attncheck.properties.contract import Target
 from attncheck.properties.packed import DecodeProblem, VarlenProblem, expected
-from attncheck.properties.targets import Target, availability, resolve
 from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
+from attncheck.targets import availability, resolve
 from tests.fixtures import entry_stand_ins
 from tests.test_meta import CATCH_SETTINGS, run_property
 
@@ -151,7 +152,7 @@ def test_cuda_entry_adapters_are_unavailable_with_one_line_reasons() -> None:
 
 def test_importing_the_entry_adapters_imports_no_optional_library() -> None:
     code = (
-        "import sys, attncheck.properties.adapters.cuda_entries, attncheck.properties.adapters.jax; "
+        "import sys, attncheck.adapters.cuda_entries, attncheck.adapters.jax; "
         "print(sorted(m for m in ('flash_attn', 'flashinfer', 'xformers', 'jax') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -25,8 +25,9 @@ import pytest
 import torch
 from torch import Tensor
 
-from attncheck.properties.targets import FEATURES, Capabilities, Target, resolve
+from attncheck.properties.contract import FEATURES, Capabilities, Target
 from attncheck.reference.attention import additive_bias, merge_masks
+from attncheck.targets import resolve
 from tests.meta_call import NEG_INF, TIMEOUT, Call, masked_scores, zero_unseen_values
 from tests.test_meta import CATCH_SETTINGS, run_property
 

@@ -29,11 +29,11 @@ from urllib.parse import urlparse
 import numpy as np
 import pytest
 
-from attncheck.benchmarks import cli as bench_cli
-from attncheck.benchmarks.report import trend_figure
-from attncheck.benchmarks.statistics import trends
-from attncheck.benchmarks.storage import load_history, run_labels
-from attncheck.properties.html import verify_page
+from attncheck.bench import cli as bench_cli
+from attncheck.bench.report import trend_figure
+from attncheck.bench.statistics import trends
+from attncheck.bench.storage import load_history, run_labels
+from attncheck.html import verify_page
 from attncheck.properties.problems import format_counterexample
 from tests.test_bench_compare import rounds, write_run
 from tests.test_cli import FIX, attncheck
@@ -232,8 +232,7 @@ def test_verify_page_escapes_the_report(verify_report: tuple[Path, dict[str, Any
 def test_verify_html_unwritable_is_a_usage_error_before_the_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from attncheck import cli
-    from attncheck.properties import plugin
+    from attncheck import cli, plugin
 
     monkeypatch.setattr(plugin, "AttncheckPlugin", None)  # the run must not start: calling it would raise
     (tmp_path / "file").write_text("")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from attncheck.properties.catalog import checks
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.oracle import expect, logit_rounding_budget, oracle
 from attncheck.properties.problems import DTYPES, MaskKind, Problem
-from attncheck.properties.targets import Capabilities, Target
 from tests.cheats import CHEATS, HONEST
 from tests.mutants import MUTANTS
 from tests.test_meta import CATCH_SETTINGS, run_property

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from attncheck.properties.catalog import PROPERTIES, check_settings, checks, profile_settings
 from attncheck.properties.checks import PropertyFailure
-from attncheck.properties.targets import Target, TargetError
+from attncheck.properties.contract import Target, TargetError
 from tests.mutants import MUTANTS
 from tests.variants import VARIANTS, variant_target
 

@@ -16,9 +16,9 @@ import torch
 from torch import Tensor
 
 from attncheck.properties.catalog import PROPERTIES
+from attncheck.properties.contract import Capabilities
 from attncheck.properties.oracle import output_budget
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Capabilities
 from attncheck.reference.attention import scaled_dot_product_attention as reference
 from tests import mutants as mutants_module
 from tests.meta_call import Call, as_sdpa

@@ -45,9 +45,10 @@ def test_the_wheel_holds_one_top_level_package(wheel: Path) -> None:
     assert top == {"attncheck"}, top
     for module in (
         "reference/attention.py",
-        "properties/plugin.py",
-        "properties/adapters/pytorch.py",
-        "benchmarks/statistics.py",
+        "properties/contract.py",
+        "plugin.py",
+        "adapters/pytorch.py",
+        "bench/statistics.py",
         "_pytestplugin.py",
         "cli.py",
         "properties/verify.ini",
@@ -89,7 +90,7 @@ def test_a_wheel_install_beside_the_users_own_packages(wheel: Path, tmp_path: Pa
     (project / "test_mine.py").write_text(USER_TEST)
     path = [site, project]  # the user's folder is importable, as with `python -m` or pytest's rootdir
 
-    where = run(["-c", "import attncheck.properties.plugin as p; print(p.__file__)"], project, path)
+    where = run(["-c", "import attncheck.plugin as p; print(p.__file__)"], project, path)
     assert where.stdout.strip().startswith(str(site)), where.stdout + where.stderr
 
     mine = run(["-m", "pytest", "-q", "-p", "no:cacheprovider", "test_mine.py"], project, path)

@@ -22,10 +22,11 @@ from pathlib import Path
 import pytest
 
 from attncheck.errors import TargetSpecError
-from attncheck.properties.options import VerifySettings, add_verify_options
-from attncheck.properties.probe import Finding, causal_alignments, observe_conventions, probe
+from attncheck.options import VerifySettings, add_verify_options
+from attncheck.probe import Finding, causal_alignments, observe_conventions, probe
+from attncheck.properties.contract import ALL_DTYPES, Capabilities, Target
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import ALL_DTYPES, Capabilities, Target, resolve, resolve_targets
+from attncheck.targets import resolve, resolve_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 CONV = "tests.fixtures.conventions"

@@ -42,7 +42,7 @@ RUNS = [
 # Run in the child: exec each snippet in a fresh namespace; print how each ended, as the report words it.
 RUNNER = """
 import json, sys
-from attncheck.properties.report import one_line
+from attncheck.report import one_line
 results = []
 for snippet in json.load(sys.stdin):
     try:

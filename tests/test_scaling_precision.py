@@ -8,8 +8,8 @@ import torch
 from torch.nn.functional import scaled_dot_product_attention
 
 from attncheck.errors import PropertyFailure
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Capabilities, Target
 from attncheck.properties.test_scaling_variance import judge_effective_scale
 from tests.mutants import MUTANTS
 

@@ -212,7 +212,7 @@ def test_the_probed_declaration_verifies(tmp_path: Path) -> None:
 def test_dtypes_returned_as_float32_are_one_root_cause_with_one_declaration() -> None:
     """The probe names the dtype that comes back for each input dtype, in one finding whose declaration keeps
     every dtype that works (not one fix per dtype, each leaving the others to fail), and the run goes on."""
-    from attncheck.properties.probe import probe as first_probe
+    from attncheck.probe import probe as first_probe
     from tests.mutants import MUTANTS
 
     target = MUTANTS["float64_returns_float32"].target()
@@ -336,7 +336,7 @@ def test_an_unscaled_target_is_declared_not_failed(tmp_path: Path) -> None:
 
 def test_crashes_are_one_cause_up_to_their_numbers_only() -> None:
     """Two checks meet one crash when the exception's line differs in its numbers alone (sizes, shapes)."""
-    from attncheck.properties.report import crash_key
+    from attncheck.report import crash_key
 
     first = "TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 16, 8)"
     assert crash_key(first) == crash_key("TargetError: target 'k' raised RuntimeError: no kernel for (1, 2, 33, 4)")

@@ -3,8 +3,8 @@
 Each variant is a target in the SDPA convention (docs/design.md, "The target contract"), written as a function
 of one :class:`~tests.meta_call.Call` and declared with ``@variant(**capabilities)``, which registers it in
 :data:`VARIANTS` (a :class:`Variant`: name, SDPA callable, declared
-:class:`~attncheck.properties.targets.Capabilities`) and leaves the SDPA callable, carrying its declaration as
-:func:`attncheck.properties.targets.declare` would, under the function's name. Every variant handles all of the
+:class:`~attncheck.properties.contract.Capabilities`) and leaves the SDPA callable, carrying its declaration as
+:func:`attncheck.properties.contract.declare` would, under the function's name. Every variant handles all of the
 contract: bool and float masks broadcast from (L, S), (B, 1, L, S), (B, H, L, S), (1, H, L, S) and (B, 1, 1, S);
 top-left ``is_causal`` with L != S; ``scale``; GQA (repeat_interleave semantics); Ev != E; non-contiguous
 inputs; float64/float32/bfloat16/float16 inputs (the output has the input's dtype); logits far beyond exp's
@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor
 
-from attncheck.properties.targets import Target
+from attncheck.properties.contract import Target
 from tests.meta_call import NEG_INF, Call, Decorator, Implementation, dropout, masked_scores, zero_unseen_values
 
 BLOCK = 16  # key block of the streaming variant

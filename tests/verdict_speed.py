@@ -27,7 +27,7 @@ import time
 from typing import Any
 
 import attncheck
-from attncheck.properties.render import write_atomic
+from attncheck.render import write_atomic
 
 
 def kernels() -> dict[str, tuple[Any, str]]:

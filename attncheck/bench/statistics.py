@@ -1,12 +1,12 @@
 """Statistics of ``attncheck bench compare`` and ``attncheck bench history``: what got slower, what got faster, what
 is noise, and where a history changed level. Pure computation on raw rounds: no file is read or written here
-(:mod:`attncheck.benchmarks.storage` reads the runs, :mod:`attncheck.benchmarks.report` renders the results).
+(:mod:`attncheck.bench.storage` reads the runs, :mod:`attncheck.bench.report` renders the results).
 
 Which metric decides
 ====================
 
-Runs recorded by :func:`attncheck.benchmarks.timing.timed_rounds` hold, per round, the wall time, the process CPU
-time and the time of a fixed calibration kernel run next to the round (:mod:`attncheck.benchmarks.timing`).
+Runs recorded by :func:`attncheck.bench.timing.timed_rounds` hold, per round, the wall time, the process CPU
+time and the time of a fixed calibration kernel run next to the round (:mod:`attncheck.bench.timing`).
 :func:`choose_metrics` picks, per device group of benchmarks (the calibration kernel's device), one metric for all
 of them, and says why:
 
@@ -88,7 +88,7 @@ change close to the threshold comes out "too noisy" rather than "slower": more r
 Change points of a history
 ==========================
 
-Runs are ordered as :func:`attncheck.benchmarks.storage.order_runs` does.
+Runs are ordered as :func:`attncheck.bench.storage.order_runs` does.
 
 Three sources. First, compare's own rule on every pair of consecutive runs: where ``bench compare`` would call run
 k slower or faster than run k - 1 (same rule, alpha, CI and seed, in the same metric and witness), k is a change
@@ -156,7 +156,7 @@ from pathlib import Path
 
 import numpy as np
 
-from attncheck.benchmarks.storage import CPU, METRICS, NORMALISED_CPU, NORMALISED_WALL, WALL, Benchmark, Run
+from attncheck.bench.storage import CPU, METRICS, NORMALISED_CPU, NORMALISED_WALL, WALL, Benchmark, Run
 from attncheck.errors import UsageError
 
 DEFAULT_THRESHOLD = 0.10  # fraction: +10%, asv compare's default --factor 1.1

@@ -8,7 +8,7 @@ handed to pytest by ``attncheck verify`` with its targets already resolved::
 
 It parametrizes the ``target`` argument of the property checks over the chosen targets, runs each check under
 the attncheck Hypothesis profile (and only the checks: other tests of the session keep their settings), marks
-known failures as xfail, and builds the :class:`~attncheck.properties.report.Report` from test reports, which
+known failures as xfail, and builds the :class:`~attncheck.report.Report` from test reports, which
 pytest-xdist carries from its workers to the controller, so a distributed run reports what a serial one does.
 """
 
@@ -25,14 +25,15 @@ import pytest
 import torch
 from hypothesis import HealthCheck, Phase, settings
 
+from attncheck import known_failures
 from attncheck.errors import UsageError
-from attncheck.properties import known_failures
+from attncheck.options import ENV_PROFILE, PLUGIN_PREFIX, PROFILE_NAMES, VerifySettings
+from attncheck.probe import probe
 from attncheck.properties.catalog import PROPERTIES, check_catalog, check_settings, profile_settings, screening_rank
 from attncheck.properties.checks import drain_observations
-from attncheck.properties.options import ENV_PROFILE, PLUGIN_PREFIX, PROFILE_NAMES, VerifySettings
-from attncheck.properties.probe import probe
-from attncheck.properties.render import counterexample_line
-from attncheck.properties.report import (
+from attncheck.properties.contract import Target
+from attncheck.render import counterexample_line
+from attncheck.report import (
     BLOCKED,
     ERROR,
     FAILED,
@@ -44,7 +45,7 @@ from attncheck.properties.report import (
     status_of,
     versions,
 )
-from attncheck.properties.targets import Target, resolve_targets
+from attncheck.targets import resolve_targets
 
 USER_PROPERTY = "attncheck"  # the key of the result in a test report's user_properties
 CALLS_BEFORE = pytest.StashKey[int]()  # the target's call count when the check started
@@ -68,7 +69,7 @@ class AttncheckPlugin:
         _known_names("property", settings.properties, PROPERTIES)
         settings.checks = [_check_name(name, catalog) for name in settings.checks]
         if settings.json:
-            from attncheck.properties.render import check_writable
+            from attncheck.render import check_writable
 
             check_writable(f"--{PLUGIN_PREFIX}json", settings.json)  # before the probe: a typo must not cost it
         entries = known_failures.read_files(settings.known_failures, catalog)
@@ -262,7 +263,7 @@ class AttncheckPlugin:
     def pytest_terminal_summary(self, terminalreporter: Any, config: pytest.Config) -> None:
         if hasattr(config, "workerinput") or not (self.report.results or any(t.findings for t in self.targets)):
             return  # a pytest-xdist worker reports nothing
-        from attncheck.properties.render import render_table, write_json
+        from attncheck.render import render_table, write_json
 
         terminalreporter.write_sep("=", "attncheck conformance")
         terminalreporter.write(render_table(self.report, color=terminalreporter.hasmarkup))

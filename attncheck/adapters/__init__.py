@@ -55,123 +55,123 @@ if TYPE_CHECKING:
 BUILTINS: dict[str, tuple[str, str]] = {
     "reference": (
         "attncheck's reference, equation (1) with -inf masking (reference/attention.py)",
-        "attncheck.properties.adapters.pytorch:reference_target",
+        "attncheck.adapters.pytorch:reference_target",
     ),
     "torch-sdpa": (
         "torch.nn.functional.scaled_dot_product_attention, default dispatch",
-        "attncheck.properties.adapters.pytorch:torch_sdpa_target",
+        "attncheck.adapters.pytorch:torch_sdpa_target",
     ),
     "torch-sdpa-math": (
         "torch SDPA forced to the MATH backend",
-        "attncheck.properties.adapters.pytorch:torch_sdpa_math_target",
+        "attncheck.adapters.pytorch:torch_sdpa_math_target",
     ),
     "torch-sdpa-flash": (
         "torch SDPA forced to the FLASH_ATTENTION backend (CPU flash kernel; CUDA flash on GPU)",
-        "attncheck.properties.adapters.pytorch:torch_sdpa_flash_target",
+        "attncheck.adapters.pytorch:torch_sdpa_flash_target",
     ),
     "torch-mha": (
         "torch.nn.MultiheadAttention called as mha(q, k, v) (need_weights=True: explicit softmax)",
-        "attncheck.properties.adapters.pytorch:torch_mha_target",
+        "attncheck.adapters.pytorch:torch_mha_target",
     ),
     "torch-mha-noweights": (
         "torch.nn.MultiheadAttention with need_weights=False, as nn.Transformer layers call it",
-        "attncheck.properties.adapters.pytorch:torch_mha_noweights_target",
+        "attncheck.adapters.pytorch:torch_mha_noweights_target",
     ),
     "flex-attention": (
         "torch.nn.attention.flex_attention, eager (bool masks and causal as a BlockMask)",
-        "attncheck.properties.adapters.pytorch:flex_attention_target",
+        "attncheck.adapters.pytorch:flex_attention_target",
     ),
     "hf-eager": (
         "transformers eager_attention_forward (Llama): matmul, additive mask, float32 softmax",
-        "attncheck.properties.adapters.huggingface:hf_eager_target",
+        "attncheck.adapters.huggingface:hf_eager_target",
     ),
     "hf-sdpa": (
         "transformers sdpa_attention_forward: torch SDPA behind HF's GQA and causal shortcuts",
-        "attncheck.properties.adapters.huggingface:hf_sdpa_target",
+        "attncheck.adapters.huggingface:hf_sdpa_target",
     ),
     "hf-gemma2-eager": (
         "transformers Gemma 2 eager_attention_forward: softcap (features: softcap)",
-        "attncheck.properties.adapters.huggingface:hf_gemma2_eager_target",
+        "attncheck.adapters.huggingface:hf_gemma2_eager_target",
     ),
     "hf-gpt-oss-eager": (
         "transformers gpt-oss eager_attention_forward: learned sinks as a logit column (features: sinks)",
-        "attncheck.properties.adapters.huggingface:hf_gpt_oss_eager_target",
+        "attncheck.adapters.huggingface:hf_gpt_oss_eager_target",
     ),
     "jax": (
         "jax.nn.dot_product_attention (XLA, jitted), through numpy on the host",
-        "attncheck.properties.adapters.jax:jax_target",
+        "attncheck.adapters.jax:jax_target",
     ),
     "torch-sdpa-cuda": (
         "torch.nn.functional.scaled_dot_product_attention on CUDA, default dispatch",
-        "attncheck.properties.adapters.cuda:torch_sdpa_cuda_target",
+        "attncheck.adapters.cuda:torch_sdpa_cuda_target",
     ),
     "flash-attn": (
         "FlashAttention flash_attn_func (CUDA; fp16/bf16; causal bottom-right since 2.1; no masks)",
-        "attncheck.properties.adapters.cuda:flash_attn_target",
+        "attncheck.adapters.cuda:flash_attn_target",
     ),
     "flashinfer-prefill": (
         "FlashInfer single_prefill_with_kv_cache (CUDA; per batch element; bottom-right causal; softcap, lse)",
-        "attncheck.properties.adapters.cuda:flashinfer_prefill_target",
+        "attncheck.adapters.cuda:flashinfer_prefill_target",
     ),
     "flashinfer-decode": (
         "FlashInfer single_decode_with_kv_cache (CUDA; one decode step per query row; softcap, lse)",
-        "attncheck.properties.adapters.cuda:flashinfer_decode_target",
+        "attncheck.adapters.cuda:flashinfer_decode_target",
     ),
     "xformers": (
         "xformers.ops.memory_efficient_attention (CUDA; additive tensor bias; LowerTriangularMask)",
-        "attncheck.properties.adapters.cuda:xformers_target",
+        "attncheck.adapters.cuda:xformers_target",
     ),
     "reference-varlen": (
         "attncheck's packed varlen reference, one sequence at a time (reference/packed.py)",
-        "attncheck.properties.adapters.entries:reference_varlen_target",
+        "attncheck.adapters.entries:reference_varlen_target",
     ),
     "flex-varlen": (
         "torch.nn.attention.flex_attention over packed sequences with a document mask (eager)",
-        "attncheck.properties.adapters.entries:flex_varlen_target",
+        "attncheck.adapters.entries:flex_varlen_target",
     ),
     "reference-decode": (
         "attncheck's KV-cache decode reference, contiguous cache (reference/packed.py)",
-        "attncheck.properties.adapters.entries:reference_decode_target",
+        "attncheck.adapters.entries:reference_decode_target",
     ),
     "reference-decode-paged": (
         "attncheck's KV-cache decode reference, paged cache with a block table (reference/packed.py)",
-        "attncheck.properties.adapters.entries:reference_decode_paged_target",
+        "attncheck.adapters.entries:reference_decode_paged_target",
     ),
     "jax-varlen": (
         "jax.nn.dot_product_attention on a padded batch with query_seq_lengths/key_value_seq_lengths (top-left)",
-        "attncheck.properties.adapters.jax:jax_varlen_target",
+        "attncheck.adapters.jax:jax_varlen_target",
     ),
     "flash-attn-varlen": (
         "FlashAttention flash_attn_varlen_func (CUDA; cu_seqlens int32; bottom-right; window, softcap, lse +inf)",
-        "attncheck.properties.adapters.cuda_entries:flash_attn_varlen_target",
+        "attncheck.adapters.cuda_entries:flash_attn_varlen_target",
     ),
     "flash-attn-kvcache": (
         "FlashAttention flash_attn_with_kvcache, contiguous cache (CUDA; cache_seqlens; window, softcap, lse)",
-        "attncheck.properties.adapters.cuda_entries:flash_attn_kvcache_target",
+        "attncheck.adapters.cuda_entries:flash_attn_kvcache_target",
     ),
     "flash-attn-kvcache-paged": (
         "FlashAttention flash_attn_with_kvcache with block_table (CUDA; pages re-laid to 256 entries if needed)",
-        "attncheck.properties.adapters.cuda_entries:flash_attn_kvcache_paged_target",
+        "attncheck.adapters.cuda_entries:flash_attn_kvcache_paged_target",
     ),
     "flashinfer-varlen": (
         "FlashInfer BatchPrefillWithRaggedKVCacheWrapper plan()/run() (CUDA; qo/kv_indptr; softcap, lse base 2)",
-        "attncheck.properties.adapters.cuda_entries:flashinfer_varlen_target",
+        "attncheck.adapters.cuda_entries:flashinfer_varlen_target",
     ),
     "flashinfer-decode-paged": (
         "FlashInfer BatchDecodeWithPagedKVCacheWrapper plan()/run() (CUDA; one request per query row; lse base 2)",
-        "attncheck.properties.adapters.cuda_entries:flashinfer_decode_paged_target",
+        "attncheck.adapters.cuda_entries:flashinfer_decode_paged_target",
     ),
     "xformers-varlen": (
         "xformers memory_efficient_attention with BlockDiagonalMask.from_seqlens (CUDA; bottom-right; L <= S)",
-        "attncheck.properties.adapters.cuda_entries:xformers_varlen_target",
+        "attncheck.adapters.cuda_entries:xformers_varlen_target",
     ),
     "xformers-decode": (
         "xformers memory_efficient_attention with BlockDiagonal[CausalWithOffset]PaddedKeysMask (CUDA)",
-        "attncheck.properties.adapters.cuda_entries:xformers_decode_target",
+        "attncheck.adapters.cuda_entries:xformers_decode_target",
     ),
     "torch-varlen-attn": (
         "torch.nn.attention.varlen.varlen_attn (CUDA; PyTorch's FlashAttention 2; causal as window (-1, 0))",
-        "attncheck.properties.adapters.cuda_entries:torch_varlen_target",
+        "attncheck.adapters.cuda_entries:torch_varlen_target",
     ),
 }
 DEFAULT_TARGETS = ("reference", "torch-sdpa")

@@ -3,9 +3,9 @@
 The main CLI (``properties/cli.py``) adds these sub-commands to its ``bench`` group with :func:`register`; each
 sets ``func`` to a handler ``handler(args) -> int`` that returns the exit status. Standalone::
 
-    python -m attncheck.benchmarks.cli compare BASELINE.json CANDIDATE.json [--threshold PCT] [--alpha A] [--force]
+    python -m attncheck.bench.cli compare BASELINE.json CANDIDATE.json [--threshold PCT] [--alpha A] [--force]
                                      [--list-unmatched] [--markdown PATH] [--json PATH]
-    python -m attncheck.benchmarks.cli history PATH... [--plot DIR] [--html DIR] [--threshold PCT] [--alpha A]
+    python -m attncheck.bench.cli history PATH... [--plot DIR] [--html DIR] [--threshold PCT] [--alpha A]
 
 Exit status: compare 0 (no regression), 1 (a benchmark significantly slower beyond the threshold), 2 (unusable
 input, runs from different machines without ``--force``, unwritable output); history 0 or 2. Every error is one
@@ -15,9 +15,9 @@ an error leaves existing report files as they were.
 ``history --html DIR`` writes ``DIR/index.html``, one self-contained page: a chart per benchmark with its change
 points, the trend table, and the comparison of the last two runs by ``compare``'s rule (none for one run).
 
-Layers: :mod:`~attncheck.benchmarks.storage` reads the runs, :mod:`~attncheck.benchmarks.statistics`
-compares them, :mod:`~attncheck.benchmarks.report` renders the tables, reports and plots,
-:mod:`~attncheck.benchmarks.html` the history page.
+Layers: :mod:`~attncheck.bench.storage` reads the runs, :mod:`~attncheck.bench.statistics`
+compares them, :mod:`~attncheck.bench.report` renders the tables, reports and plots,
+:mod:`~attncheck.bench.html` the history page.
 """
 
 from __future__ import annotations
@@ -28,9 +28,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from attncheck.benchmarks.ab import add_parser as add_ab_parser
-from attncheck.benchmarks.html import history_page
-from attncheck.benchmarks.report import (
+from attncheck.bench.ab import add_parser as add_ab_parser
+from attncheck.bench.html import history_page
+from attncheck.bench.report import (
     UNMATCHED_SHOWN,
     make_console,
     print_comparison,
@@ -38,12 +38,12 @@ from attncheck.benchmarks.report import (
     write_comparison,
     write_plots,
 )
-from attncheck.benchmarks.run import add_parser as add_run_parser
-from attncheck.benchmarks.statistics import DEFAULT_ALPHA, DEFAULT_THRESHOLD, compare_runs, trends
-from attncheck.benchmarks.storage import HOST_FIELDS, load_history, load_note, load_run, machine_differences
+from attncheck.bench.run import add_parser as add_run_parser
+from attncheck.bench.statistics import DEFAULT_ALPHA, DEFAULT_THRESHOLD, compare_runs, trends
+from attncheck.bench.storage import HOST_FIELDS, load_history, load_note, load_run, machine_differences
 from attncheck.errors import UsageError
-from attncheck.properties.options import add_verify_options
-from attncheck.properties.render import check_writable, write_atomic
+from attncheck.options import add_verify_options
+from attncheck.render import check_writable, write_atomic
 
 
 def percent(text: str) -> float:
@@ -87,7 +87,7 @@ def _add_statistics_options(parser: argparse.ArgumentParser) -> None:
 
 def add_declaration_options(parser: argparse.ArgumentParser) -> None:
     """``attncheck verify``'s --device, --dtype and capability declarations, from their one definition
-    (:mod:`attncheck.properties.options`), so that a target is benchmarked as it is verified."""
+    (:mod:`attncheck.options`), so that a target is benchmarked as it is verified."""
     run = parser.add_argument_group("what to run on (as attncheck verify)")
     caps = parser.add_argument_group("capability declarations (as attncheck verify and attncheck.declare(...))")
 
@@ -218,7 +218,7 @@ def history_command(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m attncheck.benchmarks.cli {compare,history} ...``."""
+    """Standalone entry point: ``python -m attncheck.bench.cli {compare,history} ...``."""
     parser = argparse.ArgumentParser(prog="attncheck bench", description="Compare pytest-benchmark histories.")
     register(parser.add_subparsers(dest="command", required=True, metavar="{compare,history,ab}"))
     args = parser.parse_args(argv)

@@ -6,7 +6,7 @@ mail. The page reads without its script: a failure's details are a ``<details>``
 summary, and a link in the matrix leads to it; the script only opens the details a link points to.
 
 Every text that comes from a report (target names, messages, counterexamples, repro commands) is escaped with
-:func:`html.escape`. :mod:`attncheck.benchmarks.html` builds the ``bench history`` page on :func:`page`.
+:func:`html.escape`. :mod:`attncheck.bench.html` builds the ``bench history`` page on :func:`page`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections import Counter
 from html import escape
 from typing import Any
 
-from attncheck.properties.render import LABEL, counterexample_line, outcome_line, root_cause_title, verdict_label
+from attncheck.render import LABEL, counterexample_line, outcome_line, root_cause_title, verdict_label
 
 # Nothing may be loaded from elsewhere: styles and scripts are inline, images are data: URIs.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'"

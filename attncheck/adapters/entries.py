@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetSpecError, TargetUnavailable
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.reference.attention import merge_masks
 from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
 
@@ -101,11 +101,8 @@ def _band(L: int, S: int, n_q: int, n_k: int, is_causal: bool, window: tuple[int
     return box
 
 
-def varlen_fallback(spec: str) -> Target:
-    """``varlen:SPEC``: the dense target SPEC behind a pad-and-mask varlen call."""
-    from attncheck.properties.targets import resolve
-
-    dense = resolve(spec)
+def varlen_fallback(spec: str, dense: Target) -> Target:
+    """``varlen:SPEC``: the dense target SPEC (resolved: ``dense``) behind a pad-and-mask varlen call."""
 
     def varlen(
         query: Tensor,
@@ -144,11 +141,9 @@ def varlen_fallback(spec: str) -> Target:
     return Target(f"varlen:{spec}", varlen, caps, f"{spec} behind a pad-and-mask varlen call (dense fallback)")
 
 
-def decode_fallback(spec: str, paged: bool = False) -> Target:
-    """``decode:SPEC`` (``decode-paged:SPEC``): the dense target SPEC on each sequence's gathered cache."""
-    from attncheck.properties.targets import resolve
-
-    dense = resolve(spec)
+def decode_fallback(spec: str, dense: Target, paged: bool = False) -> Target:
+    """``decode:SPEC`` (``decode-paged:SPEC``): the dense target SPEC (resolved: ``dense``) on each sequence's
+    gathered cache."""
 
     def decode(
         query: Tensor,

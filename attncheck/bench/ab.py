@@ -2,7 +2,7 @@
 
 Comparing two separate runs (``bench compare``) has to trust that the machine was the same both times; here it is,
 by construction: for every case of the attention benchmark grid (``--size``, on ``--device``) that both targets
-support as declared, ``attncheck verify``'s declaration flags applied to both (:mod:`attncheck.benchmarks.cases`;
+support as declared, ``attncheck verify``'s declaration flags applied to both (:mod:`attncheck.bench.cases`;
 every other case is printed with the reason it was dropped), rounds of A and of B alternate, A B, B A, A B, ...
 (each pair in the opposite order to the one before, so that a machine that speeds up or slows down during the pair
 favours neither side on average), and each pair is compared with itself: a neighbour that takes time, a frequency
@@ -11,16 +11,16 @@ change, a slower machine, all hit both rounds of a pair alike.
 Per case and pair i, d_i = log(B_i / A_i) of the seconds per call, in CPU time on the CPU (a busy neighbour's time
 slices are not this process's CPU time) and in wall time on a GPU. The ratio B / A is exp(median(d)); its CI is the
 percentile bootstrap of exp(median(d)) over resampled pairs; the p-value is the Wilcoxon signed-rank test of
-d = 0 (paired, rank-based: no normality assumed; :func:`attncheck.benchmarks.statistics.compare_paired`). The
+d = 0 (paired, rank-based: no normality assumed; :func:`attncheck.bench.statistics.compare_paired`). The
 decision is ``bench compare``'s
-(:func:`attncheck.benchmarks.statistics.classify`: slower / faster / unchanged / too noisy at ``--threshold`` and
+(:func:`attncheck.bench.statistics.classify`: slower / faster / unchanged / too noisy at ``--threshold`` and
 ``--alpha``), B being the candidate. Exit status 1 when B is significantly slower in some case, else 0; 2 on
 bad input (unknown or unavailable target, no case both support, unwritable ``--json``). The ``--json`` report holds
 each case's result and its raw rounds (seconds per call, wall and CPU, of A and of B, in the order they ran).
 
 Targets are any that ``attncheck verify`` accepts (built-in names, registered names, ``module:attr``), so two
 versions of a kernel, or the same kernel under two settings, can be put side by side. ``--slowdown-b PCT`` adds a
-busy wait of PCT percent of each of B's calls (:func:`attncheck.benchmarks.slowdown.slowed`): run
+busy wait of PCT percent of each of B's calls (:func:`attncheck.bench.slowdown.slowed`): run
 ``bench ab torch-sdpa torch-sdpa --slowdown-b 20`` to see which slowdown this machine can resolve.
 """
 
@@ -35,14 +35,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from attncheck.benchmarks.storage import CPU, WALL
+from attncheck.bench.storage import CPU, WALL
 from attncheck.errors import UsageError
 
 if TYPE_CHECKING:
-    from attncheck.benchmarks.cases import Case
-    from attncheck.properties.targets import Target
+    from attncheck.bench.cases import Case
+    from attncheck.properties.contract import Target
 
-# The keys of attncheck.benchmarks.workloads.SIZES, which imports torch: the parser is built for every attncheck
+# The keys of attncheck.bench.workloads.SIZES, which imports torch: the parser is built for every attncheck
 # command, so the heavy imports of this module wait for ab_command (tests/test_bench_metrics.py checks the keys).
 SIZE_NAMES = ("full", "quick")
 
@@ -68,8 +68,8 @@ def alternate(
     call_a: Callable[[], None], call_b: Callable[[], None], pairs: int, round_time: float
 ) -> dict[str, np.ndarray]:
     """``pairs`` pairs of rounds, A B then B A alternately; per side its wall and CPU seconds per call, (pairs,)."""
-    from attncheck.benchmarks.cases import calibrate
-    from attncheck.benchmarks.timing import time_calls
+    from attncheck.bench.cases import calibrate
+    from attncheck.bench.timing import time_calls
 
     n_a, n_b = calibrate(call_a, round_time), calibrate(call_b, round_time)  # warm-up and iterations per round
     times: dict[str, list[float]] = {"a_wall": [], "a_cpu": [], "b_wall": [], "b_cpu": []}
@@ -84,7 +84,7 @@ def alternate(
 
 def compare_case(case: Case, times: dict[str, np.ndarray], threshold: float, alpha: float) -> PairResult:
     """Decide one case from its alternating rounds (see the module docstring)."""
-    from attncheck.benchmarks.statistics import classify, compare_paired
+    from attncheck.bench.statistics import classify, compare_paired
 
     metric, key = (CPU, "cpu") if case.device == "cpu" else (WALL, "wall")
     a, b = times[f"a_{key}"], times[f"b_{key}"]
@@ -99,8 +99,8 @@ def compare_case(case: Case, times: dict[str, np.ndarray], threshold: float, alp
 def declared_targets(args: argparse.Namespace, specs: list[str]) -> list[Target]:
     """Each spec resolved with the declaration flags of ``args`` applied, as ``attncheck verify`` does (one at a
     time, so that A and B may be the same target: the A/A self-test)."""
-    from attncheck.properties.options import VerifySettings
-    from attncheck.properties.targets import resolve_targets
+    from attncheck.options import VerifySettings
+    from attncheck.targets import resolve_targets
 
     resolved = []
     for spec in specs:
@@ -113,7 +113,7 @@ def declared_targets(args: argparse.Namespace, specs: list[str]) -> list[Target]
 def select_cases(args: argparse.Namespace, targets: list[Target], console: Any) -> list[Case]:
     """The grid's cases on ``--device`` that every target supports and ``--cases`` names; each dropped case is
     printed with its reason (one line per reason, the cases counted), and none left is a usage error."""
-    from attncheck.benchmarks.cases import grid, split
+    from attncheck.bench.cases import grid, split
 
     chosen = [c for c in grid(args.size, (args.device or "cpu",)) if args.cases is None or args.cases in c.id]
     kept, dropped = split(targets, chosen)
@@ -135,12 +135,12 @@ def ab_command(args: argparse.Namespace) -> int:
     """``bench ab``: see the module docstring for the exit status."""
     import torch
 
-    from attncheck.benchmarks.cases import make_call
-    from attncheck.benchmarks.report import STYLE, format_seconds, make_console
-    from attncheck.benchmarks.slowdown import slowed
-    from attncheck.benchmarks.statistics import SLOWER
-    from attncheck.benchmarks.workloads import SIZES
-    from attncheck.properties.render import check_writable, write_atomic
+    from attncheck.bench.cases import make_call
+    from attncheck.bench.report import STYLE, format_seconds, make_console
+    from attncheck.bench.slowdown import slowed
+    from attncheck.bench.statistics import SLOWER
+    from attncheck.bench.workloads import SIZES
+    from attncheck.render import check_writable, write_atomic
 
     if args.json is not None:
         check_writable("--json", args.json)

@@ -1,12 +1,12 @@
 """``attncheck bench run TARGET...``: benchmark your own kernel on the grid its declaration supports.
 
 The same declaration flags as ``attncheck verify`` (``--causal``, ``--arg-name``, ``--layout``, ``--feature``...,
-one definition: :func:`attncheck.benchmarks.cli.add_declaration_options`), so a kernel is benchmarked as it is
+one definition: :func:`attncheck.bench.cli.add_declaration_options`), so a kernel is benchmarked as it is
 verified. It runs the attention benchmarks (``benchmarks/test_attention.py``) in this process through pytest and
 pytest-benchmark, with the targets resolved here, on the cases of the ``--size`` grid that each target declares
 (every dropped case printed with its reason) and that ``--cases`` names; it prints a row per case as it finishes:
-median and interquartile range, GFLOP/s (:func:`attncheck.benchmarks.workloads.flops`), the same-run roofline
-and the fraction of it reached (:class:`attncheck.benchmarks.workloads.Roofline`).
+median and interquartile range, GFLOP/s (:func:`attncheck.bench.workloads.flops`), the same-run roofline
+and the fraction of it reached (:class:`attncheck.bench.workloads.Roofline`).
 
 Outputs, every path checked before anything runs (exit 2, one line naming the path): ``--json PATH`` the run in
 pytest-benchmark's format with raw rounds (what ``bench compare``, ``bench history`` read), written atomically;
@@ -29,41 +29,8 @@ from typing import Any
 
 from attncheck.errors import UsageError
 
-COLUMNS = ["case", "target", "median", "IQR", "GFLOP/s", "roofline GFLOP/s", "of roofline", "of GEMM", "note"]
 WIDTHS = [44, 0, 9, 9, 9, 16, 11, 8, 0]  # terminal columns (0: the target's name width; the note last, as it is)
 EXIT_INTERRUPTED = 130
-
-
-def row_cells(info: dict[str, Any]) -> list[str]:
-    """One result's table cells, from its ``extra_info`` with ``median_s`` and ``iqr_s`` (as the run prints it and
-    as :func:`rows_of` reads it back from the JSON)."""
-    from attncheck.benchmarks.report import format_seconds
-
-    case = "-".join((info["device"], info["dtype"], info["pass"], info["mask"], f"B{info['B']}H{info['H']}"))
-    case += f"L{info['L']}D{info['D']}"
-    notes = [info["impossible"]] if info.get("impossible") else []
-    notes += info.get("leftover_work") or []
-    gflops, fraction, gemm = info.get("gflops"), info.get("roofline_fraction"), info.get("gemm_fraction")
-    return [
-        case,
-        info["target"],
-        format_seconds(info["median_s"]),
-        format_seconds(info["iqr_s"]),
-        "-" if gflops is None else f"{gflops:.4g}",
-        f"{info['roofline_gflops']:.4g}",
-        "-" if fraction is None else f"{fraction:.1%}",
-        "-" if gemm is None else f"{gemm:.1%}",
-        "; ".join(notes),
-    ]
-
-
-def rows_of(doc: dict[str, Any]) -> list[list[str]]:
-    """The table of a pytest-benchmark JSON run written by ``bench run`` (or the attention benchmarks)."""
-    return [
-        row_cells({**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]})
-        for b in doc["benchmarks"]
-        if "roofline_gflops" in b.get("extra_info", {})
-    ]
 
 
 class RunPlugin:
@@ -95,6 +62,8 @@ class RunPlugin:
         if report.when == "call" and report.passed:
             for key, info in report.user_properties:
                 if key == "bench":
+                    from attncheck.bench.report import row_cells
+
                     self.print_row(row_cells(info))
         elif report.failed:
             message = str(report.longrepr.reprcrash.message if hasattr(report.longrepr, "reprcrash") else "")
@@ -121,11 +90,11 @@ def run_command(args: argparse.Namespace) -> int:
     import torch
 
     import attncheck.benchmarks as package
-    from attncheck.benchmarks.ab import declared_targets, select_cases
-    from attncheck.benchmarks.devicetime import CAPTURED  # noqa: F401  timer functions, before any target import
-    from attncheck.benchmarks.html import run_page
-    from attncheck.benchmarks.report import make_console
-    from attncheck.properties.render import check_writable, write_atomic
+    from attncheck.bench.ab import declared_targets, select_cases
+    from attncheck.bench.devicetime import CAPTURED  # noqa: F401  timer functions, before any target import
+    from attncheck.bench.html import run_page
+    from attncheck.bench.report import COLUMNS, make_console
+    from attncheck.render import check_writable, write_atomic
 
     for flag, path in (("--json", args.json), ("--html", args.html)):
         if path is not None:
@@ -210,7 +179,7 @@ def run_command(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: Any, add_declaration_options: Callable[[argparse.ArgumentParser], None]) -> None:
     """Add ``run`` to the ``bench`` group's subparsers."""
-    from attncheck.benchmarks.ab import SIZE_NAMES, _positive
+    from attncheck.bench.ab import SIZE_NAMES, _positive
 
     run = subparsers.add_parser(
         "run",

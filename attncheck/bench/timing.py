@@ -23,7 +23,7 @@ that takes time slices does not change it (a neighbour that evicts caches or sha
 The calibration kernel, a fixed amount of work run right next to every round, slows down with the machine: a
 machine that is slower (frequency, memory, another model of the same "kind") or busier in a way CPU time still
 sees slows both alike, and the ratio cancels it. Which metric ``bench compare`` uses for a pair of runs, and why,
-is :func:`attncheck.benchmarks.statistics.choose_metrics`'s rule; the measurements behind it are in
+is :func:`attncheck.bench.statistics.choose_metrics`'s rule; the measurements behind it are in
 ``docs/benchmarks.md`` ("Comparing under load: measurements").
 
 The calibration kernel (:class:`Calibration`): a 256 x 256 float32 matmul into a preallocated output (compute)
@@ -43,7 +43,7 @@ from typing import Any
 
 import torch
 
-from attncheck.benchmarks.workloads import synchronizer
+from attncheck.bench.workloads import synchronizer
 
 CALIBRATION_SHARE = 0.5  # a calibration lasts about this fraction of a round (round_time)
 MATMUL_N = 256  # (n, n) @ (n, n) float32: 2 n^3 = 33.6 MFLOP per unit

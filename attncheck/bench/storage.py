@@ -14,10 +14,10 @@ Runs are labelled by commit (:func:`run_labels`), with the run's time, then a nu
 Machines: two runs are comparable only when their ``machine_info`` agree on :data:`IDENTITY_FIELDS` (CPU model,
 architecture, Python, torch and its threads, GPU); volatile fields (``cpu.hz_actual``, ``release``, the load
 average) may differ, and so may the host name (:data:`HOST_FIELDS`) when both runs hold calibration rounds, whose
-measured speeds decide (:func:`attncheck.benchmarks.statistics.choose_metrics`).
+measured speeds decide (:func:`attncheck.bench.statistics.choose_metrics`).
 
 This is the only module of :mod:`attncheck.benchmarks` that reads files; the statistics
-(:mod:`attncheck.benchmarks.statistics`) work on the :class:`Run` objects it returns.
+(:mod:`attncheck.bench.statistics`) work on the :class:`Run` objects it returns.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ from attncheck.errors import BenchmarkDataError
 
 # machine_info fields that identify a machine (dotted paths); volatile ones (cpu.hz_actual, release, load) are not.
 # The host name is not among them: a CI runner has a new one every time. Runs from two hosts of one kind are compared
-# by their measured speeds (attncheck.benchmarks.statistics.choose_metrics), which HOST_FIELDS only announces.
+# by their measured speeds (attncheck.bench.statistics.choose_metrics), which HOST_FIELDS only announces.
 IDENTITY_FIELDS = (
     "machine",
     "system",
@@ -51,7 +51,7 @@ IDENTITY_FIELDS = (
     "attncheck.gpu_name",
     "attncheck.cuda_version",
 )
-# The metrics a benchmark can be compared in (attncheck.benchmarks.timing records them).
+# The metrics a benchmark can be compared in (attncheck.bench.timing records them).
 WALL, CPU, NORMALISED_WALL, NORMALISED_CPU = "wall time", "cpu time", "normalised wall time", "normalised cpu time"
 METRICS = (WALL, CPU, NORMALISED_WALL, NORMALISED_CPU)
 HOST_FIELDS = ("node",)
@@ -60,7 +60,7 @@ RECORD_HINT = "record with --benchmark-json PATH, or --benchmark-save NAME --ben
 
 @dataclass(frozen=True)
 class Timing:
-    """What :func:`attncheck.benchmarks.timing.timed_rounds` records next to the wall time of each round."""
+    """What :func:`attncheck.bench.timing.timed_rounds` records next to the wall time of each round."""
 
     cpu: np.ndarray  # (n_rounds,) process CPU seconds per call
     kernel: str  # the calibration kernel's description

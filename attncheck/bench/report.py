@@ -1,9 +1,9 @@
 """Rendering of ``attncheck bench compare`` and ``attncheck bench history``: rich tables on the terminal, markdown
-and JSON reports, plots (PNG files, or images for the HTML page of :mod:`attncheck.benchmarks.html`).
+and JSON reports, plots (PNG files, or images for the HTML page of :mod:`attncheck.bench.html`).
 
-Nothing here computes a statistic (:mod:`attncheck.benchmarks.statistics` does) or reads a run
-(:mod:`attncheck.benchmarks.storage` does). Every file is written through
-:func:`attncheck.properties.render.write_atomic`: a reader sees the old file or the complete new one, never a
+Nothing here computes a statistic (:mod:`attncheck.bench.statistics` does) or reads a run
+(:mod:`attncheck.bench.storage` does). Every file is written through
+:func:`attncheck.render.write_atomic`: a reader sees the old file or the complete new one, never a
 partial write. Tables and reports list benchmarks slower first, then too noisy, faster, unchanged. Benchmarks in
 only one of the runs are summarised, not listed, when the other run lacks their target altogether (a run of one
 target against a baseline of all): one line per side on the terminal (``--list-unmatched`` lists them), a
@@ -28,7 +28,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from attncheck.benchmarks.statistics import (
+from attncheck.bench.statistics import (
     DEFAULT_THRESHOLD,
     FASTER,
     NOISY,
@@ -41,14 +41,16 @@ from attncheck.benchmarks.statistics import (
     Trend,
     Unmatched,
 )
-from attncheck.benchmarks.storage import WALL, Run, machine_differences, run_labels
-from attncheck.properties.render import write_atomic
+from attncheck.bench.storage import WALL, Run, machine_differences, run_labels
+from attncheck.render import write_atomic
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 STATUS_ORDER = {SLOWER: 0, NOISY: 1, FASTER: 2, UNCHANGED: 3}
 STYLE = {SLOWER: "bold red", FASTER: "green", NOISY: "yellow"}
+# the table of a `bench run` (row_cells)
+COLUMNS = ["case", "target", "median", "IQR", "GFLOP/s", "roofline GFLOP/s", "of roofline", "of GEMM", "note"]
 TREND_COLUMNS = ("benchmark", "runs", "first", "last", "best", "change", "change points")  # of trend_cells
 UNMATCHED_SHOWN = 10  # unexplained benchmarks of one run named on the terminal without --list-unmatched
 
@@ -65,6 +67,36 @@ def format_seconds(seconds: float) -> str:
     """A time with 3 significant digits and a unit: 1.23 s, 45.6 ms, 789 µs, 12.0 ns."""
     scale, unit = time_unit(seconds)
     return f"{seconds / scale:.3g} {unit}"
+
+
+def row_cells(info: dict[str, Any]) -> list[str]:
+    """One result's table cells, from its ``extra_info`` with ``median_s`` and ``iqr_s`` (as the run prints it and
+    as :func:`rows_of` reads it back from the JSON)."""
+    case = "-".join((info["device"], info["dtype"], info["pass"], info["mask"], f"B{info['B']}H{info['H']}"))
+    case += f"L{info['L']}D{info['D']}"
+    notes = [info["impossible"]] if info.get("impossible") else []
+    notes += info.get("leftover_work") or []
+    gflops, fraction, gemm = info.get("gflops"), info.get("roofline_fraction"), info.get("gemm_fraction")
+    return [
+        case,
+        info["target"],
+        format_seconds(info["median_s"]),
+        format_seconds(info["iqr_s"]),
+        "-" if gflops is None else f"{gflops:.4g}",
+        f"{info['roofline_gflops']:.4g}",
+        "-" if fraction is None else f"{fraction:.1%}",
+        "-" if gemm is None else f"{gemm:.1%}",
+        "; ".join(notes),
+    ]
+
+
+def rows_of(doc: dict[str, Any]) -> list[list[str]]:
+    """The table of a pytest-benchmark JSON run written by ``bench run`` (or the attention benchmarks)."""
+    return [
+        row_cells({**b["extra_info"], "median_s": b["stats"]["median"], "iqr_s": b["stats"]["iqr"]})
+        for b in doc["benchmarks"]
+        if "roofline_gflops" in b.get("extra_info", {})
+    ]
 
 
 def in_report_order(comparison: Comparison) -> list[Result]:
@@ -95,7 +127,7 @@ def comparison_summary(c: Comparison) -> str:
 
 def trend_cells(t: Trend, labels: Sequence[str]) -> list[str]:
     """A trend row: benchmark, runs, first, last and best median, change, and the change points as
-    "x1.30 at <label> (run i/n, p=...)" (``labels``: :func:`~attncheck.benchmarks.storage.run_labels` of the runs)."""
+    "x1.30 at <label> (run i/n, p=...)" (``labels``: :func:`~attncheck.bench.storage.run_labels` of the runs)."""
     medians = t.medians
     points = ", ".join(
         f"x{cp.ratio:.2f} at {labels[cp.index]} (run {cp.index + 1}/{len(labels)}, p={cp.p_value:.1g})"
@@ -187,7 +219,7 @@ def machines_note(runs: Sequence[Run]) -> str | None:
 
 def print_history(console: Console, runs: Sequence[Run], results: Sequence[Trend]) -> None:
     """Rich trend table: one row per benchmark, change points as "x1.30 at <label> (run i/n)" (labels of
-    :func:`~attncheck.benchmarks.storage.run_labels`)."""
+    :func:`~attncheck.bench.storage.run_labels`)."""
     if (note := machines_note(runs)) is not None:
         console.print(f"note: {note}")
     labels = run_labels(runs)
@@ -323,7 +355,7 @@ def metric_of(obj: object) -> str:
 def trend_figure(t: Trend, runs: Sequence[Run], threshold: float = DEFAULT_THRESHOLD) -> Figure:
     """The plot of one benchmark: median per run, the rounds' interquartile range as a band, the piecewise-constant
     levels between change points, and the change points as dashed red lines labelled with their ratio; x ticks
-    labelled by :func:`~attncheck.benchmarks.storage.run_labels` (runs of one commit told apart).
+    labelled by :func:`~attncheck.bench.storage.run_labels` (runs of one commit told apart).
 
     The y axis spans at least the threshold band around the median of the run medians, [m / (1 + t), m (1 + t)]
     (``compare``'s band, symmetric in log time), and more where the data need it. An axis fitted to the data alone

@@ -1,8 +1,8 @@
 """The report of a verification run: one :class:`CheckResult` per check and target, aggregated per property.
 
 Results arrive as pytest test reports (from this process or from pytest-xdist workers, see
-:mod:`attncheck.properties.plugin`), so the report is the same whether the run was serial or spread over
-processes. Rendering lives in :mod:`attncheck.properties.render`.
+:mod:`attncheck.plugin`), so the report is the same whether the run was serial or spread over
+processes. Rendering lives in :mod:`attncheck.render`.
 """
 
 from __future__ import annotations
@@ -16,10 +16,10 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from attncheck.errors import PropertyFailure, TargetError
+from attncheck.known_failures import KnownFailure
 from attncheck.properties.catalog import PROPERTIES
-from attncheck.properties.known_failures import KnownFailure
+from attncheck.properties.contract import Target
 from attncheck.properties.problems import Problem
-from attncheck.properties.targets import Target
 
 # Status of a property (docs/design.md, "Verdicts"): passed needs at least one check that called the target.
 PASSED, FAILED, ERROR, SKIPPED, KNOWN, BLOCKED = "passed", "failed", "error", "skipped", "known-failure", "blocked"

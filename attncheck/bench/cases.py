@@ -5,7 +5,7 @@ Shared by the pytest benchmarks (``benchmarks/test_attention.py``), ``attncheck 
 module and all three drop a case for one reason, printed.
 
 A case is one cell of the grid: device x dtype x pass (fwd, fwd+bwd) x mask (noncausal, causal, window, softcap)
-x shape (:mod:`attncheck.benchmarks.workloads`). Every grid shape has L = S (self-attention), where the top-left
+x shape (:mod:`attncheck.bench.workloads`). Every grid shape has L = S (self-attention), where the top-left
 and bottom-right causal alignments are the same mask, so a causal case runs for every target with an
 ``is_causal`` whatever its declared alignment; a target declared ``causal="always"`` (causal without a flag) runs
 the causal cases with no flag and none of the non-causal ones.
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attncheck.benchmarks.workloads import DTYPES, MASKS, PASSES, SIZES, SOFTCAP, Shape, synchronizer, window_of
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.bench.workloads import DTYPES, MASKS, PASSES, SIZES, SOFTCAP, Shape, synchronizer, window_of
+from attncheck.properties.contract import Capabilities, Target
 
 
 @dataclass(frozen=True)
@@ -105,7 +105,7 @@ def make_call(
     """A zero-argument callable that runs one call of ``target.fn`` (and its backward) on fixed inputs, with the
     mask case's keyword arguments (is_causal, window, softcap) under the target's own names and conventions, and
     returns what the call produced (the output, or the gradients) once the device has finished it
-    (``synchronize=False``: as soon as the call returns, for :func:`attncheck.benchmarks.devicetime.leftover_work`).
+    (``synchronize=False``: as soon as the call returns, for :func:`attncheck.bench.devicetime.leftover_work`).
 
     The inputs are created in the target's own layout (BLHD targets get contiguous (B, L, H, D) tensors), so no
     transpose is timed. The forward pass runs without autograd (inputs do not require grad); the backward pass

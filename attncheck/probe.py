@@ -23,9 +23,9 @@ import torch
 
 from attncheck.errors import PropertyFailure, TargetError
 from attncheck.properties.checks import row_convention, target_grads
+from attncheck.properties.contract import CONTRACT_ARGS, Capabilities, Target
 from attncheck.properties.oracle import expect, oracle, output_budget
 from attncheck.properties.problems import Problem, fit_sizes
-from attncheck.properties.targets import CONTRACT_ARGS, Capabilities, Target
 from attncheck.reference.attention import causal_mask
 
 

@@ -9,7 +9,7 @@ import torch
 from torch import Tensor
 
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.targets import FEATURES, Capabilities, Target
+from attncheck.properties.contract import FEATURES, Capabilities, Target
 from attncheck.reference.attention import merge_masks
 
 

@@ -15,7 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILE_NAMES = ("dev", "ci", "thorough", "screen")  # screen: fail fast, for loops (attncheck.verify)
+from attncheck.properties import PROFILE_NAMES
+
 DTYPE_NAMES = ("float64", "float32", "bfloat16", "float16")
 PLUGIN_PREFIX = "attncheck-"
 ENV_TARGET = "ATTNCHECK_TARGET"

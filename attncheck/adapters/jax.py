@@ -13,9 +13,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attncheck.adapters import HALF_AND_SINGLE, as_4d
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target
 
 STATIC = ("is_causal", "scale", "local_window_size", "return_residual")  # jax.jit's static arguments
 

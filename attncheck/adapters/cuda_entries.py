@@ -31,10 +31,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attncheck.adapters import HALF_AND_SINGLE, require_cuda
+from attncheck.adapters.cuda import _import_flash_attn, _import_flashinfer, _import_xformers, _version
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, require_cuda
-from attncheck.properties.adapters.cuda import _import_flash_attn, _import_flashinfer, _import_xformers, _version
-from attncheck.properties.targets import Alignment, Capabilities, Target
+from attncheck.properties.contract import Alignment, Capabilities, Target
 from attncheck.reference.packed import paged_to_contiguous
 
 HALF = ("bfloat16", "float16")

@@ -1,7 +1,7 @@
 """A/B self-test of ``attncheck bench compare``: a pytest plugin that makes one target deliberately slower.
 
     python -m pytest benchmarks --benchmark-json a.json
-    python -m pytest benchmarks -p attncheck.benchmarks.slowdown --slowdown 20 --benchmark-json b.json
+    python -m pytest benchmarks -p attncheck.bench.slowdown --slowdown 20 --benchmark-json b.json
     attncheck bench compare a.json b.json          # torch-sdpa should come out "slower", the rest not
 
 Every benchmarked call of the target (default ``torch-sdpa``) is followed by a busy wait of ``--slowdown`` percent
@@ -24,8 +24,8 @@ from typing import Any
 import pytest
 import torch
 
-from attncheck.benchmarks.workloads import Shape
-from attncheck.properties.targets import Target
+from attncheck.bench.workloads import Shape
+from attncheck.properties.contract import Target
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

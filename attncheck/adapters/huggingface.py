@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attncheck.adapters import HALF_AND_SINGLE, as_4d
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, as_4d
-from attncheck.properties.targets import Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target
 
 # ---------------------------------------------------------------------------------------------------------------
 # Hugging Face transformers attention functions

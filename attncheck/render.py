@@ -1,6 +1,6 @@
-"""Rendering a :class:`~attncheck.properties.plugin.Report`: the conformance table, failure details, atomic JSON.
+"""Rendering a :class:`~attncheck.plugin.Report`: the conformance table, failure details, atomic JSON.
 
-The HTML page of a report is :mod:`attncheck.properties.html`; :func:`write_atomic` and :func:`check_writable`
+The HTML page of a report is :mod:`attncheck.html`; :func:`write_atomic` and :func:`check_writable`
 serve every report file of attncheck (verify's and the benchmarks').
 """
 
@@ -23,7 +23,7 @@ from attncheck.errors import UsageError
 from attncheck.properties.problems import format_counterexample
 
 if TYPE_CHECKING:
-    from attncheck.properties.report import Report
+    from attncheck.report import Report
 
 STYLE = {
     "passed": "green",

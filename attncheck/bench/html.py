@@ -3,10 +3,10 @@
 What it shows: the latest comparison (the last two runs by ``bench compare``'s rule, as a table with the summary
 line that ``compare`` prints), the trend table of the terminal, one chart per benchmark (the PNG of ``--plot``,
 embedded as a ``data:`` URI) with its change points named in the caption and in ``data-change-points``, and the
-runs with their labels (:func:`~attncheck.benchmarks.storage.run_labels`: two runs of one commit told apart).
+runs with their labels (:func:`~attncheck.bench.storage.run_labels`: two runs of one commit told apart).
 
-The skeleton (inline CSS, no network) is :func:`attncheck.properties.html.page`; the cells and the plots come
-from :mod:`attncheck.benchmarks.report`, so the page, the terminal and the PNG files say the same thing.
+The skeleton (inline CSS, no network) is :func:`attncheck.html.page`; the cells and the plots come
+from :mod:`attncheck.bench.report`, so the page, the terminal and the PNG files say the same thing.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from html import escape
 from typing import Any
 
-from attncheck.benchmarks.report import (
+from attncheck.bench.report import (
     TREND_COLUMNS,
     comparison_summary,
     in_report_order,
@@ -26,9 +26,9 @@ from attncheck.benchmarks.report import (
     trend_cells,
     trend_image,
 )
-from attncheck.benchmarks.statistics import Comparison, Trend
-from attncheck.benchmarks.storage import WALL, Run, run_labels
-from attncheck.properties.html import page, table
+from attncheck.bench.statistics import Comparison, Trend
+from attncheck.bench.storage import WALL, Run, run_labels
+from attncheck.html import page, table
 
 COMPARISON_COLUMNS = ["benchmark", "baseline", "candidate", "ratio", "CI", "p", "result", "why"]  # result_cells
 NUMERIC = {1, 2, 3, 5}  # right-aligned columns of result_cells
@@ -87,7 +87,7 @@ def _comparison_section(comparison: Comparison | None, labels: list[str]) -> lis
 
 
 def _chart(i: int, t: Trend, runs: Sequence[Run], labels: list[str], threshold: float) -> str:
-    """One benchmark's chart (:func:`~attncheck.benchmarks.report.trend_image`) and a caption naming its change
+    """One benchmark's chart (:func:`~attncheck.bench.report.trend_image`) and a caption naming its change
     points; ``data-change-points`` holds their run labels, ``|``-separated."""
     image = base64.b64encode(trend_image(t, runs, threshold)).decode()
     points = trend_cells(t, labels)[-1]
@@ -104,7 +104,7 @@ def _chart(i: int, t: Trend, runs: Sequence[Run], labels: list[str], threshold: 
 def history_page(
     runs: Sequence[Run], results: Sequence[Trend], comparison: Comparison | None, threshold: float, alpha: float
 ) -> str:
-    """The page of a history: ``runs`` ordered, their ``results`` (:func:`~attncheck.benchmarks.statistics.trends`)
+    """The page of a history: ``runs`` ordered, their ``results`` (:func:`~attncheck.bench.statistics.trends`)
     and the comparison of the last two runs (``None`` for a history of one run)."""
     labels = run_labels(runs)
     changed = sum(bool(t.change_points) for t in results)
@@ -145,8 +145,8 @@ def history_page(
 
 def run_page(doc: dict[str, Any], command: str) -> str:
     """One self-contained page of a ``bench run``: the machine it ran on and its table
-    (:func:`attncheck.benchmarks.run.rows_of`)."""
-    from attncheck.benchmarks.run import COLUMNS, rows_of
+    (:func:`attncheck.bench.report.rows_of`)."""
+    from attncheck.bench.report import COLUMNS, rows_of
 
     machine = doc.get("machine_info", {})
     info = machine.get("attncheck", {})

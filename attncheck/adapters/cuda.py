@@ -12,9 +12,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from attncheck.adapters import HALF_AND_SINGLE, require_cuda
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.adapters import HALF_AND_SINGLE, require_cuda
-from attncheck.properties.targets import Alignment, Capabilities, Target
+from attncheck.properties.contract import Alignment, Capabilities, Target
 
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA only: torch SDPA on CUDA, FlashAttention

@@ -1,13 +1,13 @@
 """The GPU run in one command: conformance of the GPU attention implementations and a GPU baseline of the quick grid.
 
     scripts/gpu-run.sh [OUT_DIR]                          # installs attncheck --no-deps, then runs this
-    python -m attncheck.benchmarks.gpu --out OUT_DIR [--budget 480] [--dry-run]
+    python -m attncheck.bench.gpu --out OUT_DIR [--budget 480] [--dry-run]
 
 On a CUDA machine that already has PyTorch, Triton and JAX, and no network (nothing is downloaded), it runs, each
 step a separate ``attncheck`` process with its own time limit (a crash or a hang costs that step only):
 
 1. ``attncheck verify`` of torch SDPA forced to each CUDA backend (flash, memory-efficient, cuDNN, math:
-   :data:`TARGETS`, ``attncheck.benchmarks.gpu:sdpa_flash``...), ``--device cuda``;
+   :data:`TARGETS`, ``attncheck.bench.gpu:sdpa_flash``...), ``--device cuda``;
 2. FlexAttention compiled with Triton (``flex_compiled``: dense, window, softcap, lse) and over packed
    sequences with the document mask (``flex_varlen_compiled``), ``--device cuda``;
 3. JAX on the GPU, its XLA and cuDNN implementations (``jax_xla``, ``jax_cudnn``);
@@ -48,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 HALF = ("float16", "bfloat16")
-HERE = "attncheck.benchmarks.gpu"
+HERE = "attncheck.bench.gpu"
 GRACE_S = 20.0  # seconds a step has to write what it finished after its time is up (SIGINT), before SIGKILL
 
 
@@ -65,9 +65,9 @@ def _sdpa(backend: str, **caps: Any) -> Any:
     """torch SDPA forced to ``SDPBackend.<backend>`` (the built-in adapter's forcing), declared for CUDA."""
     import torch
 
-    from attncheck.properties.adapters import require_cuda
-    from attncheck.properties.adapters.pytorch import _sdpa_backend
-    from attncheck.properties.targets import Capabilities, Target
+    from attncheck.adapters import require_cuda
+    from attncheck.adapters.pytorch import _sdpa_backend
+    from attncheck.properties.contract import Capabilities, Target
 
     require_cuda(f"torch SDPA {backend}")
     forced = _sdpa_backend(backend, Capabilities(devices=("cuda",), **caps))
@@ -107,8 +107,8 @@ def _compiled_flex(factory: Any, name: str) -> Any:
     import torch
     import torch.nn.attention.flex_attention as flex
 
-    from attncheck.properties.adapters import require_cuda
-    from attncheck.properties.targets import Target
+    from attncheck.adapters import require_cuda
+    from attncheck.properties.contract import Target
 
     require_cuda(name)
     # one compiled graph per shape and mask: past dynamo's recompile limit (8) it would fall back to eager, silently
@@ -128,13 +128,13 @@ def _compiled_flex(factory: Any, name: str) -> Any:
 
 
 def _flex_compiled() -> Any:
-    from attncheck.properties.adapters.pytorch import flex_attention_target
+    from attncheck.adapters.pytorch import flex_attention_target
 
     return _compiled_flex(flex_attention_target, "flex-attention-compiled")
 
 
 def _flex_varlen_compiled() -> Any:
-    from attncheck.properties.adapters.entries import flex_varlen_target
+    from attncheck.adapters.entries import flex_varlen_target
 
     return _compiled_flex(flex_varlen_target, "flex-varlen-compiled")
 
@@ -142,9 +142,9 @@ def _flex_varlen_compiled() -> Any:
 def _jax(implementation: str) -> Any:
     """The built-in ``jax`` adapter with ``jax.nn.dot_product_attention(implementation=...)`` on JAX's GPU backend
     (tensors cross through numpy on the host, as in the built-in)."""
+    from attncheck.adapters.jax import _import_jax, jax_target
     from attncheck.errors import TargetUnavailable
-    from attncheck.properties.adapters.jax import _import_jax, jax_target
-    from attncheck.properties.targets import Target
+    from attncheck.properties.contract import Target
 
     jax = _import_jax()  # TargetUnavailable without JAX
     if jax.default_backend() != "gpu":
@@ -183,7 +183,7 @@ TARGETS = {
 
 
 def __getattr__(name: str) -> Any:
-    """``attncheck.benchmarks.gpu:sdpa_flash`` and the others: each a :class:`Target`, built when it is named
+    """``attncheck.bench.gpu:sdpa_flash`` and the others: each a :class:`Target`, built when it is named
     (PEP 562), so that importing this module needs no GPU (TargetUnavailable without one)."""
     if name in TARGETS:
         return TARGETS[name]()
@@ -289,7 +289,7 @@ def run_step(step: Step, out: Path, seconds: float) -> Outcome:
 
 def summary(out: Path, env: dict[str, Any], outcomes: list[Outcome], budget: float) -> str:
     """``summary.md``: the environment, each step's status, the conformance matrices and the baseline table."""
-    from attncheck.benchmarks.run import COLUMNS, rows_of
+    from attncheck.bench.report import COLUMNS, rows_of
 
     lines = ["# attncheck GPU run", "", "| | |", "|---|---|"]
     lines += [f"| {key} | {value} |" for key, value in env.items()]
@@ -308,13 +308,13 @@ def summary(out: Path, env: dict[str, Any], outcomes: list[Outcome], budget: flo
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m attncheck.benchmarks.gpu", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m attncheck.bench.gpu", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--budget", type=float, default=480.0, metavar="S", help="seconds for the whole run (480)")
     parser.add_argument("--dry-run", action="store_true", help="skip the CUDA steps; run the CPU stand-ins")
     args = parser.parse_args(argv)
     from attncheck.errors import UsageError
-    from attncheck.properties.render import check_writable, write_atomic
+    from attncheck.render import check_writable, write_atomic
 
     try:
         check_writable("--out", args.out, directory=True)
