@@ -35,10 +35,11 @@ Tolerance (docs/design.md, "Oracle and tolerance"): a target in dtype T may diff
   half the scale.
 * A kernel that rounds its logits to T is less precise, not wrong (issue 19). Its output is judged against
   every output equation (1) gives when each logit moves by at most its rounding (:func:`logit_rounding_band`),
-  widened by the budget above, on the rows where that band tells every degenerate output (the mean of V, V,
-  a constant, rows permuted, half or twice the scale, the mask or the causal triangle ignored) from the right
-  answer (:func:`logit_rounding`). Where the band cannot exclude some degenerate output on the rows judged, the
-  example is inconclusive: matches_oracle neither passes nor fails it, and Hypothesis draws another.
+  widened by the budget above: outside it on any row, the output fails (no such kernel gives it); inside it
+  everywhere, it passes where the band rejects every degenerate output (the mean of V, V, zeros, a constant,
+  rows permuted, half or twice the scale, the mask or the causal triangle ignored) on some row
+  (:func:`logit_rounding`). Where a degenerate output fits the band on every row the example is inconclusive:
+  matches_oracle neither passes nor fails it, and Hypothesis draws another.
 """
 
 from __future__ import annotations
@@ -428,9 +429,9 @@ class LogitRounding:
 
     lo: Tensor  # (B, Hq, L, Ev) float64: logit_rounding_band
     hi: Tensor
-    judged: Tensor  # (B, Hq, L, 1) bool: live rows where the band, widened by the budget, excludes every degenerate
-    # output that is wrong there (outside the budget of the reference)
-    explained_by: tuple[str, ...]  # degenerate outputs wrong somewhere yet inside the band on every row judged
+    # degenerate outputs wrong somewhere (outside the budget of the reference) yet within the budget of the band on
+    # every row: a kernel returning one would pass as a kernel rounding its logits
+    explained_by: tuple[str, ...]
 
 
 def logit_rounding(
@@ -443,21 +444,21 @@ def logit_rounding(
     alignment: str = "top-left",
     **kwargs: object,
 ) -> LogitRounding:
-    """The band of :func:`logit_rounding_band`, the rows it can judge, and the degenerate outputs it cannot tell
-    from an honest one there. An output within ``tol`` of the band on the judged rows is a kernel rounding its
-    logits to T, less precise but not wrong, unless ``explained_by`` is non-empty: then a degenerate output
-    would pass as well, and the example is inconclusive. ``live`` (B, Hq, L, 1): rows with an admissible key."""
+    """The band of :func:`logit_rounding_band` and the degenerate outputs it cannot tell from an honest one. An
+    output farther than ``tol`` from the band on a live row is no kernel rounding its logits to T (a wrong answer);
+    one within it everywhere is such a kernel, less precise but not wrong, unless ``explained_by`` is non-empty:
+    then a degenerate output would pass as well, and the example is inconclusive. The rows where the band is narrow
+    are what rejects a degenerate output. ``live`` (B, Hq, L, 1): rows with an admissible key."""
     lo, hi = logit_rounding_band(query, key, value, alignment, **kwargs)  # type: ignore[arg-type]
     ref = reference.cpu()
     rows = live.cpu().squeeze(-1)  # (B, Hq, L)
-    garbage = degenerate_outputs(query, key, value, ref, alignment, **kwargs)  # type: ignore[arg-type]
-    wrong = {n: ((g - ref).abs() > tol).any(-1) for n, g in garbage.items()}  # (B, Hq, L): outside the budget
-    inside = {n: ((g >= lo - tol) & (g <= hi + tol)).all(-1) for n, g in garbage.items()}  # (B, Hq, L)
-    judged = rows.clone()
-    for n in garbage:
-        judged &= ~(wrong[n] & inside[n])
-    explained = tuple(n for n in garbage if bool(wrong[n][rows].any()) and bool(inside[n][judged].all()))
-    return LogitRounding(lo, hi, judged.unsqueeze(-1), explained)
+    explained = []
+    for name, g in degenerate_outputs(query, key, value, ref, alignment, **kwargs).items():  # type: ignore[arg-type]
+        wrong = ((g - ref).abs() > tol).any(-1)  # (B, Hq, L): rows where it is outside the budget
+        inside = ((g >= lo - tol) & (g <= hi + tol)).all(-1)  # (B, Hq, L): rows where the band admits it
+        if bool(wrong[rows].any()) and bool(inside[rows].all()):
+            explained.append(name)
+    return LogitRounding(lo, hi, tuple(explained))
 
 
 def precision_ratio(dtype: torch.dtype, error: float, fused_error: float) -> str:

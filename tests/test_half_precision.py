@@ -82,8 +82,8 @@ def _problems(dtype: str, magnitude: float, mask_shape: str = "BHLS", first_full
 @pytest.mark.parametrize("form", sorted(FORMS))
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
 def test_a_kernel_rounding_its_logits_passes(dtype: str, form: str, magnitude: float) -> None:
-    """Never failed; judged (with its precision reported) at magnitudes 1 and 3 on every problem, and at
-    magnitude 10 on some (elsewhere inconclusive: in bfloat16 its error there is that of half the scale)."""
+    """Never failed; passed (with its precision reported) at magnitudes 1 and 3 on every problem, and at
+    magnitude 10 on some (elsewhere inconclusive: in bfloat16 half the scale is within its rounding there)."""
     target = rounding_kernel(FORMS[form])
     drain_observations()
     verdicts = [judge_forward(target, p) for p in _problems(dtype, magnitude)]
@@ -104,19 +104,11 @@ def test_torch_sdpa_is_judged_on_every_problem(dtype: str, magnitude: float) -> 
 @pytest.mark.parametrize("magnitude", [1.0, 3.0, 10.0])
 @pytest.mark.parametrize("dtype", ["float64", "float32", "bfloat16", "float16"])
 def test_first_row_mask_cheat_is_caught_on_first_full_masks(dtype: str, magnitude: float) -> None:
-    """mask_dropped_when_first_row_full on masks whose first row is all admissible: passed on none; failed on most
-    problems in every dtype, except bfloat16 at magnitude 10, where logits rounded to bfloat16 cannot be told from
-    half the scale, so every problem the float32-logit budget rejects is inconclusive (drawn again)."""
+    """mask_dropped_when_first_row_full on masks whose first row is all admissible: failed on every problem, in
+    every dtype, even where the band of logits rounded to T is too wide to pass anything (bfloat16, magnitude 10):
+    the cheat's output lies outside it."""
     target = CHEATS["mask_dropped_when_first_row_full"].target()
-    caught, inconclusive = 0, 0
     for p in _problems(dtype, magnitude, mask_shape="LS", first_full=True):
-        if p.mask == "none":
-            continue
-        try:
-            verdict = judge_forward(target, p)
-        except PropertyFailure:
-            caught += 1
-            continue
-        assert verdict is None, f"the cheat passes on {p}"
-        inconclusive += 1
-    assert caught > inconclusive or (dtype, magnitude) == ("bfloat16", 10.0), (caught, inconclusive)
+        if p.mask != "none":
+            with pytest.raises(PropertyFailure, match="vs float64 oracle"):
+                judge_forward(target, p)
