@@ -55,8 +55,8 @@ def judge_forward(target: Target, p: Problem) -> float | None:
     fused = tol.naive_error  # what a float32-logit kernel achieves on these inputs
     finite = bool((torch.isfinite(got) | ~live.cpu()).all())  # a non-finite output is judged against the oracle
     if worst > tol.value and half and finite:  # logits rounded to the input dtype: less precise, not wrong
-        kwargs = {"attn_mask": mask, "is_causal": p.is_causal, "scale": p.scale}
-        rounding = logit_rounding(q, k, v, ref, tol.value, live, align, **kwargs)
+        cpu = {"attn_mask": None if mask is None else mask.cpu(), "is_causal": p.is_causal, "scale": p.scale}
+        rounding = logit_rounding(q.cpu(), k.cpu(), v.cpu(), ref.cpu(), tol.value, live.cpu(), align, **cpu)
         name = str(q.dtype).removeprefix("torch.")
         nearest = got.clamp(rounding.lo, rounding.hi)  # (B, Hq, L, Ev): the closest output of such a kernel
         what = (
