@@ -322,12 +322,12 @@ def precision_note(
 
 
 # The logit-rounding band (issue 19). A kernel rounding its logits to T moves each logit s_ij = scale q_i . k_j + B_ij
-# by at most d_ij = u (2 A_ij + |B_ij| + |z_ij|) + 2 u, u = eps(T) / 2 the unit roundoff, A_ij = scale sum_e |q_ie k_je|
-# (>= |q_i . k_j| scale), z_ij = s_ij - max_j s_ij: two roundings of magnitude A (the scaled query or q . k, and the
-# logit), one of the bias added in T, one of z in T, and two relative roundings (e^z and P in T), each a logit
-# shift of u. softmax turns a logit shift into a weight factor e^(delta) (equation (1)): P_ij ∝ e^(z_ij + delta_ij).
-LOGIT_ROUNDINGS = 2.0  # roundings of magnitude A_ij per logit
-WEIGHT_ROUNDINGS = 2.0  # relative roundings of a weight (e^z in T, P in T): a logit shift of u each
+# by at most d_ij = u (3 A_ij + |B_ij| + |z_ij|) + 2 u, u = eps(T) / 2 the unit roundoff, A_ij = scale sum_e |q_ie k_je|
+# (>= scale |q_i . k_j|), z_ij = s_ij - max_j s_ij: the query scaled in T (u A), the logit rounded to T (u A), the
+# bias added in T (u (A + |B|)), z in T (u |z|), and e^z and P in T (relative roundings: a logit shift of u each).
+# softmax turns a logit shift into a weight factor (equation (1)): P_ij is proportional to e^(z_ij + delta_ij).
+LOGIT_ROUNDINGS = 3  # roundings of magnitude A_ij per logit
+WEIGHT_ROUNDINGS = 2  # relative roundings of a weight (e^z and P in T)
 BAND_CHUNK = 2**21  # elements of (B, Hq, rows, S, Ev) per step of logit_rounding_band
 
 
@@ -358,13 +358,13 @@ def logit_rounding_band(
     s = attention_logits(q, k, mask, scale)  # (B, Hq, L, S), -inf at masked keys
     admissible = torch.isfinite(s)  # (B, Hq, L, S)
     scale_ = scale if scale is not None else q.size(-1) ** -0.5
-    size = (q.abs() @ k.abs().transpose(-2, -1)) * scale_  # A (B, Hq, L, S): |q . k| scale <= A
+    size = LOGIT_ROUNDINGS * (q.abs() @ k.abs().transpose(-2, -1)) * scale_  # 3 A (B, Hq, L, S)
     bias = additive_bias(mask, torch.float64)
     if bias is not None:
         size = size + bias.abs().masked_fill(~torch.isfinite(bias), 0.0)  # + |B| (B, Hq, L, S)
     top = torch.where(admissible, s, -math.inf).amax(-1, keepdim=True)  # (B, Hq, L, 1)
     z = torch.where(admissible, s - top.nan_to_num(0.0, neginf=0.0), -math.inf)  # (B, Hq, L, S), <= 0
-    d = u * (LOGIT_ROUNDINGS * size + torch.where(admissible, z.abs(), 0.0)) + WEIGHT_ROUNDINGS * u  # (B, Hq, L, S)
+    d = u * (size + torch.where(admissible, z.abs(), 0.0) + WEIGHT_ROUNDINGS)  # d_ij (B, Hq, L, S)
     upper, lower = torch.exp(z + d), torch.exp(z - d)  # weight bounds (B, Hq, L, S), 0 at masked keys
     order = v.argsort(-2, descending=True)  # (B, Hq, S, Ev): per column, keys by decreasing value
     v_sorted = v.gather(-2, order).unsqueeze(2)  # (B, Hq, 1, S, Ev)
