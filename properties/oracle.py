@@ -32,9 +32,14 @@ Tolerance (docs/design.md, "Oracle and tolerance"): a target in dtype T may diff
   with float32 logits and softmax, rounded to T (FlashAttention's ``attention_ref(upcast=True)``; every fused
   kernel keeps the logits in float32). Calibrating on the reference computed entirely in T (logits rounded to T)
   let the budget grow with the logits' rounding: in bfloat16 with inputs of magnitude 10 it passed an output at
-  half the scale. A kernel that rounds its logits to T passes where that rounding is small next to the output's
-  (inputs of magnitude about 1) and fails where it is not; the failure names that precision
-  (:func:`logit_precision_note`).
+  half the scale.
+* A kernel that rounds its logits to T is less precise, not wrong (issue 19). Its output is judged against
+  every output equation (1) gives when each logit moves by at most its rounding (:func:`logit_rounding_band`),
+  widened by the budget above: outside it on any row, the output fails (no such kernel gives it); inside it
+  everywhere, it passes where the band rejects every degenerate output (the mean of V, V, zeros, a constant,
+  rows permuted, half or twice the scale, the mask or the causal triangle ignored) on some row
+  (:func:`logit_rounding`). Where a degenerate output fits the band on every row the example is inconclusive:
+  matches_oracle neither passes nor fails it, and Hypothesis draws another.
 """
 
 from __future__ import annotations
@@ -46,15 +51,16 @@ from typing import Literal, overload
 import torch
 from torch import Tensor
 
-from attncheck.reference.attention import attention_with_lse, expand_kv_heads, merge_masks
+from attncheck.reference.attention import (
+    additive_bias,
+    attention_logits,
+    attention_with_lse,
+    expand_kv_heads,
+    merge_masks,
+)
 
 K_OUTPUT = 3.0
 K_GRAD = 5.0
-K_LOGITS = 1.5  # half inputs with logits rounded to the input dtype (logit_rounding_budget)
-# Rounding the logits to the input dtype is "less precise" only while its budget is at most 1/16 of the values'
-# scale: in bfloat16 with inputs of magnitude 10 it moves it by 7%, as far as an output at twice the
-# scale is from the right one, and the budget must reject that output (the garbage-rejection self-test).
-LOGIT_ROUNDING_LIMIT = 1 / 16
 # Units in the last place of the floor. In float64 the naive implementation *is* the oracle (its error is 0), so
 # the floor alone must cover a correct kernel's other summation order: two matmuls forward (three more backward)
 # over up to 129 terms, seen at up to 2e-13 relative on gradients (a logsumexp-form variant): 64 ulp.
@@ -315,23 +321,144 @@ def precision_note(
     return ""
 
 
-def logit_rounding_budget(
-    query: Tensor, key: Tensor, value: Tensor, alignment: str = "top-left", **kwargs: object
-) -> Budget:
-    """For half inputs: the budget of a kernel that rounds its logits to the input dtype T before the softmax,
-    K_LOGITS times the error of the reference computed entirely in T plus the floor. Such a kernel is less
-    precise than a fused one, not wrong (issue 19): matches_oracle passes it within this budget and reports it,
-    as long as this budget is at most LOGIT_ROUNDING_LIMIT of |V| (else it is 0: not a precision, a wrong answer).
-    K_LOGITS is 1.5, not K_OUTPUT: the kernel rounds the same logits the same way, so its error is the
-    reference's up to the order of float32 sums, and 1.5 keeps an output at half or twice the scale out in
-    bfloat16 with inputs of magnitude 10 (tests/test_integrity.py)."""
-    reference = oracle(query, key, value, alignment=alignment, **kwargs)  # type: ignore[call-overload]
-    in_t = oracle(query, key, value, alignment=alignment, dtype=query.dtype, **kwargs)  # type: ignore[call-overload]
-    value_scale = float(value.double().abs().max()) if value.numel() else 1.0
-    rounded = budget(in_t, reference, value_scale, query.dtype, K_LOGITS, logit_scale(query, key, kwargs))
-    if rounded.value > LOGIT_ROUNDING_LIMIT * max(1.0, value_scale):
-        return Budget(0.0, rounded.naive_error, 0.0, 0.0, query.dtype)  # too coarse to be "merely less precise"
-    return rounded
+# The logit-rounding band (issue 19). A kernel rounding its logits to T moves each logit s_ij = scale q_i . k_j + B_ij
+# by at most d_ij = u (3 A_ij + |B_ij| + |z_ij|) + 2 u, u = eps(T) / 2 the unit roundoff, A_ij = scale sum_e |q_ie k_je|
+# (>= scale |q_i . k_j|), z_ij = s_ij - max_j s_ij: the query scaled in T (u A), the logit rounded to T (u A), the
+# bias added in T (u (A + |B|)), z in T (u |z|), and e^z and P in T (relative roundings: a logit shift of u each).
+# softmax turns a logit shift into a weight factor (equation (1)): P_ij is proportional to e^(z_ij + delta_ij).
+LOGIT_ROUNDINGS = 3  # roundings of magnitude A_ij per logit
+WEIGHT_ROUNDINGS = 2  # relative roundings of a weight (e^z and P in T)
+BAND_CHUNK = 2**21  # elements of (B, Hq, rows, S, Ev) per step of logit_rounding_band
+
+
+def logit_rounding_band(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    alignment: str = "top-left",
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> tuple[Tensor, Tensor]:
+    """(lo, hi), float64 (B, Hq, L, Ev): the smallest and largest output of equation (1), elementwise, when every
+    logit s_ij moves by any amount up to d_ij (the comment above), for half inputs of dtype T. An output of a
+    kernel that rounds its logits to T, computed otherwise exactly, lies in [lo, hi].
+
+    Each bound is a linear-fractional program: maximise sum_j w_j v_j / sum_j w_j over the box
+    e^(z_ij - d_ij) <= w_j <= e^(z_ij + d_ij). Its optimum is at a vertex where w_j is at its upper bound exactly for
+    the keys whose v_j exceed the optimum (Dinkelbach 1967): with the keys sorted by v_j, the best of the S + 1
+    splits "the t largest values at the upper bound, the others at the lower". The minimum is the same with the
+    bounds swapped. Rows with no admissible key give 0 (they are judged by their convention)."""
+    u = torch.finfo(query.dtype).eps / 2
+    q, k, v = (t.double() for t in (query, key, value))
+    k, v = expand_kv_heads(k, v, q.size(-3))  # (B, Hkv, S, E) -> (B, Hq, S, E), and Ev
+    L, S = q.size(-2), k.size(-2)
+    mask = attn_mask if attn_mask is None or attn_mask.dtype == torch.bool else attn_mask.double()
+    mask = merge_masks(mask, is_causal, L, S, alignment, q.device)  # type: ignore[arg-type]
+    s = attention_logits(q, k, mask, scale)  # (B, Hq, L, S), -inf at masked keys
+    admissible = torch.isfinite(s)  # (B, Hq, L, S)
+    scale_ = scale if scale is not None else q.size(-1) ** -0.5
+    size = LOGIT_ROUNDINGS * (q.abs() @ k.abs().transpose(-2, -1)) * scale_  # 3 A (B, Hq, L, S)
+    bias = additive_bias(mask, torch.float64)
+    if bias is not None:
+        size = size + bias.abs().masked_fill(~torch.isfinite(bias), 0.0)  # + |B| (B, Hq, L, S)
+    top = torch.where(admissible, s, -math.inf).amax(-1, keepdim=True)  # (B, Hq, L, 1)
+    z = torch.where(admissible, s - top.nan_to_num(0.0, neginf=0.0), -math.inf)  # (B, Hq, L, S), <= 0
+    d = u * (size + torch.where(admissible, z.abs(), 0.0) + WEIGHT_ROUNDINGS)  # d_ij (B, Hq, L, S)
+    upper, lower = torch.exp(z + d), torch.exp(z - d)  # weight bounds (B, Hq, L, S), 0 at masked keys
+    order = v.argsort(-2, descending=True)  # (B, Hq, S, Ev): per column, keys by decreasing value
+    v_sorted = v.gather(-2, order).unsqueeze(2)  # (B, Hq, 1, S, Ev)
+    lo = torch.zeros(*s.shape[:-1], v.size(-1), dtype=torch.float64)  # (B, Hq, L, Ev)
+    hi = torch.zeros_like(lo)
+    rows = max(1, BAND_CHUNK // max(1, lo.numel() // max(1, L) * S))
+    for r in range(0, L, rows):
+        idx = order.unsqueeze(2).expand(-1, -1, min(rows, L - r), -1, -1)  # (B, Hq, rows, S, Ev)
+        up = upper[..., r : r + rows, :, None].expand(idx.shape).gather(-2, idx)  # (B, Hq, rows, S, Ev) sorted
+        low = lower[..., r : r + rows, :, None].expand(idx.shape).gather(-2, idx)
+        hi[..., r : r + rows, :] = _best_split(up, low, v_sorted).amax(-2)
+        lo[..., r : r + rows, :] = _best_split(low, up, v_sorted).amin(-2)
+    return lo, hi
+
+
+def _best_split(first: Tensor, rest: Tensor, v: Tensor) -> Tensor:
+    """sum_j w_j v_j / sum_j w_j for the S + 1 splits: w = ``first`` on the t largest values, ``rest`` on the others.
+    first, rest (..., S, Ev) in the order of decreasing v (..., S, Ev) -> (..., S + 1, Ev); 0 where no weight."""
+    zero = torch.zeros_like(first[..., :1, :])  # (..., 1, Ev)
+    w_first = torch.cat([zero, first.cumsum(-2)], -2)  # (..., S + 1, Ev): sum over the t largest
+    wv_first = torch.cat([zero, (first * v).cumsum(-2)], -2)
+    w_rest = rest.sum(-2, keepdim=True) - torch.cat([zero, rest.cumsum(-2)], -2)  # sum over the others
+    wv_rest = (rest * v).sum(-2, keepdim=True) - torch.cat([zero, (rest * v).cumsum(-2)], -2)
+    return ((wv_first + wv_rest) / (w_first + w_rest)).nan_to_num(0.0)
+
+
+def degenerate_outputs(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    reference: Tensor,
+    alignment: str = "top-left",
+    attn_mask: Tensor | None = None,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> dict[str, Tensor]:
+    """Outputs (B, Hq, L, Ev), float64, that a cheating or broken kernel returns in place of ``reference``: the
+    garbage the budget must reject (issue 19: the garbage-rejection self-test, and a mask or causal fast path)."""
+    _, v = expand_kv_heads(key, value.double(), query.size(-3))  # (B, Hkv, S, Ev) -> (B, Hq, S, Ev)
+    s = scale if scale is not None else query.size(-1) ** -0.5
+    same = {"attn_mask": attn_mask, "is_causal": is_causal, "alignment": alignment}
+    out = {
+        "the mean of V": v.mean(-2, keepdim=True).expand_as(reference),  # (B, Hq, 1, Ev) -> (B, Hq, L, Ev)
+        "zeros": torch.zeros_like(reference),
+        "a constant": torch.full_like(reference, 0.5),
+        "rows permuted": reference.roll(1, dims=-2),
+        "half the scale": oracle(query, key, value, scale=s / 2, **same),  # type: ignore[call-overload]
+        "twice the scale": oracle(query, key, value, scale=s * 2, **same),  # type: ignore[call-overload]
+    }
+    if query.size(-2) <= value.size(-2):
+        out["V itself"] = v[..., : query.size(-2), :]  # (B, Hq, L, Ev): row i returns value i
+    if attn_mask is not None:
+        out["the mask ignored"] = oracle(query, key, value, None, is_causal, s, alignment=alignment)
+    if is_causal:
+        out["the causal triangle ignored"] = oracle(query, key, value, attn_mask, False, s, alignment=alignment)
+    return out
+
+
+@dataclass(frozen=True)
+class LogitRounding:
+    """How matches_oracle judges half inputs whose logits a kernel may round to T (issue 19)."""
+
+    lo: Tensor  # (B, Hq, L, Ev) float64: logit_rounding_band
+    hi: Tensor
+    # degenerate outputs wrong somewhere (outside the budget of the reference) yet within the budget of the band on
+    # every row: a kernel returning one would pass as a kernel rounding its logits
+    explained_by: tuple[str, ...]
+
+
+def logit_rounding(
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    reference: Tensor,
+    tol: float,
+    live: Tensor,
+    alignment: str = "top-left",
+    **kwargs: object,
+) -> LogitRounding:
+    """The band of :func:`logit_rounding_band` and the degenerate outputs it cannot tell from an honest one. An
+    output farther than ``tol`` from the band on a live row is no kernel rounding its logits to T (a wrong answer);
+    one within it everywhere is such a kernel, less precise but not wrong, unless ``explained_by`` is non-empty:
+    then a degenerate output would pass as well, and the example is inconclusive. The rows where the band is narrow
+    are what rejects a degenerate output. ``live`` (B, Hq, L, 1): rows with an admissible key."""
+    lo, hi = logit_rounding_band(query, key, value, alignment, **kwargs)  # type: ignore[arg-type]
+    ref = reference.cpu()
+    rows = live.cpu().squeeze(-1)  # (B, Hq, L)
+    explained = []
+    for name, g in degenerate_outputs(query, key, value, ref, alignment, **kwargs).items():  # type: ignore[arg-type]
+        wrong = ((g - ref).abs() > tol).any(-1)  # (B, Hq, L): rows where it is outside the budget
+        inside = ((g >= lo - tol) & (g <= hi + tol)).all(-1)  # (B, Hq, L): rows where the band admits it
+        if bool(wrong[rows].any()) and bool(inside[rows].all()):
+            explained.append(name)
+    return LogitRounding(lo, hi, tuple(explained))
 
 
 def precision_ratio(dtype: torch.dtype, error: float, fused_error: float) -> str:

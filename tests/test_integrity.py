@@ -10,19 +10,31 @@ import itertools
 
 import pytest
 import torch
+from hypothesis import settings
 
+from attncheck.errors import PropertyFailure
 from attncheck.properties.catalog import checks
 from attncheck.properties.contract import Capabilities, Target
-from attncheck.properties.oracle import expect, logit_rounding_budget, oracle
+from attncheck.properties.oracle import expect, oracle
 from attncheck.properties.problems import DTYPES, MaskKind, Problem
+from attncheck.properties.test_matches_oracle import judge_forward
 from tests.cheats import CHEATS, HONEST
 from tests.mutants import MUTANTS
 from tests.test_meta import CATCH_SETTINGS, run_property
+
+HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_fn(name: str):  # type: ignore[no-untyped-def]
     (fn,) = (c for found in checks().values() for c in found if c.__name__ == name)
     return fn
+
+
+# A cheat whose exploit shows only on some draws is judged over the ci profile's 50 examples: the first-row mask fast
+# path is wrong only on a mask whose first row is all admissible while others are not (about 1 draw in 6), and the
+# first 20 derandomized draws of test_forward_matches_oracle hold none (tests/test_half_precision.py judges it on
+# such masks directly, in every dtype).
+EXAMPLES = {"mask_dropped_when_first_row_full": 50}
 
 
 def test_there_are_enough_cheats() -> None:
@@ -33,7 +45,8 @@ def test_there_are_enough_cheats() -> None:
 def test_cheat_is_caught_by_its_check(name: str) -> None:
     c = CHEATS[name]
     fn = _check_fn(c.check)
-    failures, passes, skips = run_property(c.target(), fn.attncheck_property, CATCH_SETTINGS)
+    chosen = settings(CATCH_SETTINGS, max_examples=EXAMPLES.get(name, CATCH_SETTINGS.max_examples))
+    failures, passes, skips = run_property(c.target(), fn.attncheck_property, chosen)
     caught = [f for f in failures if f.startswith(c.check + ":")]
     assert caught, f"cheat {name!r} was not caught by {c.check} (failures {failures}; passed {passes}; {skips})"
 
@@ -62,9 +75,6 @@ def _garbage(p: Problem, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask
     yield "twice the scale", sdpa(q, k, v, attn_mask=mask, scale=s * 2)
 
 
-MAGNITUDES = (1.0, 10.0)  # problems() also draws 1e-3, where attention is uniform: there mean(V) *is* the answer
-
-
 # Wrong but honest: deterministic kernels with a real bug and no cheat (a wrong scale, a shifted causal triangle,
 # heads mixed up, the mean of V on some rows). Integrity must not call them cheats: their wrong answer is the same on
 # fresh and refilled buffers and whatever unwritten memory holds (the corpus found such false 'stale cache' and
@@ -80,18 +90,34 @@ def test_a_wrong_kernel_is_not_called_a_cheat(name: str) -> None:
     assert wrong  # and the bug is still found by its own property
 
 
+MAGNITUDES = (1.0, 3.0, 10.0)  # problems() also draws 1e-3, where attention is uniform: there mean(V) *is* the answer
+
+
+def garbage_target(p: Problem, what: str) -> Target:
+    """A kernel returning the degenerate output ``what`` of :func:`_garbage` for the inputs of ``p``."""
+
+    def degenerate(
+        query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None, **_: object
+    ) -> torch.Tensor:
+        return dict(_garbage(p, query, key, value, attn_mask))[what]
+
+    return Target(what, degenerate, Capabilities())
+
+
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
 def test_budget_rejects_garbage_in_every_dtype(dtype: str) -> None:
+    """matches_oracle's forward judgement (judge_forward) never passes a degenerate output: it fails it, or, for
+    half inputs where rounding the logits to the dtype cannot be told from it, calls the example inconclusive."""
     kinds: tuple[MaskKind, ...] = ("none", "bool", "float")
     for magnitude, mask, seed in itertools.product(MAGNITUDES, kinds, range(3)):
         p = Problem(B=2, Hq=2, Hkv=2, L=17, S=17, E=16, Ev=16, dtype=dtype, mask=mask, magnitude=magnitude, seed=seed)
         q, k, v, m = p.tensors()
-        ref, tol = expect(q, k, v, m, "top-left", scale=p.scale)
-        if q.dtype in (torch.float16, torch.bfloat16):  # matches_oracle also passes logits rounded to the dtype
-            tol = max(tol, logit_rounding_budget(q, k, v, attn_mask=m), key=lambda b: b.value)
-        for what, out in _garbage(p, q, k, v, m):
-            err = float((out.double() - ref).abs().max())
-            assert err > tol.value, f"{what} passes the {dtype} budget {tol.explain()} (error {err:.3g}) on {p}"
+        for what, _ in _garbage(p, q, k, v, m):
+            try:
+                verdict = judge_forward(garbage_target(p, what), p)
+            except PropertyFailure:
+                continue
+            assert verdict is None and q.dtype in HALF, f"{what} passes matches_oracle on {p}"
 
 
 @pytest.mark.parametrize(
