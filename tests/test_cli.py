@@ -11,11 +11,14 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Cli
+
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "tests.fixtures.cli_targets"
 
 
 def attncheck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`python -m attncheck ...` in a process of its own (CI=true), for the tests of the process itself."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
     return subprocess.run(
         [sys.executable, "-m", "attncheck", *args],
@@ -37,19 +40,19 @@ def attncheck(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[s
         (f"{FIX}:", "bad target"),
     ],
 )
-def test_bad_target_is_a_one_line_usage_error(spec: str, message: str) -> None:
-    result = attncheck("verify", spec)
+def test_bad_target_is_a_one_line_usage_error(spec: str, message: str, cli: Cli) -> None:
+    result = cli("verify", spec)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and lines[0].startswith("attncheck: error:"), result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_bad_flags_are_usage_errors(tmp_path: Path) -> None:
-    assert attncheck("verify", "--property", "nonsense").returncode == 2
-    assert attncheck("verify", "--cap", "causal=sideways").returncode == 2
-    assert attncheck("verify", "--json", str(tmp_path)).returncode == 2
-    assert attncheck("verify", "--known-failures", str(tmp_path / "absent.txt")).returncode == 2
+def test_bad_flags_are_usage_errors(tmp_path: Path, cli: Cli) -> None:
+    assert cli("verify", "--property", "nonsense").returncode == 2
+    assert cli("verify", "--cap", "causal=sideways").returncode == 2
+    assert cli("verify", "--json", str(tmp_path)).returncode == 2
+    assert cli("verify", "--known-failures", str(tmp_path / "absent.txt")).returncode == 2
 
 
 def _report(path: Path) -> dict:
@@ -63,9 +66,9 @@ def _report(path: Path) -> dict:
     return data
 
 
-def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
+def test_good_and_declared_targets_pass_with_json(tmp_path: Path, cli: Cli) -> None:
     out, md = tmp_path / "report.json", tmp_path / "matrix.md"
-    result = attncheck(
+    result = cli(
         "verify",
         f"{FIX}:good",
         f"{FIX}:blhd",
@@ -103,10 +106,10 @@ def test_good_and_declared_targets_pass_with_json(tmp_path: Path) -> None:
     ],
 )
 def test_misbehaving_target_fails_the_property_and_the_run_goes_on(
-    tmp_path: Path, name: str, fragment: str, status: str
+    tmp_path: Path, name: str, fragment: str, status: str, cli: Cli
 ) -> None:
     out = tmp_path / "report.json"
-    result = attncheck(
+    result = cli(
         "verify",
         f"{FIX}:{name}",
         "reference",
@@ -148,22 +151,22 @@ def test_hanging_target_times_out(tmp_path: Path) -> None:
     assert row["status"] == "blocked" and "did not return within 1 s" in row["message"], row
 
 
-def test_failure_shows_counterexample_and_repro(tmp_path: Path) -> None:
-    result = attncheck("verify", "tests.mutants:no_scaling", "--property", "scaling_variance", "-q")
+def test_failure_shows_counterexample_and_repro(tmp_path: Path, cli: Cli) -> None:
+    result = cli("verify", "tests.mutants:no_scaling", "--property", "scaling_variance", "-q")
     assert result.returncode == 1, result.stdout + result.stderr
     assert "minimal counterexample:" in result.stdout and "reproduce with:" in result.stdout
     assert "Problem(" in result.stdout
 
 
-def test_existing_report_is_not_clobbered_on_usage_error(tmp_path: Path) -> None:
+def test_existing_report_is_not_clobbered_on_usage_error(tmp_path: Path, cli: Cli) -> None:
     out = tmp_path / "report.json"
     out.write_text("precious")
-    assert attncheck("verify", "no-such-builtin", "--json", str(out)).returncode == 2
+    assert cli("verify", "no-such-builtin", "--json", str(out)).returncode == 2
     assert out.read_text() == "precious"
 
 
-def test_targets_lists_builtins() -> None:
-    result = attncheck("targets")
+def test_targets_lists_builtins(cli: Cli) -> None:
+    result = cli("targets")
     assert result.returncode == 0
     for name in ("reference", "torch-sdpa", "torch-sdpa-math"):
         assert name in result.stdout
@@ -174,8 +177,8 @@ def test_targets_lists_builtins() -> None:
     [[], ["verify"], ["targets"], ["probe"], ["bench"], ["bench", "compare"], ["bench", "history"]],
     ids=lambda c: " ".join(c) or "attncheck",
 )
-def test_every_help_works(command: list[str]) -> None:
-    result = attncheck(*command, "--help")
+def test_every_help_works(command: list[str], cli: Cli) -> None:
+    result = cli(*command, "--help")
     assert result.returncode == 0 and "usage: attncheck" in result.stdout, result.stderr
     assert "Traceback" not in result.stderr
 
@@ -220,13 +223,13 @@ def test_ctrl_c_exits_130_with_the_partial_table_and_reports(tmp_path: Path) -> 
     assert md.read_text().startswith("**attncheck: INTERRUPTED:")
 
 
-def test_check_names_and_misspellings(tmp_path: Path) -> None:
+def test_check_names_and_misspellings(tmp_path: Path, cli: Cli) -> None:
     """--check takes the property::check names --list-checks prints; a misspelt check or property gets a
     "did you mean"; a known-failures file that is not text and an output path that cannot be written are one-line
     usage errors naming the user's file, before any target is called."""
-    listed = attncheck("verify", "--list-checks").stdout.splitlines()[0].split("  #")[0]
+    listed = cli("verify", "--list-checks").stdout.splitlines()[0].split("  #")[0]
     assert "::" in listed
-    ok = attncheck("verify", "reference", "--check", listed, "--max-examples", "1", "-q", "--json", str(tmp_path / "r"))
+    ok = cli("verify", "reference", "--check", listed, "--max-examples", "1", "-q", "--json", str(tmp_path / "r"))
     assert ok.returncode == 0, ok.stderr
     [prop] = json.loads((tmp_path / "r").read_text())["targets"][0]["properties"]
     assert [f"{prop['name']}::{c['name']}" for c in prop["checks"]] == [listed]
@@ -239,7 +242,7 @@ def test_check_names_and_misspellings(tmp_path: Path) -> None:
         (("--known-failures", str(binary)), f"known-failures file '{binary}' is not UTF-8 text"),
         (("--json", "/proc/r.json"), "--json /proc/r.json: cannot write into /proc"),
     ):
-        result = attncheck("verify", f"{FIX}:raises", *args)
+        result = cli("verify", f"{FIX}:raises", *args)
         assert result.returncode == 2 and message in result.stderr, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 

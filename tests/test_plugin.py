@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from tests.conftest import Cli
 from tests.fixtures.flash_kernels import DECLARATION
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,10 +73,10 @@ def _verdicts(path: Path) -> dict[str, dict[str, str]]:
     return {t["name"]: {p["name"]: p["status"] for p in t["properties"]} for t in data["targets"]}
 
 
-def test_xdist_gives_the_serial_verdicts(tmp_path: Path) -> None:
+def test_xdist_gives_the_serial_verdicts(tmp_path: Path, cli: Cli) -> None:
     """`attncheck verify --jobs 2` and `pytest -n 2` report what a serial run does (derandomized ci profile)."""
     common = ["--max-examples", "4", "--property", "mask_semantics", "--property", "no_future_leakage"]
-    serial = run(["-m", "attncheck", "verify", *common, "-q", "--json", str(tmp_path / "serial.json")], ROOT, ci=True)
+    serial = cli("verify", *common, "-q", "--json", str(tmp_path / "serial.json"))  # in process
     jobs = run(
         ["-m", "attncheck", "verify", *common, "-q", "-j", "2", "--json", str(tmp_path / "jobs.json")], ROOT, True
     )
@@ -104,6 +105,7 @@ def test_xdist_gives_the_serial_verdicts(tmp_path: Path) -> None:
 
 SDPA = "tests.fixtures.cli_targets:claims_masked_values_ignored"  # declares what it does not do
 CHECK = "test_masked_keys_nonfinite_irrelevant"
+KNOWN_ARGS = ("verify", SDPA, "--check", CHECK, "--max-examples", "5", "-q")
 
 
 @pytest.mark.parametrize(
@@ -111,30 +113,21 @@ CHECK = "test_masked_keys_nonfinite_irrelevant"
     [CHECK, f"mask_semantics::{CHECK}", f"{SDPA}::{CHECK}", f"{SDPA}::mask_semantics::{CHECK}"],
     ids=["check", "property::check", "target::check", "target::property::check"],
 )
-def test_every_printed_form_of_a_known_failure_works(tmp_path: Path, entry: str) -> None:
+def test_every_printed_form_of_a_known_failure_works(tmp_path: Path, entry: str, cli: Cli) -> None:
     known = tmp_path / "known.txt"
     known.write_text(f"{entry}  # 0 * NaN in P V\n")
-    args = [
-        "-m",
-        "attncheck",
-        "verify",
-        SDPA,
-        "--check",
-        CHECK,
-        "--max-examples",
-        "5",
-        "-q",
-        "--json",
-        str(tmp_path / "r.json"),
-    ]
-    without = run(args, ROOT, ci=True)
-    assert without.returncode == 1, without.stdout  # the deviation is real without the entry
-    result = run([*args, "--known-failures", str(known)], ROOT, ci=True)
+    result = cli(*KNOWN_ARGS, "--json", str(tmp_path / "r.json"), "--known-failures", str(known))
     assert result.returncode == 0, result.stdout + result.stderr
     row = json.loads((tmp_path / "r.json").read_text())["targets"][0]["properties"][0]
     assert row["status"] == "known-failure", row  # its only check is a known failure: not "skipped"
     printed = row["known_failures"][0]["check"]
     assert printed == f"{SDPA}::mask_semantics::{CHECK}" and printed in result.stdout  # the form the file accepts
+
+
+def test_the_known_failure_is_real_without_its_entry(cli: Cli) -> None:
+    """What the forms above accept fails the run without a known-failures file."""
+    without = cli(*KNOWN_ARGS)
+    assert without.returncode == 1 and "FAILED" in without.stdout, without.stdout
 
 
 @pytest.mark.parametrize(
@@ -145,19 +138,19 @@ def test_every_printed_form_of_a_known_failure_works(tmp_path: Path, entry: str)
         (f"numerical_range::{CHECK}", "belongs to property 'mask_semantics'"),
     ],
 )
-def test_a_bad_known_failure_entry_is_a_usage_error(tmp_path: Path, line: str, message: str) -> None:
+def test_a_bad_known_failure_entry_is_a_usage_error(tmp_path: Path, line: str, message: str, cli: Cli) -> None:
     known = tmp_path / "known.txt"
     known.write_text(f"# accepted deviations\n{line}  # reason\n")
-    result = run(["-m", "attncheck", "verify", "--known-failures", str(known)], ROOT, ci=True)
+    result = cli("verify", "--known-failures", str(known))
     assert result.returncode == 2 and message in result.stderr and f"{known}:2" in result.stderr, result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_an_entry_that_matches_nothing_is_a_warning(tmp_path: Path) -> None:
+def test_an_entry_that_matches_nothing_is_a_warning(tmp_path: Path, cli: Cli) -> None:
     known = tmp_path / "known.txt"
     known.write_text(f"no-such-target::{CHECK}  # stale\n")
-    args = ["-m", "attncheck", "verify", "reference", "--check", CHECK, "--max-examples", "2", "-q"]
-    result = run([*args, "--known-failures", str(known), "--json", str(tmp_path / "r.json")], ROOT, ci=True)
+    args = ["verify", "reference", "--check", CHECK, "--max-examples", "2", "-q"]
+    result = cli(*args, "--known-failures", str(known), "--json", str(tmp_path / "r.json"))
     assert result.returncode == 0, result.stderr
     warnings = json.loads((tmp_path / "r.json").read_text())["warnings"]
     assert len(warnings) == 1 and "no-such-target" in warnings[0] and "matches no check" in result.stdout
@@ -187,11 +180,11 @@ def _results(path: Path) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize(("targets", "flags"), AGREE, ids=["flash", "flash-bugs", "variant", "mutants"])
-def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], flags: list[str]) -> None:
+def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], flags: list[str], cli: Cli) -> None:
     """The same targets and declaration through `attncheck verify` and through pytest with the plugin: the same
     exit status, the same root causes, every property's status and message the same, and no broken kernel green."""
     common = ["--profile", "ci", "--max-examples", "5", *(a for p in PROPS for a in ("--property", p)), *flags]
-    cli = run(["-m", "attncheck", "verify", *targets, *common, "-q", "--json", str(tmp_path / "cli.json")], ROOT, True)
+    via = cli("verify", *targets, *common, "-q", "--json", str(tmp_path / "cli.json"))  # in process: the CLI's door
     plugin_args = [f"--attncheck-{a.removeprefix('--')}" if a.startswith("--") else a for a in common]
     plugin_args += [a for t in targets for a in ("--attncheck-target", t)]
     (tmp_path / "test_own.py").write_text("def test_own():\n    assert True\n")
@@ -200,7 +193,7 @@ def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], fla
     pytest_args += ["--pyargs", "attncheck.properties"]
     pytest_run = run([*pytest_args, *plugin_args], tmp_path, True)
     broken = any("bug" in t or "mutants" in t or "wrong" in t for t in targets)
-    assert cli.returncode == pytest_run.returncode == int(broken), (cli.stdout[-3000:], pytest_run.stdout[-3000:])
+    assert via.returncode == pytest_run.returncode == int(broken), (via.stdout[-3000:], pytest_run.stdout[-3000:])
     via_cli, via_plugin = _results(tmp_path / "cli.json"), _results(tmp_path / "plugin.json")
     assert via_cli == via_plugin
     for name, (causes, props) in via_cli.items():
@@ -209,7 +202,7 @@ def test_cli_and_plugin_give_one_verdict(tmp_path: Path, targets: list[str], fla
         for prop, (status, message) in props.items():  # a check a root cause removed is never skipped
             assert not (status == "skipped" and causes and "not applicable" not in message), (name, prop, message)
     assert "PASSED test_own.py::test_own" in pytest_run.stdout  # the user's own test ran, not deselected
-    cli_last = cli.stdout.rstrip().splitlines()[-2]  # the outcome line, then "report written to"
+    cli_last = via.stdout.rstrip().splitlines()[-2]  # the outcome line, then "report written to"
     assert cli_last.startswith(f"attncheck: {'FAILED' if broken else 'passed'}: ") and cli_last.endswith(
         f"exit status {int(broken)}"
     ), cli_last
