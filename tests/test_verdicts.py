@@ -4,9 +4,7 @@ crash reported as an error, conventions observed rather than failed (docs/design
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -14,22 +12,17 @@ from typing import Any
 import pytest
 
 from attncheck.properties.catalog import PROPERTIES
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = "tests.fixtures.cli_targets"
 
 
-def attncheck(*args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
-    return subprocess.run(
-        [sys.executable, "-m", "attncheck", *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900
-    )
-
-
-def verify(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
+def verify(cli: Cli, tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any], float]:
+    """`attncheck verify ARGS -q --json` (in process, CI=true: tests/conftest.py), its report and its wall time."""
     out = tmp_path / "report.json"
     start = time.perf_counter()
-    result = attncheck("verify", *args, "-q", "--json", str(out))
+    result = cli("verify", *args, "-q", "--json", str(out))
     elapsed = time.perf_counter() - start
     data = json.loads(out.read_text()) if out.exists() else {}
     return result, data, elapsed
@@ -39,9 +32,10 @@ def statuses(data: dict[str, Any]) -> dict[str, str]:
     return {p["name"]: p["status"] for p in data["targets"][0]["properties"]}
 
 
-def test_torch_sdpa_passes_with_no_declaration(tmp_path: Path) -> None:
+def test_torch_sdpa_passes_with_no_declaration(tmp_path: Path, cli: Cli) -> None:
     """NaN in masked-out values reaching the output (0 x NaN in P V) is observed, not failed."""
     result, data, _ = verify(
+        cli,
         tmp_path,
         "torch.nn.functional:scaled_dot_product_attention",
         "--property",
@@ -55,9 +49,9 @@ def test_torch_sdpa_passes_with_no_declaration(tmp_path: Path) -> None:
     assert target["observations"]["masked values"] == ["NaN/inf reaches the output"]
 
 
-def test_a_target_that_cannot_be_called_is_blocked_in_seconds(tmp_path: Path) -> None:
+def test_a_target_that_cannot_be_called_is_blocked_in_seconds(tmp_path: Path, cli: Cli) -> None:
     """One root cause, reported once: every property blocked by the first probe's plain call, nothing else run."""
-    result, data, elapsed = verify(tmp_path, f"{FIX}:raises")
+    result, data, elapsed = verify(cli, tmp_path, f"{FIX}:raises")
     assert result.returncode == 1
     assert set(statuses(data).values()) == {"blocked"} and len(statuses(data)) == len(PROPERTIES)
     causes = data["targets"][0]["root_causes"]
@@ -66,18 +60,20 @@ def test_a_target_that_cannot_be_called_is_blocked_in_seconds(tmp_path: Path) ->
     assert elapsed < 60, f"diagnosis took {elapsed:.0f} s"
 
 
-def test_numpy_output_names_the_fix(tmp_path: Path) -> None:
-    result, data, _ = verify(tmp_path, f"{FIX}:returns_numpy")
+def test_numpy_output_names_the_fix(tmp_path: Path, cli: Cli) -> None:
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:returns_numpy")
     assert result.returncode == 1
     cause = data["targets"][0]["root_causes"][0]
     assert "returned ndarray" in cause["message"] and "torch.Tensor" in cause["fix"]
 
 
-def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Path) -> None:
+def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Path, cli: Cli) -> None:
     """A (q, k, v, mask) kernel: the attn_mask keyword it names ``mask`` (read from its signature) is one finding
     naming --arg-name attn_mask=mask, and the run goes on with it; is_causal and scale, which it does not take,
     each name their own declaration."""
-    result, data, _ = verify(tmp_path, f"{FIX}:positional_mask", "--max-examples", "5", "--property", "matches_oracle")
+    result, data, _ = verify(
+        cli, tmp_path, f"{FIX}:positional_mask", "--max-examples", "5", "--property", "matches_oracle"
+    )
     assert result.returncode == 1
     causes = {c["case"]: c for c in data["targets"][0]["root_causes"]}
     assert causes["argument names"]["fix"] == "--arg-name attn_mask=mask"
@@ -85,6 +81,7 @@ def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Pa
     assert "--causal none" in causes["is_causal"]["fix"] and "--no-scale" in causes["scale="]["fix"]
     assert statuses(data) == {"matches_oracle": "passed"}  # the rest is judged, and is correct
     declared, _, _ = verify(
+        cli,
         tmp_path,
         f"{FIX}:positional_mask",
         "--max-examples",
@@ -101,8 +98,9 @@ def test_one_missing_keyword_is_one_root_cause_with_its_declaration(tmp_path: Pa
     assert declared.returncode == 0, declared.stdout
 
 
-def test_a_refused_dtype_is_one_root_cause_and_the_rest_is_judged(tmp_path: Path) -> None:
+def test_a_refused_dtype_is_one_root_cause_and_the_rest_is_judged(tmp_path: Path, cli: Cli) -> None:
     result, data, _ = verify(
+        cli,
         tmp_path,
         f"{FIX}:float64_refused",
         "--max-examples",
@@ -118,50 +116,50 @@ def test_a_refused_dtype_is_one_root_cause_and_the_rest_is_judged(tmp_path: Path
     assert set(statuses(data).values()) == {"passed"}
 
 
-def test_float32_internal_precision_is_one_finding_not_structural(tmp_path: Path) -> None:
+def test_float32_internal_precision_is_one_finding_not_structural(tmp_path: Path, cli: Cli) -> None:
     """softmax(x.float()) called in float64: structural properties pass at its observed precision; matches_oracle
     alone says so, naming the declaration; declared, everything passes."""
     structural = ["permutation_equivariance", "shift_and_linearity", "batch_and_head_independence", "model"]
     props = [arg for name in ["matches_oracle", *structural] for arg in ("--property", name)]
-    result, data, _ = verify(tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props)
     assert result.returncode == 1
     got = statuses(data)
     assert got["matches_oracle"] == "failed" and {got[name] for name in structural} == {"passed"}, got
     message = next(row["message"] for row in data["targets"][0]["properties"] if row["name"] == "matches_oracle")
     assert "float64 inputs computed at about float32 precision" in message and "compute_dtype=float32" in message
     declared, data, _ = verify(
-        tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props, "--cap", "compute_dtype=float32"
+        cli, tmp_path, f"{FIX}:float32_softmax", "--max-examples", "8", *props, "--cap", "compute_dtype=float32"
     )
     assert declared.returncode == 0, declared.stdout
 
 
-def test_a_check_that_never_called_the_target_does_not_pass_a_property(tmp_path: Path) -> None:
+def test_a_check_that_never_called_the_target_does_not_pass_a_property(tmp_path: Path, cli: Cli) -> None:
     """model with no boolean masks: only the PE and LayerNorm checks run, and they never call the target."""
-    result, data, _ = verify(tmp_path, f"{FIX}:good", "--property", "model", "--no-mask", "--max-examples", "3")
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:good", "--property", "model", "--no-mask", "--max-examples", "3")
     assert result.returncode == 0
     row = data["targets"][0]["properties"][0]
     assert row["status"] == "skipped" and "no check called the target" in row["message"], row
 
 
-def test_rows_emptied_by_the_causal_alignment_follow_the_masked_rows_convention(tmp_path: Path) -> None:
+def test_rows_emptied_by_the_causal_alignment_follow_the_masked_rows_convention(tmp_path: Path, cli: Cli) -> None:
     """Bottom-right causal with L > S: the first L - S queries see no key; returning the mean of V there is a
     convention (observed), not a wrong answer. The strategies draw such rows only into fully_masked_rows (issue
     19: no check that promises keys meets a row without one); the others pass on the rows they do draw."""
     props = ["fully_masked_rows", "matches_oracle", "no_future_leakage", "numerical_range"]
     args = [arg for name in props for arg in ("--property", name)]
-    result, data, _ = verify(tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args)
     assert result.returncode == 0, result.stdout
     assert set(statuses(data).values()) == {"passed"}
     assert "uniform" in data["targets"][0]["observations"]["fully masked rows"]
     declared, data, _ = verify(
-        tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args, "--masked-rows", "zeros"
+        cli, tmp_path, f"{FIX}:bottom_right_uniform", "--max-examples", "15", *args, "--masked-rows", "zeros"
     )
     assert declared.returncode == 1  # a declared convention that is not kept is a failure
     assert "return uniform, but the target declares zeros" in declared.stdout
 
 
-def probe(target: str) -> subprocess.CompletedProcess[str]:
-    return attncheck("probe", target)
+def probe(cli: Cli, target: str) -> subprocess.CompletedProcess[str]:
+    return cli("probe", target)
 
 
 @pytest.mark.parametrize(
@@ -183,18 +181,21 @@ def probe(target: str) -> subprocess.CompletedProcess[str]:
         ("unscaled", "default scale: none: q . k unscaled", "--cap unscaled=yes"),
     ],
 )
-def test_probe_observes_conventions_and_prints_the_declaration(name: str, observed: str, declared: str) -> None:
-    result = probe(f"{FIX}:{name}")
+def test_probe_observes_conventions_and_prints_the_declaration(
+    name: str, observed: str, declared: str, cli: Cli
+) -> None:
+    result = probe(cli, f"{FIX}:{name}")
     assert result.returncode == 0, result.stdout + result.stderr
     assert observed in result.stdout and declared in result.stdout, result.stdout
 
 
-def test_the_probed_declaration_verifies(tmp_path: Path) -> None:
+def test_the_probed_declaration_verifies(tmp_path: Path, cli: Cli) -> None:
     """What `attncheck probe` prints for a (q, k, v, mask) kernel is a declaration under which it passes."""
-    line = probe(f"{FIX}:positional_mask").stdout.strip().splitlines()[-1].split()
+    line = probe(cli, f"{FIX}:positional_mask").stdout.strip().splitlines()[-1].split()
     assert line[:3] == ["attncheck", "verify", f"{FIX}:positional_mask"]
     flags = [*line[3:], "--arg-name", "attn_mask=mask", "--cap", "masks=bool,float"]  # the mask is positional
     result, data, _ = verify(
+        cli,
         tmp_path,
         f"{FIX}:positional_mask",
         *flags,
@@ -224,41 +225,41 @@ def test_dtypes_returned_as_float32_are_one_root_cause_with_one_declaration() ->
     assert target.declared.dtypes == ("float64", "float32", "bfloat16", "float16")
 
 
-def test_a_key_padding_only_kernel_is_one_shape_finding_and_passes_once_declared(tmp_path: Path) -> None:
+def test_a_key_padding_only_kernel_is_one_shape_finding_and_passes_once_declared(tmp_path: Path, cli: Cli) -> None:
     """A kernel that takes (B, 1, 1, S) masks only: one root cause naming --cap mask_shapes=key_padding (not
     'masks do not work'); declared so, every property passes or is not applicable."""
-    result = probe(f"{FIX}:key_padding_only")
+    result = probe(cli, f"{FIX}:key_padding_only")
     assert "does not work: mask shapes full, LS" in result.stdout and "--cap mask_shapes=key_padding" in result.stdout
     assert "bool masks" not in result.stdout
     flags = ["--cap", "mask_shapes=key_padding", "--causal", "none", "--no-gqa", "--no-scale"]
-    declared, data, _ = verify(tmp_path, f"{FIX}:key_padding_only", *flags, "--max-examples", "8")
+    declared, data, _ = verify(cli, tmp_path, f"{FIX}:key_padding_only", *flags, "--max-examples", "8")
     assert declared.returncode == 0, declared.stdout
     assert set(statuses(data).values()) <= {"passed", "skipped"}
     assert statuses(data)["mask_semantics"] == "passed" and statuses(data)["model"] == "passed"
 
 
-def test_an_interleaved_gqa_mapping_is_one_root_cause_and_declarable(tmp_path: Path) -> None:
+def test_an_interleaved_gqa_mapping_is_one_root_cause_and_declarable(tmp_path: Path, cli: Cli) -> None:
     """GQA that tiles the kv heads (h % Hkv) is named once by the probe, not as failures of every property that
     happens to draw GQA; the run goes on under the observed mapping, and declared, it passes."""
-    result = probe("tests.mutants:gqa_tiling")
+    result = probe(cli, "tests.mutants:gqa_tiling")
     assert "does not work: GQA head mapping: query head h reads kv head h % Hkv" in result.stdout, result.stdout
     assert "--cap gqa_mapping=interleaved" in result.stdout.splitlines()[-1]
     props = ["--property", "batch_and_head_independence", "--property", "matches_oracle", "--max-examples", "10"]
-    undeclared, data, _ = verify(tmp_path, "tests.mutants:gqa_tiling", *props)
+    undeclared, data, _ = verify(cli, tmp_path, "tests.mutants:gqa_tiling", *props)
     assert undeclared.returncode == 1 and [c["case"] for c in data["targets"][0]["root_causes"]] == ["GQA head mapping"]
     assert set(statuses(data).values()) == {"passed"}, statuses(data)
-    declared, data, _ = verify(tmp_path, "tests.mutants:gqa_tiling", "--cap", "gqa_mapping=interleaved", *props)
+    declared, data, _ = verify(cli, tmp_path, "tests.mutants:gqa_tiling", "--cap", "gqa_mapping=interleaved", *props)
     assert declared.returncode == 0, declared.stdout
     assert set(statuses(data).values()) == {"passed"}
 
 
-def test_is_causal_dropped_for_a_single_query_is_a_correctness_finding_that_stays_red(tmp_path: Path) -> None:
+def test_is_causal_dropped_for_a_single_query_is_a_correctness_finding_that_stays_red(tmp_path: Path, cli: Cli) -> None:
     """Hugging Face's sdpa convention (no causal mask when L = 1, top-left otherwise): no alignment explains every
     shape, so it is one correctness finding naming the shapes, with its counterexample; no declaration switches
     causal testing off, and no_future_leakage stays red (docs/design.md, "One verdict on every path")."""
     props = ["no_future_leakage", "matches_oracle", "rows_sum_to_one"]
     args = [arg for name in props for arg in ("--property", name)]
-    result, data, _ = verify(tmp_path, f"{FIX}:causal_dropped_for_one_query", "--max-examples", "10", *args)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:causal_dropped_for_one_query", "--max-examples", "10", *args)
     assert result.returncode == 1
     (cause,) = data["targets"][0]["root_causes"]
     assert cause["case"] == "causal alignment" and cause["kind"] == "wrong"
@@ -267,28 +268,28 @@ def test_is_causal_dropped_for_a_single_query_is_a_correctness_finding_that_stay
     assert statuses(data)["no_future_leakage"] == "failed", statuses(data)
 
 
-def test_an_always_causal_target_is_one_root_cause_and_passes_once_declared(tmp_path: Path) -> None:
+def test_an_always_causal_target_is_one_root_cause_and_passes_once_declared(tmp_path: Path, cli: Cli) -> None:
     """A target with the causal mask built in and no flag: undeclared, one root cause naming --causal always (not
     a dozen red properties); declared, it passes what applies and the non-causal checks are skipped."""
     flags = ["--no-gqa", "--no-scale", "--max-examples", "8"]
-    undeclared, data, _ = verify(tmp_path, f"{FIX}:causal_built_in", *flags)
+    undeclared, data, _ = verify(cli, tmp_path, f"{FIX}:causal_built_in", *flags)
     assert undeclared.returncode == 1
     assert [(c["case"], c["fix"]) for c in data["targets"][0]["root_causes"]] == [
         ("without is_causal", "--causal always")
     ]
     assert "failed" not in statuses(data).values(), statuses(data)
-    declared, data, _ = verify(tmp_path, f"{FIX}:causal_built_in", "--cap", "causal=always", *flags)
+    declared, data, _ = verify(cli, tmp_path, f"{FIX}:causal_built_in", "--cap", "causal=always", *flags)
     assert declared.returncode == 0, declared.stdout
     assert statuses(data)["no_future_leakage"] == "passed" and statuses(data)["matches_oracle"] == "passed"
     skipped = {c["message"] for p in data["targets"][0]["properties"] for c in p["checks"] if c["status"] == "skipped"}
     assert any("always causal" in m for m in skipped), skipped
 
 
-def test_distinct_bugs_of_one_check_are_each_reported(tmp_path: Path) -> None:
+def test_distinct_bugs_of_one_check_are_each_reported(tmp_path: Path, cli: Cli) -> None:
     """Hypothesis finds two distinct bugs in one check (a crash on some inputs, a wrong answer on others): both
     are reported, each with its own minimal counterexample and repro."""
     result, data, _ = verify(
-        tmp_path, f"{FIX}:two_bugs", "--check", "test_forward_matches_oracle", "--max-examples", "60"
+        cli, tmp_path, f"{FIX}:two_bugs", "--check", "test_forward_matches_oracle", "--max-examples", "60"
     )
     assert result.returncode == 1
     (row,) = [p for p in data["targets"][0]["properties"] if p["name"] == "matches_oracle"]
@@ -302,11 +303,11 @@ def test_distinct_bugs_of_one_check_are_each_reported(tmp_path: Path) -> None:
     assert "(distinct failure 2 of 2)" in result.stdout
 
 
-def test_a_crash_met_in_many_checks_is_one_root_cause(tmp_path: Path) -> None:
+def test_a_crash_met_in_many_checks_is_one_root_cause(tmp_path: Path, cli: Cli) -> None:
     """The same exception (up to its numbers) raised in several checks during the run is printed once, as a root
     cause listing the checks it explains; each of those checks is an error that points at it."""
     args = ("--property", "permutation_equivariance", "--property", "shift_and_linearity", "--max-examples", "30")
-    result, data, _ = verify(tmp_path, f"{FIX}:raises_on_many_keys", *args)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:raises_on_many_keys", *args)
     assert result.returncode == 1
     target = data["targets"][0]
     causes = [c for c in target["root_causes"] if "checks" in c]
@@ -323,13 +324,13 @@ def test_a_crash_met_in_many_checks_is_one_root_cause(tmp_path: Path) -> None:
     assert "root cause 1 of the run" in result.stdout
 
 
-def test_an_unscaled_target_is_declared_not_failed(tmp_path: Path) -> None:
+def test_an_unscaled_target_is_declared_not_failed(tmp_path: Path, cli: Cli) -> None:
     """T5 computes q . k unscaled by design: undeclared, the effective scale is a true finding; declared
     (unscaled=yes), attncheck scales the query (scale= or 1/sqrt(E)) and the target passes."""
     args = ("--property", "scaling_variance", "--property", "matches_oracle", "--max-examples", "10")
-    result, data, _ = verify(tmp_path, f"{FIX}:unscaled", *args)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:unscaled", *args)
     assert result.returncode == 1 and statuses(data)["scaling_variance"] == "failed"
-    result, data, _ = verify(tmp_path, f"{FIX}:unscaled", *args, "--cap", "unscaled=yes")
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:unscaled", *args, "--cap", "unscaled=yes")
     assert result.returncode == 0, result.stdout
     assert statuses(data) == {"scaling_variance": "passed", "matches_oracle": "passed"}
 
@@ -343,12 +344,12 @@ def test_crashes_are_one_cause_up_to_their_numbers_only() -> None:
     assert crash_key(first) != crash_key("TargetError: target 'k' raised RuntimeError: out of memory for (1, 2)")
 
 
-def test_a_backward_that_raises_or_is_missing_is_named_once_and_blocks_only_gradients(tmp_path: Path) -> None:
+def test_a_backward_that_raises_or_is_missing_is_named_once_and_blocks_only_gradients(tmp_path: Path, cli: Cli) -> None:
     """A backward that raises and an output detached from its inputs: each one root cause of the first probe, named
     for what it is (the target raising; no autograd graph, not "element 0 of tensors does not require grad"), the
     gradient checks BLOCKED by it in every property that takes gradients, and the forward checks judged."""
     props = ["--property", "matches_oracle", "--property", "purity_and_determinism", "--max-examples", "3"]
-    result, data, _ = verify(tmp_path, f"{FIX}:backward_raises", f"{FIX}:detached", *props)
+    result, data, _ = verify(cli, tmp_path, f"{FIX}:backward_raises", f"{FIX}:detached", *props)
     assert result.returncode == 1, result.stdout
     raising, detached = data["targets"]
     for target, words in ((raising, "backward raised RuntimeError: backward kernel"), (detached, "detached from")):
