@@ -13,10 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,6 +24,7 @@ from attncheck.probe import Finding, causal_alignments, observe_conventions, pro
 from attncheck.properties.contract import ALL_DTYPES, Capabilities, Target
 from attncheck.properties.problems import Problem
 from attncheck.targets import resolve, resolve_targets
+from tests.conftest import Cli
 
 ROOT = Path(__file__).resolve().parents[1]
 CONV = "tests.fixtures.conventions"
@@ -164,20 +162,15 @@ def test_every_suggested_flag_is_valid_as_printed(spec: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("kernel", ["flash", "hf", "einops_style", "typo"])
-def test_the_printed_declaration_turns_the_correct_kernel_green(kernel: str, tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "true"}
-
-    def attncheck(*args: str) -> subprocess.CompletedProcess[str]:
-        command = [sys.executable, "-m", "attncheck", *args]
-        return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
-
-    printed = attncheck("probe", f"{CONV}:{kernel}").stdout.strip().splitlines()[-1]
+def test_the_printed_declaration_turns_the_correct_kernel_green(kernel: str, tmp_path: Path, cli: Cli) -> None:
+    """The probe's last line, split as a shell splits it, run as it reads (in process: tests/conftest.py)."""
+    printed = cli("probe", f"{CONV}:{kernel}").stdout.strip().splitlines()[-1]
     line = shlex.split(printed)
     assert line[:3] == ["attncheck", "verify", f"{CONV}:{kernel}"], printed
     props = ["matches_oracle", "no_future_leakage", "mask_semantics", "batch_and_head_independence"]
     chosen = [arg for name in props for arg in ("--property", name)]
     out = tmp_path / "r.json"
-    done = attncheck(*line[1:], *chosen, "--max-examples", "8", "--json", str(out))
+    done = cli(*line[1:], *chosen, "--max-examples", "8", "--json", str(out))
     assert done.returncode == 0, done.stdout
     statuses = {p["name"]: p["status"] for p in json.loads(out.read_text())["targets"][0]["properties"]}
     assert set(statuses.values()) <= {"passed", "skipped"} and "passed" in statuses.values(), statuses
