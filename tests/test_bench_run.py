@@ -19,6 +19,7 @@ import torch
 from attncheck.bench.cases import grid, split
 from attncheck.bench.storage import load_run
 from attncheck.targets import resolve
+from tests.conftest import Cli
 from tests.test_bench_compare import assert_one_line_error
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -84,19 +85,19 @@ def test_the_user_kernel_is_called_in_its_own_layout_and_names() -> None:
 
 
 @pytest.mark.parametrize("flag", ["--json", "--html"])
-def test_an_unwritable_output_fails_before_any_work(tmp_path: Path, flag: str) -> None:
+def test_an_unwritable_output_fails_before_any_work(tmp_path: Path, flag: str, cli: Cli) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    proc = attncheck("bench", "run", USER, *FLAGS, flag, blocker / "out")
+    proc = cli("bench", "run", USER, *FLAGS, flag, str(blocker / "out"))
     assert proc.returncode == 2 and "dropped" not in proc.stdout and "benchmarking" not in proc.stdout
     assert_one_line_error(proc.stderr, f"{flag} {blocker / 'out'}", "is not a directory")
 
 
-def test_bad_save_name_and_unknown_target_are_one_line_errors(tmp_path: Path) -> None:
-    proc = attncheck("bench", "run", USER, *FLAGS, "--save", "../x")
+def test_bad_save_name_and_unknown_target_are_one_line_errors(tmp_path: Path, cli: Cli) -> None:
+    proc = cli("bench", "run", USER, *FLAGS, "--save", "../x")
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "--save '../x'")
-    proc = attncheck("bench", "run", "tests.fixtures.bench_targets:nothing")
+    proc = cli("bench", "run", "tests.fixtures.bench_targets:nothing")
     assert proc.returncode == 2
     assert_one_line_error(proc.stderr, "nothing")
 
