@@ -326,6 +326,11 @@ def flashinfer_decode_paged_target() -> Target:
 # window_right - 1 keys" where its materialize() builds a band of left + 1 + right: nothing to declare (left, right) by.
 
 
+# What both xformers entries declare: no mask argument, causal bottom-right within each block, every dtype but
+# float64 (which no xformers operator supports).
+XFORMERS = Capabilities(masks=frozenset(), causal="bottom-right", dtypes=HALF_AND_SINGLE, devices=("cuda",))
+
+
 def _kv_heads(t: Tensor, Hq: int) -> Tensor:
     """(..., Hkv, D) -> (..., Hq, D): kv head g serves query heads g * G .. g * G + G - 1 (repeat_interleave)."""
     return t.repeat_interleave(Hq // t.size(-2), dim=-2)
@@ -362,15 +367,7 @@ def xformers_varlen_target() -> Target:
 
     # BlockDiagonalCausalFromBottomRightMask raises unless every block has num_keys >= num_queries ("otherwise the
     # forward pass is not defined"): lengths="q<=k", which also keeps the non-causal draws to L <= S per sequence.
-    # float64 is not supported by any xformers operator.
-    caps = Capabilities(
-        entry="varlen",
-        masks=frozenset(),
-        causal="bottom-right",
-        lengths="q<=k",
-        dtypes=HALF_AND_SINGLE,
-        devices=("cuda",),
-    )
+    caps = XFORMERS.replace(entry="varlen", lengths="q<=k")
     description = f"xformers {xformers.__version__} BlockDiagonalMask varlen on {torch.cuda.get_device_name()}"
     return Target("xformers-varlen", varlen, caps, description, device="cuda")
 
@@ -403,15 +400,8 @@ def xformers_decode_target() -> Target:
         return out.view(B, Lq, Hq, -1)  # type: ignore[no-any-return]  # (1, B * Lq, Hq, Ev) -> (B, Lq, Hq, Ev)
 
     # A contiguous cache only (the Paged* biases are not used). Inference: no backward declared for the padded-keys
-    # biases. float64 is not supported by any xformers operator.
-    caps = Capabilities(
-        entry="decode",
-        masks=frozenset(),
-        causal="bottom-right",
-        grad=False,
-        dtypes=HALF_AND_SINGLE,
-        devices=("cuda",),
-    )
+    # biases.
+    caps = XFORMERS.replace(entry="decode", grad=False)
     description = f"xformers {xformers.__version__} padded-keys decode on {torch.cuda.get_device_name()}"
     return Target("xformers-decode", decode, caps, description, device="cuda")
 
