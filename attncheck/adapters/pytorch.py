@@ -3,6 +3,7 @@ nn.MultiheadAttention and FlexAttention. Conventions observed with torch 2.13.0 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -144,12 +145,15 @@ def torch_mha_noweights_target() -> Target:
 
 
 def import_flex_attention() -> Any:
-    """The module torch.nn.attention.flex_attention, or TargetUnavailable where this torch has none."""
+    """What the FlexAttention adapters use of torch.nn.attention.flex_attention (AuxRequest, and_masks,
+    create_block_mask, flex_attention), or TargetUnavailable where this torch lacks any of it."""
     try:
-        import torch.nn.attention.flex_attention as flex
+        from torch.nn.attention.flex_attention import AuxRequest, and_masks, create_block_mask, flex_attention
     except ImportError:
         raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
-    return flex
+    return types.SimpleNamespace(
+        AuxRequest=AuxRequest, and_masks=and_masks, create_block_mask=create_block_mask, flex_attention=flex_attention
+    )
 
 
 def softcap_mod(softcap: float) -> Any:
