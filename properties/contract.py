@@ -156,21 +156,18 @@ class Capabilities:
             raise ValueError(f"gqa: {self.gqa!r} is not one of (True, False, 'native')")
         if self.paged and self.entry != "decode":
             raise ValueError("paged: only a decode entry reads a paged cache")
-        bad = set(self.features) - set(FEATURES)
-        if bad:
-            raise ValueError(f"features: unknown {sorted(bad)}; known: {FEATURES}")
+        self._require_known("features", FEATURES)
         unknown = set(self.arg_names) - set(CONTRACT_ARGS)
         if unknown:
             raise ValueError(f"arg_names: unknown contract argument(s) {sorted(unknown)}; known: {CONTRACT_ARGS}")
-        bad = set(self.dtypes) - set(ALL_DTYPES)
+        for name, known in (("dtypes", ALL_DTYPES), ("mask_shapes", MASK_SHAPES), ("strided_inputs", STRIDED)):
+            self._require_known(name, known)
+
+    def _require_known(self, name: str, known: tuple[str, ...]) -> None:
+        """ValueError unless every name the field ``name`` holds is one of ``known``."""
+        bad = set(getattr(self, name)) - set(known)
         if bad:
-            raise ValueError(f"dtypes: unknown {sorted(bad)}; known: {ALL_DTYPES}")
-        bad = set(self.mask_shapes) - set(MASK_SHAPES)
-        if bad:
-            raise ValueError(f"mask_shapes: unknown {sorted(bad)}; known: {MASK_SHAPES}")
-        bad = set(self.strided_inputs) - set(STRIDED)
-        if bad:
-            raise ValueError(f"strided_inputs: unknown {sorted(bad)}; known: {STRIDED}")
+            raise ValueError(f"{name}: unknown {sorted(bad)}; known: {known}")
 
     @property
     def alignment(self) -> Alignment:

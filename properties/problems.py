@@ -291,6 +291,17 @@ def problems(
 # The sizes a target declares (a kernel's preconditions), applied to every problem drawn or probed
 
 
+def full_mask_problem(target: Target, data: st.DataObject) -> tuple[Problem, Tensor, Tensor, Tensor, Tensor]:
+    """A problem with a bool or float mask and no causal flag, drawn for a target that takes full (B, Hq, L, S)
+    masks (not applicable otherwise), and its tensors q, k, v, mask on the target's device."""
+    require(bool(target.caps.masks), "target declares no mask support")
+    require("full" in target.caps.mask_shapes, "target declares no full (B, Hq, L, S) masks")
+    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
+    q, k, v, mask = p.tensors(target.device)
+    assert mask is not None
+    return p, q, k, v, mask
+
+
 def fit_sizes(p: Problem, caps: Capabilities) -> Problem:
     """The nearest problem whose sizes the target declares it supports: L and S raised to at least min_length and
     to a multiple of length_multiple (lowered to the largest such length within max_length), E and Ev raised to a

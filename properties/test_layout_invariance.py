@@ -13,7 +13,7 @@ from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, require
 from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
-from attncheck.properties.problems import PRECISE, problems
+from attncheck.properties.problems import PRECISE, full_mask_problem, problems
 
 
 @prop("layout_invariance")
@@ -35,11 +35,7 @@ def test_strided_inputs_equal_contiguous(target: Target, data: st.DataObject) ->
 @given(data=st.data())
 def test_expanded_mask_equals_contiguous(target: Target, data: st.DataObject) -> None:
     """A mask expanded with stride 0 to (B, Hq, L, S) equals its contiguous copy."""
-    require(bool(target.caps.masks), "target declares no mask support")
-    require("full" in target.caps.mask_shapes, "target declares no full (B, Hq, L, S) masks")
-    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
-    q, k, v, mask = p.tensors(target.device)
-    assert mask is not None
+    p, q, k, v, mask = full_mask_problem(target, data)
     expanded = mask.expand(p.B, p.Hq, p.L, p.S)  # broadcast shape -> (B, Hq, L, S), stride 0 where broadcast
     out = target(q, k, v, **p.call_kwargs(expanded))
     out_c = target(q, k, v, **p.call_kwargs(expanded.contiguous()))

@@ -17,7 +17,7 @@ from attncheck.properties.catalog import prop
 from attncheck.properties.checks import assert_close, observe, require
 from attncheck.properties.contract import Target
 from attncheck.properties.oracle import expect
-from attncheck.properties.problems import PRECISE, Problem, problems
+from attncheck.properties.problems import PRECISE, Problem, full_mask_problem, problems
 
 
 def _with_dead_key(p: Problem, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,11 +118,7 @@ def test_masked_keys_nonfinite_irrelevant(target: Target, data: st.DataObject) -
 @given(data=st.data())
 def test_broadcast_mask_equals_materialised(target: Target, data: st.DataObject) -> None:
     """A mask broadcast over batch or heads equals the same mask expanded and copied to (B, Hq, L, S)."""
-    require(bool(target.caps.masks), "target declares no mask support")
-    require("full" in target.caps.mask_shapes, "target declares no full (B, Hq, L, S) masks")
-    p = data.draw(problems(target.caps, dtypes=PRECISE, masks=("bool", "float"), causal=False), label="problem")
-    q, k, v, mask = p.tensors(target.device)
-    assert mask is not None
+    p, q, k, v, mask = full_mask_problem(target, data)
     full = mask.expand(p.B, p.Hq, p.L, p.S).contiguous()  # (..., L, S) broadcast -> (B, Hq, L, S)
     out = target(q, k, v, **p.call_kwargs(mask))
     ref, tol = expect(q, k, v, full, "top-left", target.precision(q.dtype), scale=p.scale)

@@ -206,6 +206,9 @@ class Encoder(nn.Module):
         return self.norm(x)
 
 
+# The decoder side is written out beside the encoder's rather than sharing a stack or layer base with it: each
+# reads as Section 3.1 and Figure 1 describe it (the Annotated Transformer's layout), at the cost of the repeated
+# __init__ and stack loop.
 class DecoderLayer(nn.Module):
     """Section 3.1, Figure 1 (right): masked self-attention, encoder-decoder attention, feed-forward network."""
 

@@ -99,6 +99,16 @@ def paged_to_contiguous(k_cache: Tensor, block_table: Tensor, length: int, b: in
     return k_cache[blocks, t % block_size]  # (length, H, D)
 
 
+def cached_sequence(
+    k_cache: Tensor, v_cache: Tensor, block_table: Tensor | None, length: int, b: int
+) -> tuple[Tensor, Tensor]:
+    """Sequence b's first ``length`` keys and values: ``cache[b, :length]`` of a contiguous cache, or gathered by
+    :func:`paged_to_contiguous` from a paged one -> (length, Hkv, E), (length, Hkv, Ev)."""
+    if block_table is None:
+        return k_cache[b, :length], v_cache[b, :length]
+    return paged_to_contiguous(k_cache, block_table, length, b), paged_to_contiguous(v_cache, block_table, length, b)
+
+
 def decode_attention(
     query: Tensor,
     k_cache: Tensor,
@@ -119,10 +129,7 @@ def decode_attention(
     queries are its last Lq positions (causal and window aligned bottom-right)."""
     outs, lses = [], []
     for b, length in enumerate(cache_seqlens.tolist()):
-        if block_table is None:
-            k, v = k_cache[b, :length], v_cache[b, :length]  # (S_b, Hkv, E), (S_b, Hkv, Ev)
-        else:
-            k, v = (paged_to_contiguous(c, block_table, length, b) for c in (k_cache, v_cache))
+        k, v = cached_sequence(k_cache, v_cache, block_table, length, b)  # (S_b, Hkv, E), (S_b, Hkv, Ev)
         o, s = _one_sequence(query[b], k, v, is_causal, "bottom-right", scale, window, softcap, sinks)
         outs.append(o.to(query.dtype))  # (Lq, Hq, Ev)
         lses.append(s.float())  # (Hq, Lq)

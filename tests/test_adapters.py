@@ -282,6 +282,22 @@ def test_jax_lse_of_a_row_without_keys_is_finite() -> None:
 # (layout, argument names, lse shape, base and empty-row value, alignment) is checked by the properties themselves.
 
 
+def _reference_nhd(
+    q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, scale: float | None, softcap: float | None
+) -> tuple[Tensor, Tensor]:
+    """The reference on (..., N, H, D) tensors (BLHD, NHD), GQA by shape, softcap 0 or None = off -> out (..., L,
+    Hq, Ev), lse (..., Hq, L) in natural log."""
+    out, lse = scaled_dot_product_attention(
+        *(t.transpose(-3, -2) for t in (q, k, v)),  # (..., N, H, D) -> (..., H, N, D)
+        attn_mask=mask,
+        scale=scale,
+        enable_gqa=True,
+        softcap=softcap or None,
+        return_lse=True,
+    )
+    return out.transpose(-3, -2), lse  # (..., H, L, Dv) -> (..., L, H, Dv)
+
+
 def _stand_in_flash_attn_func(
     q: Tensor,
     k: Tensor,
@@ -301,15 +317,7 @@ def _stand_in_flash_attn_func(
     L, S = q.size(1), k.size(1)
     left, right = window_size[0], 0 if causal else window_size[1]
     band = window_mask(L, S, (left, right), "bottom-right") if (left, right) != (-1, -1) else None
-    out, lse = scaled_dot_product_attention(
-        *(t.transpose(1, 2) for t in (q, k, v)),  # (B, L, H, D) -> (B, H, L, D)
-        attn_mask=band,
-        scale=softmax_scale,
-        enable_gqa=True,
-        softcap=softcap or None,
-        return_lse=True,
-    )
-    out = out.transpose(1, 2)  # (B, H, L, Dv) -> (B, L, H, Dv)
+    out, lse = _reference_nhd(q, k, v, band, softmax_scale, softcap)  # (B, L, H, Dv), (B, H, L)
     return (out, lse.float().masked_fill(lse == -math.inf, math.inf), None) if return_attn_probs else out
 
 
@@ -326,15 +334,8 @@ def _stand_in_single_prefill(
     logits_soft_cap None or 0 = off; lse (L, Hq) in base 2."""
     L, S = q.size(0), k.size(0)
     mask = window_mask(L, S, (-1, 0), "bottom-right") if causal else None  # bottom-right causal triangle
-    out, lse = scaled_dot_product_attention(
-        *(t.transpose(0, 1) for t in (q, k, v)),  # (N, H, D) -> (H, N, D)
-        attn_mask=mask,
-        scale=sm_scale,
-        enable_gqa=True,
-        softcap=logits_soft_cap or None,
-        return_lse=True,
-    )
-    out, lse = out.transpose(0, 1), (lse.float() / math.log(2)).transpose(0, 1)  # (L, Hq, Ev), (L, Hq) base 2
+    out, lse = _reference_nhd(q, k, v, mask, sm_scale, logits_soft_cap)  # (L, Hq, Ev), (Hq, L)
+    lse = (lse.float() / math.log(2)).transpose(0, 1)  # (Hq, L) -> (L, Hq), base 2
     return (out, lse) if return_lse else out
 
 

@@ -59,29 +59,31 @@ def _one(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
     return varlen_attention(q, k, v, _cu([q.size(0)]), _cu([k.size(0)]), q.size(0), k.size(0), **kw)  # type: ignore[return-value]
 
 
+def _each_sequence(q: Tensor, k: Tensor, v: Tensor, cu_q: Tensor, keys: Callable[[int], slice], **kw: Any) -> Tensor:
+    """Every sequence's query rows attended alone over the key rows ``keys(b)`` (where each mutant's bug lives);
+    ``kw``: the contract's keywords but the varlen ones. Padding rows stay zero."""
+    out = torch.zeros(*q.shape[:-1], v.size(-1), dtype=q.dtype)  # (Tq + pad, Hq, Ev)
+    for b in range(len(cu_q) - 1):
+        rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
+        out[rows] = _one(q[rows], k[keys(b)], v[keys(b)], **kw)
+    return out
+
+
 @mutant("varlen", VARLEN)
 def padded_length(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
     """Split-KV sized by the padded length (max_seqlen_k) instead of each sequence's: a short sequence also reads
     the keys after it (the next sequence's, or the NaN padding)."""
     cu_q, cu_k, _, max_k = _varlen_args(kw)
-    out = torch.zeros(*q.shape[:-1], v.size(-1), dtype=q.dtype)  # (Tq + pad, Hq, Ev)
-    for b in range(len(cu_q) - 1):
-        rows, start = slice(int(cu_q[b]), int(cu_q[b + 1])), int(cu_k[b])
-        end = min(start + max_k, k.size(0))  # BUG: every sequence gets max_seqlen_k keys
-        out[rows] = _one(q[rows], k[start:end], v[start:end], **kw)
-    return out
+    # BUG: every sequence gets max_seqlen_k keys
+    return _each_sequence(q, k, v, cu_q, lambda b: slice(int(cu_k[b]), min(int(cu_k[b]) + max_k, k.size(0))), **kw)
 
 
 @mutant("varlen", VARLEN)
 def border_leak(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
     """A document mask off by one at the borders: each sequence also sees the key just before its own."""
     cu_q, cu_k, _, _ = _varlen_args(kw)
-    out = torch.zeros(*q.shape[:-1], v.size(-1), dtype=q.dtype)  # (Tq + pad, Hq, Ev)
-    for b in range(len(cu_q) - 1):
-        rows = slice(int(cu_q[b]), int(cu_q[b + 1]))
-        keys = slice(max(int(cu_k[b]) - 1, 0), int(cu_k[b + 1]))  # BUG: starts one key early
-        out[rows] = _one(q[rows], k[keys], v[keys], **kw)
-    return out
+    # BUG: starts one key early
+    return _each_sequence(q, k, v, cu_q, lambda b: slice(max(int(cu_k[b]) - 1, 0), int(cu_k[b + 1])), **kw)
 
 
 @mutant("varlen", VARLEN)
@@ -111,12 +113,8 @@ def empty_segment_shifts(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
 def split_drops_last(q: Tensor, k: Tensor, v: Tensor, **kw: Any) -> Tensor:
     """A split-KV merge that drops the last split: keys past the first 16 of a sequence never count."""
     cu_q, cu_k, _, _ = _varlen_args(kw)
-    out = torch.zeros(*q.shape[:-1], v.size(-1), dtype=q.dtype)  # (Tq + pad, Hq, Ev)
-    for b in range(len(cu_q) - 1):
-        rows, start = slice(int(cu_q[b]), int(cu_q[b + 1])), int(cu_k[b])
-        n = min(int(cu_k[b + 1]) - start, 16)  # BUG: the second split is lost
-        out[rows] = _one(q[rows], k[start : start + n], v[start : start + n], **kw)
-    return out
+    # BUG: the second split is lost
+    return _each_sequence(q, k, v, cu_q, lambda b: slice(int(cu_k[b]), min(int(cu_k[b + 1]), int(cu_k[b]) + 16)), **kw)
 
 
 # -- decode (called with cache_seqlens, block_table as keywords) -----------------------------------------------

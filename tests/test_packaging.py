@@ -23,17 +23,18 @@ def run(args: list[str], cwd: Path, pythonpath: list[Path], timeout: float = 600
     )
 
 
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m pip ARGS`` in this interpreter, its output captured, within 10 minutes."""
+    return subprocess.run(
+        [sys.executable, "-m", "pip", *args], capture_output=True, text=True, timeout=600, check=False
+    )
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A wheel built from this checkout, as `pip install attncheck` would install it."""
     out = tmp_path_factory.mktemp("wheel")
-    built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    built = _pip("wheel", "--no-deps", "--quiet", "-w", str(out), str(ROOT))
     if built.returncode != 0:
         pytest.fail(f"building the wheel failed: {built.stderr[-2000:]}")
     return next(out.glob("attncheck-*.whl"))
@@ -75,13 +76,7 @@ def test_my_packages_are_mine():
 def test_a_wheel_install_beside_the_users_own_packages(wheel: Path, tmp_path: Path) -> None:
     """A project with its own properties/, reference/ and benchmarks/ packages uses attncheck as installed."""
     site = tmp_path / "site"
-    installed = subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(site), str(wheel)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
+    installed = _pip("install", "--quiet", "--no-deps", "--target", str(site), str(wheel))
     assert installed.returncode == 0, installed.stderr
     project = tmp_path / "project"
     for name in ("properties", "reference", "benchmarks"):

@@ -2,10 +2,11 @@
 
 :data:`BUILTINS` names each built-in target's factory by its import path (one module per library:
 :mod:`.pytorch`, :mod:`.huggingface`, :mod:`.jax`, :mod:`.cuda`; the varlen and decode entries in :mod:`.entries`,
-:mod:`.jax` and :mod:`.cuda_entries`), so nothing is imported until a target is asked for; a factory returns a
-:class:`Target` whose function takes the contract's tensors (BHLD, or BLHD where the capabilities say so; the
-entries' own layouts) and keyword arguments. A missing library or device raises :class:`TargetUnavailable`
-with a one-line reason. Other distributions add targets under the entry-point group ``attncheck.targets``.
+:mod:`.jax` and :mod:`.cuda_entries`, the packing they share in :mod:`.packing`), so nothing is imported until a
+target is asked for; a factory returns a :class:`Target` whose function takes the contract's tensors (BHLD, or
+BLHD where the capabilities say so; the entries' own layouts) and keyword arguments. A missing library or device
+raises :class:`TargetUnavailable` with a one-line reason. Other distributions add targets under the entry-point
+group ``attncheck.targets``.
 
 The adapters translate conventions (layout, mask polarity, argument names) and nothing else: where a library
 departs from the contract, its capabilities declare it (and a comment says why), or the properties report it.

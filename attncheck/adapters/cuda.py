@@ -7,6 +7,8 @@ The varlen and decode entries of the same libraries are in :mod:`.cuda_entries`.
 
 from __future__ import annotations
 
+import importlib
+import sys
 from typing import Any
 
 import torch
@@ -15,6 +17,8 @@ from torch import Tensor
 from attncheck.adapters import HALF_AND_SINGLE, require_cuda
 from attncheck.errors import TargetUnavailable
 from attncheck.properties.contract import Alignment, Capabilities, Target
+
+HALF = ("bfloat16", "float16")  # FlashAttention and FlashInfer: fp16/bf16 only
 
 # ---------------------------------------------------------------------------------------------------------------
 # CUDA only: torch SDPA on CUDA, FlashAttention
@@ -33,14 +37,48 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(part) for part in text.split(".")[:2])
 
 
+def _import_cuda_library(module: str, library: str, pip: str, name: str) -> Any:
+    """The top-level package of ``module`` (``xformers.ops`` imports xformers and its ops), or TargetUnavailable
+    for the target ``name``: ``library`` is not installed (``pip install`` ``pip``), or there is no CUDA device."""
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        raise TargetUnavailable(f"{library} is not installed: pip install {pip} (CUDA only)") from None
+    require_cuda(name)
+    return sys.modules[module.partition(".")[0]]
+
+
 def _import_flash_attn(name: str) -> Any:
     """The flash_attn module (FlashAttention 2), or TargetUnavailable for the target ``name``."""
-    try:
-        import flash_attn
-    except ImportError:
-        raise TargetUnavailable("flash-attn is not installed: pip install flash-attn (CUDA only)") from None
-    require_cuda(name)
-    return flash_attn
+    return _import_cuda_library("flash_attn", "flash-attn", "flash-attn", name)
+
+
+def _flash_attn_caps(version: tuple[int, ...], **declared: Any) -> Capabilities:
+    """What every FlashAttention 2 entry declares (see flash_attn_target), and ``declared`` besides."""
+    alignment: Alignment = "bottom-right" if version >= (2, 1) else "top-left"
+    features = {"lse"} | ({"window"} if version >= (2, 3) else set()) | ({"softcap"} if version >= (2, 6) else set())
+    return Capabilities(
+        masks=frozenset(),
+        causal=alignment,
+        value_dim=False,
+        dtypes=HALF,
+        devices=("cuda",),
+        masked_rows="zeros",
+        features=frozenset(features),
+        lse_empty="+inf",
+        **declared,
+    )
+
+
+def _flash_attn_kwargs(window: tuple[int, int] | None, softcap: float | None) -> dict[str, Any]:
+    """window_size and softcap, passed only when set (flash-attn's defaults (-1, -1) and 0.0 mean off; None never
+    reaches it)."""
+    features: dict[str, Any] = {}
+    if window is not None:
+        features["window_size"] = window  # (left, right), -1 = unbounded: the contract's own count
+    if softcap is not None:
+        features["softcap"] = softcap
+    return features
 
 
 def flash_attn_target() -> Target:
@@ -60,11 +98,6 @@ def flash_attn_target() -> Target:
         softcap: float | None = None,
         return_lse: bool = False,
     ) -> Any:
-        features: dict[str, Any] = {}
-        if window is not None:
-            features["window_size"] = window  # (left, right), -1 = unbounded: the contract's own count
-        if softcap is not None:
-            features["softcap"] = softcap  # flash-attn's "off" is 0.0, its default; None never reaches it
         result = flash_attn.flash_attn_func(
             query,
             key,
@@ -73,7 +106,7 @@ def flash_attn_target() -> Target:
             softmax_scale=scale,
             causal=is_causal,
             return_attn_probs=return_lse,
-            **features,
+            **_flash_attn_kwargs(window, softcap),
         )
         if return_lse:
             out, softmax_lse, _ = result  # (out, softmax_lse (B, Hq, L) float32, S_dmask)
@@ -85,20 +118,7 @@ def flash_attn_target() -> Target:
     # 2.6. softmax_lse is the natural-log logsumexp of the scaled (capped) logits, +inf on rows with no key (so that
     # the backward's exp(s - lse) is 0). Checked against the flash_attn_func docstring of flash-attn 2.8.3
     # (flash_attn/flash_attn_interface.py); the translation is tested on CPU with a stand-in (tests/test_adapters.py).
-    alignment: Alignment = "bottom-right" if version >= (2, 1) else "top-left"
-    features = {"lse"} | ({"window"} if version >= (2, 3) else set()) | ({"softcap"} if version >= (2, 6) else set())
-    caps = Capabilities(
-        masks=frozenset(),
-        causal=alignment,
-        dropout="inverted",
-        value_dim=False,
-        dtypes=("bfloat16", "float16"),
-        devices=("cuda",),
-        layout="BLHD",
-        masked_rows="zeros",
-        features=frozenset(features),
-        lse_empty="+inf",
-    )
+    caps = _flash_attn_caps(version, dropout="inverted", layout="BLHD")
     description = f"flash-attn {flash_attn.__version__} flash_attn_func on {torch.cuda.get_device_name()}"
     return Target("flash-attn", flash, caps, description, device="cuda")
 
@@ -112,12 +132,20 @@ def flash_attn_target() -> Target:
 
 
 def _import_flashinfer(name: str) -> Any:
-    try:
-        import flashinfer
-    except ImportError:
-        raise TargetUnavailable("flashinfer is not installed: pip install flashinfer-python (CUDA only)") from None
-    require_cuda(name)
-    return flashinfer
+    """The flashinfer module, or TargetUnavailable for the target ``name``."""
+    return _import_cuda_library("flashinfer", "flashinfer", "flashinfer-python", name)
+
+
+# What every FlashInfer wrapper declares: no mask, inference only, fp16/bf16 with one head dim, softcap, lse base 2.
+FLASHINFER = Capabilities(
+    masks=frozenset(),
+    grad=False,
+    value_dim=False,
+    dtypes=HALF,
+    devices=("cuda",),
+    features=frozenset({"softcap", "lse"}),
+    lse_base="2",
+)
 
 
 def flashinfer_prefill_target() -> Target:
@@ -153,17 +181,7 @@ def flashinfer_prefill_target() -> Target:
         return out, lse
 
     # Causal is bottom-right (its docstring builds the mask with diagonal=kv_len - qo_len). Inference only.
-    caps = Capabilities(
-        masks=frozenset(),
-        causal="bottom-right",
-        grad=False,
-        value_dim=False,
-        dtypes=("bfloat16", "float16"),
-        devices=("cuda",),
-        layout="BLHD",
-        features=frozenset({"softcap", "lse"}),
-        lse_base="2",
-    )
+    caps = FLASHINFER.replace(causal="bottom-right", layout="BLHD")
     description = f"flashinfer {flashinfer.__version__} single_prefill_with_kv_cache on {torch.cuda.get_device_name()}"
     return Target("flashinfer-prefill", prefill, caps, description, device="cuda")
 
@@ -198,17 +216,7 @@ def flashinfer_decode_target() -> Target:
         return out, lse  # (B, Hq, L)
 
     # A decode step sees every key (no causal flag); no mask; inference only.
-    caps = Capabilities(
-        masks=frozenset(),
-        causal=None,
-        grad=False,
-        value_dim=False,
-        dtypes=("bfloat16", "float16"),
-        devices=("cuda",),
-        layout="BLHD",
-        features=frozenset({"softcap", "lse"}),
-        lse_base="2",
-    )
+    caps = FLASHINFER.replace(causal=None, layout="BLHD")
     description = f"flashinfer {flashinfer.__version__} single_decode_with_kv_cache on {torch.cuda.get_device_name()}"
     return Target("flashinfer-decode", decode, caps, description, device="cuda")
 
@@ -223,13 +231,7 @@ def _aligned_bias(bias: Tensor) -> Tensor:
 
 def _import_xformers(name: str) -> Any:
     """The xformers module (its ``ops`` imported), or TargetUnavailable for the target ``name``."""
-    try:
-        import xformers
-        import xformers.ops
-    except ImportError:
-        raise TargetUnavailable("xformers is not installed: pip install xformers (CUDA only)") from None
-    require_cuda(name)
-    return xformers
+    return _import_cuda_library("xformers.ops", "xformers", "xformers", name)
 
 
 def xformers_target() -> Target:

@@ -32,33 +32,20 @@ import torch
 from torch import Tensor
 
 from attncheck.adapters import HALF_AND_SINGLE, require_cuda
-from attncheck.adapters.cuda import _import_flash_attn, _import_flashinfer, _import_xformers, _version
+from attncheck.adapters.cuda import (
+    FLASHINFER,
+    HALF,
+    _flash_attn_caps,
+    _flash_attn_kwargs,
+    _import_flash_attn,
+    _import_flashinfer,
+    _import_xformers,
+    _version,
+)
+from attncheck.adapters.packing import no_sequences, scatter_rows
 from attncheck.errors import TargetUnavailable
-from attncheck.properties.contract import Alignment, Capabilities, Target
+from attncheck.properties.contract import Capabilities, Target
 from attncheck.reference.packed import paged_to_contiguous
-
-HALF = ("bfloat16", "float16")
-
-
-def _no_sequences(query: Tensor, value: Tensor, return_lse: bool) -> Any:
-    """The answer to a varlen call without sequences: zeros, and lse -inf, on every (padding) row."""
-    out = query.new_zeros(*query.shape[:-1], value.size(-1))  # (pad, Hq, Ev)
-    lse = torch.full((query.size(1), query.size(0)), float("-inf"), device=query.device)  # (Hq, pad)
-    return (out, lse) if return_lse else out
-
-
-def _scatter_rows(query: Tensor, value: Tensor, out: Tensor, lse: Tensor | None) -> Any:
-    """A library's output over the packed rows only, (Tq, Hq, Ev) and lse (Hq, Tq), placed into the contract's
-    (Tq + pad, Hq, Ev) and (Hq, Tq + pad); padding rows get zeros and lse -inf."""
-    Tq = out.size(0)
-    packed = query.new_zeros(*query.shape[:-1], value.size(-1))  # (Tq + pad, Hq, Ev)
-    packed[:Tq] = out
-    if lse is None:
-        return packed
-    full = torch.full((query.size(1), query.size(0)), float("-inf"), device=query.device)  # (Hq, Tq + pad)
-    full[:, :Tq] = lse
-    return packed, full
-
 
 # ---------------------------------------------------------------------------------------------------------------
 # FlashAttention 2: flash_attn_varlen_func, flash_attn_with_kvcache. Checked against flash-attn 2.8.4
@@ -69,22 +56,6 @@ def _scatter_rows(query: Tensor, value: Tensor, out: Tensor, lse: Tensor | None)
 # INFINITY there; softmax.h the same), laid out (Hq, total_q) for varlen and (B, Hq, Lq) for the KV cache: the
 # contract's layouts. Rows with no key are zero ("If the row of the mask is all zero, the output will be zero").
 # fp16/bf16 only; v has the head dim of q and k.
-
-
-def _flash_attn_features(version: tuple[int, ...]) -> frozenset[str]:
-    return frozenset(
-        {"lse"} | ({"window"} if version >= (2, 3) else set()) | ({"softcap"} if version >= (2, 6) else set())
-    )
-
-
-def _flash_attn_kwargs(window: tuple[int, int] | None, softcap: float | None) -> dict[str, Any]:
-    """window_size and softcap, passed only when set (flash-attn's defaults (-1, -1) and 0.0 mean off)."""
-    features: dict[str, Any] = {}
-    if window is not None:
-        features["window_size"] = window  # (left, right), -1 = unbounded: the contract's own count
-    if softcap is not None:
-        features["softcap"] = softcap
-    return features
 
 
 def flash_attn_varlen_target() -> Target:
@@ -107,7 +78,7 @@ def flash_attn_varlen_target() -> Target:
         return_lse: bool = False,
     ) -> Any:
         if len(cu_seqlens_q) == 1:
-            return _no_sequences(query, value, return_lse)
+            return no_sequences(query, value, return_lse)
         result = flash_attn.flash_attn_varlen_func(
             query,  # (Tq + pad, Hq, E): total_q may exceed cu_seqlens_q[-1]; rows past it are not read
             key,  # (Tk + pad, Hkv, E)
@@ -126,18 +97,7 @@ def flash_attn_varlen_target() -> Target:
             return out, softmax_lse
         return result  # (Tq + pad, Hq, E)
 
-    alignment: Alignment = "bottom-right" if version >= (2, 1) else "top-left"
-    caps = Capabilities(
-        entry="varlen",
-        masks=frozenset(),
-        causal=alignment,
-        value_dim=False,
-        dtypes=HALF,
-        devices=("cuda",),
-        masked_rows="zeros",
-        features=_flash_attn_features(version),
-        lse_empty="+inf",
-    )
+    caps = _flash_attn_caps(version, entry="varlen")
     description = f"flash-attn {flash_attn.__version__} flash_attn_varlen_func on {torch.cuda.get_device_name()}"
     return Target("flash-attn-varlen", varlen, caps, description, device="cuda")
 
@@ -209,20 +169,7 @@ def _flash_attn_kvcache(name: str, paged: bool) -> Target:
     # poisoned unused entries, at one page size, so a page-size bug of its own below 256 cannot show here (the
     # page-size invariance check compares two re-laid caches). Pages that are multiples of 256 are passed as given.
     # The KV cache has no backward ("Does not support backward pass"); return_softmax_lse arrived with softcap (2.6).
-    alignment: Alignment = "bottom-right" if version >= (2, 1) else "top-left"
-    caps = Capabilities(
-        entry="decode",
-        paged=paged,
-        masks=frozenset(),
-        causal=alignment,
-        grad=False,
-        value_dim=False,
-        dtypes=HALF,
-        devices=("cuda",),
-        masked_rows="zeros",
-        features=_flash_attn_features(version),
-        lse_empty="+inf",
-    )
+    caps = _flash_attn_caps(version, entry="decode", paged=paged, grad=False)
     description = f"flash-attn {flash_attn.__version__} flash_attn_with_kvcache on {torch.cuda.get_device_name()}"
     return Target(name, decode, caps, description, device="cuda")
 
@@ -276,7 +223,7 @@ def flashinfer_varlen_target() -> Target:
         return_lse: bool = False,
     ) -> Any:
         if len(cu_seqlens_q) == 1:
-            return _no_sequences(query, value, return_lse)
+            return no_sequences(query, value, return_lse)
         Tq, Tk = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1])
         wrapper = _wrapper_on(wrappers, query.device, flashinfer.BatchPrefillWithRaggedKVCacheWrapper)
         wrapper.plan(
@@ -296,20 +243,10 @@ def flashinfer_varlen_target() -> Target:
         result = wrapper.run(query[:Tq], key[:Tk], value[:Tk], return_lse=return_lse)  # (Tq, Hq, Ev) [, (Tq, Hq)]
         if return_lse:
             out, lse = result
-            return _scatter_rows(query, value, out, lse.transpose(0, 1))  # lse (Tq, Hq) -> (Hq, Tq), base 2
-        return _scatter_rows(query, value, result, None)
+            return scatter_rows(query, value, out, lse.transpose(0, 1))  # lse (Tq, Hq) -> (Hq, Tq), base 2
+        return scatter_rows(query, value, result, None)
 
-    caps = Capabilities(
-        entry="varlen",
-        masks=frozenset(),
-        causal="bottom-right",
-        grad=False,
-        value_dim=False,
-        dtypes=HALF,
-        devices=("cuda",),
-        features=frozenset({"softcap", "lse"}),
-        lse_base="2",
-    )
+    caps = FLASHINFER.replace(entry="varlen", causal="bottom-right")
     description = (
         f"flashinfer {flashinfer.__version__} BatchPrefillWithRaggedKVCacheWrapper on {torch.cuda.get_device_name()}"
     )
@@ -370,18 +307,7 @@ def flashinfer_decode_paged_target() -> Target:
     # rows is its own request over the same pages, which is the contract's non-causal Lq-query call. run(sinks=)
     # is documented, but the default (CUDA-core) path does not forward it to the kernel in 0.6.18 (decode.py,
     # run(): its run_args have no sinks), so sinks are not declared here.
-    caps = Capabilities(
-        entry="decode",
-        paged=True,
-        masks=frozenset(),
-        causal=None,
-        grad=False,
-        value_dim=False,
-        dtypes=HALF,
-        devices=("cuda",),
-        features=frozenset({"softcap", "lse"}),
-        lse_base="2",
-    )
+    caps = FLASHINFER.replace(entry="decode", paged=True, causal=None)
     description = (
         f"flashinfer {flashinfer.__version__} BatchDecodeWithPagedKVCacheWrapper on {torch.cuda.get_device_name()}"
     )
@@ -398,6 +324,11 @@ def flashinfer_decode_paged_target() -> Target:
 # the block-diagonal local biases are causal only, with one size that counts the query itself
 # (make_local_attention_from_bottomright(window_size)), and the padded-keys one documents "at most window_left +
 # window_right - 1 keys" where its materialize() builds a band of left + 1 + right: nothing to declare (left, right) by.
+
+
+# What both xformers entries declare: no mask argument, causal bottom-right within each block, every dtype but
+# float64 (which no xformers operator supports).
+XFORMERS = Capabilities(masks=frozenset(), causal="bottom-right", dtypes=HALF_AND_SINGLE, devices=("cuda",))
 
 
 def _kv_heads(t: Tensor, Hq: int) -> Tensor:
@@ -422,7 +353,7 @@ def xformers_varlen_target() -> Target:
         scale: float | None = None,
     ) -> Tensor:
         if len(cu_seqlens_q) == 1:
-            return _no_sequences(query, value, False)
+            return no_sequences(query, value, False)
         Tq, Tk, Hq = int(cu_seqlens_q[-1]), int(cu_seqlens_k[-1]), query.size(1)
         seqlens_q = (cu_seqlens_q[1:] - cu_seqlens_q[:-1]).tolist()  # (B,) lengths, as from_seqlens takes them
         seqlens_k = (cu_seqlens_k[1:] - cu_seqlens_k[:-1]).tolist()
@@ -432,19 +363,11 @@ def xformers_varlen_target() -> Target:
         q = query[:Tq].unsqueeze(0)  # (Tq, Hq, E) -> (1, Tq, Hq, E): the packed rows only, as the bias covers
         k, v = (_kv_heads(t[:Tk], Hq).unsqueeze(0) for t in (key, value))  # (Tk, Hkv, D) -> (1, Tk, Hq, D)
         out = xformers.ops.memory_efficient_attention(q, k, v, attn_bias=bias, scale=scale)  # (1, Tq, Hq, Ev)
-        return _scatter_rows(query, value, out[0], None)
+        return scatter_rows(query, value, out[0], None)
 
     # BlockDiagonalCausalFromBottomRightMask raises unless every block has num_keys >= num_queries ("otherwise the
     # forward pass is not defined"): lengths="q<=k", which also keeps the non-causal draws to L <= S per sequence.
-    # float64 is not supported by any xformers operator.
-    caps = Capabilities(
-        entry="varlen",
-        masks=frozenset(),
-        causal="bottom-right",
-        lengths="q<=k",
-        dtypes=HALF_AND_SINGLE,
-        devices=("cuda",),
-    )
+    caps = XFORMERS.replace(entry="varlen", lengths="q<=k")
     description = f"xformers {xformers.__version__} BlockDiagonalMask varlen on {torch.cuda.get_device_name()}"
     return Target("xformers-varlen", varlen, caps, description, device="cuda")
 
@@ -477,15 +400,8 @@ def xformers_decode_target() -> Target:
         return out.view(B, Lq, Hq, -1)  # type: ignore[no-any-return]  # (1, B * Lq, Hq, Ev) -> (B, Lq, Hq, Ev)
 
     # A contiguous cache only (the Paged* biases are not used). Inference: no backward declared for the padded-keys
-    # biases. float64 is not supported by any xformers operator.
-    caps = Capabilities(
-        entry="decode",
-        masks=frozenset(),
-        causal="bottom-right",
-        grad=False,
-        dtypes=HALF_AND_SINGLE,
-        devices=("cuda",),
-    )
+    # biases.
+    caps = XFORMERS.replace(entry="decode", grad=False)
     description = f"xformers {xformers.__version__} padded-keys decode on {torch.cuda.get_device_name()}"
     return Target("xformers-decode", decode, caps, description, device="cuda")
 
@@ -525,7 +441,7 @@ def torch_varlen_target() -> Target:
         return_lse: bool = False,
     ) -> Any:
         if len(cu_seqlens_q) == 1:
-            return _no_sequences(query, value, return_lse)
+            return no_sequences(query, value, return_lse)
         E, Hq = query.size(-1), query.size(1)
         # The kernel takes head dims that are multiples of 8 (flash_api.cpp: "head_size must be a multiple of 8,
         # this is ensured by padding!"); varlen_attn does not pad, so the adapter pads with zeros as SDPA and

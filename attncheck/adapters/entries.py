@@ -21,10 +21,12 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from attncheck.errors import TargetSpecError, TargetUnavailable
+from attncheck.adapters.packing import empty_outputs, pad_sequences, unpad_sequences
+from attncheck.adapters.pytorch import flex_call, import_flex_attention, softcap_mod
+from attncheck.errors import TargetSpecError
 from attncheck.properties.contract import Capabilities, Target
 from attncheck.reference.attention import merge_masks
-from attncheck.reference.packed import decode_attention, paged_to_contiguous, varlen_attention
+from attncheck.reference.packed import cached_sequence, decode_attention, varlen_attention
 
 # The reference's entries: every dtype, GQA, scale, gradients, all the features; bottom-right as FlashAttention.
 _REFERENCE = Capabilities(
@@ -120,22 +122,15 @@ def varlen_fallback(spec: str, dense: Target) -> Target:
     ) -> Tensor:
         bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
         B, L, S = len(bq) - 1, max(max_seqlen_q, 1), max(max_seqlen_k, 1)
-        Hq, Hkv = query.size(1), key.size(1)
-        q = query.new_zeros(B, L, Hq, query.size(-1))  # (B, L_max, Hq, E)
-        k = key.new_zeros(B, S, Hkv, key.size(-1))  # (B, S_max, Hkv, E)
-        v = value.new_zeros(B, S, Hkv, value.size(-1))  # (B, S_max, Hkv, Ev)
+        q = pad_sequences(query, bq, L)  # (Tq + pad, Hq, E) -> (B, L_max, Hq, E)
+        k, v = (pad_sequences(t, bk, S) for t in (key, value))  # (Tk + pad, Hkv, D) -> (B, S_max, Hkv, D)
         mask = torch.zeros(B, 1, L, S, dtype=torch.bool, device=query.device)  # (B, 1, L_max, S_max)
         for b in range(B):
-            n_q, n_k = bq[b + 1] - bq[b], bk[b + 1] - bk[b]
-            q[b, :n_q] = query[bq[b] : bq[b + 1]]
-            k[b, :n_k], v[b, :n_k] = key[bk[b] : bk[b + 1]], value[bk[b] : bk[b + 1]]
-            mask[b, 0] = _band(L, S, n_q, n_k, is_causal, window)
+            mask[b, 0] = _band(L, S, bq[b + 1] - bq[b], bk[b + 1] - bk[b], is_causal, window)
         q4, k4, v4 = (t.transpose(1, 2) for t in (q, k, v))  # (B, L, H, D) -> (B, H, L, D)
         out = _dense_call(dense, q4, k4, v4, mask, scale, features).transpose(1, 2)  # (B, L_max, Hq, Ev)
-        packed = query.new_zeros(query.size(0), Hq, value.size(-1))  # (Tq + pad, Hq, Ev)
-        for b in range(B):
-            packed[bq[b] : bq[b + 1]] = out[b, : bq[b + 1] - bq[b]]
-        return packed
+        packed, _ = empty_outputs(query, value)  # (Tq + pad, Hq, Ev)
+        return unpad_sequences(out, bq, packed)
 
     caps = _fallback_caps(dense, "varlen")
     return Target(f"varlen:{spec}", varlen, caps, f"{spec} behind a pad-and-mask varlen call (dense fallback)")
@@ -163,11 +158,7 @@ def decode_fallback(spec: str, dense: Target, paged: bool = False) -> Target:
         v = v_cache.new_zeros(B, S, *v_cache.shape[2:])  # (B, S_max, Hkv, Ev)
         mask = torch.zeros(B, 1, Lq, S, dtype=torch.bool, device=query.device)  # (B, 1, Lq, S_max)
         for b, n in enumerate(lengths):
-            if block_table is None:
-                k[b, :n], v[b, :n] = k_cache[b, :n], v_cache[b, :n]
-            else:
-                k[b, :n] = paged_to_contiguous(k_cache, block_table, n, b)
-                v[b, :n] = paged_to_contiguous(v_cache, block_table, n, b)
+            k[b, :n], v[b, :n] = cached_sequence(k_cache, v_cache, block_table, n, b)  # (n, Hkv, E), (n, Hkv, Ev)
             seen = merge_masks(None, is_causal, Lq, n, "bottom-right", window=window)  # (Lq, n): last Lq positions
             mask[b, 0, :, :n] = True if seen is None else seen
         q4, k4, v4 = (t.transpose(1, 2) for t in (query, k, v))  # (B, L, H, D) -> (B, H, L, D)
@@ -179,10 +170,7 @@ def decode_fallback(spec: str, dense: Target, paged: bool = False) -> Target:
 
 
 def flex_varlen_target() -> Target:
-    try:
-        from torch.nn.attention.flex_attention import AuxRequest, create_block_mask, flex_attention
-    except ImportError:
-        raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
+    flex = import_flex_attention()
 
     def flex_varlen(
         query: Tensor,
@@ -223,29 +211,16 @@ def flex_varlen_target() -> Target:
             seen = (d == doc_k[kv_idx]) & (j >= i - left) & (j <= i + right)
             return seen & (j <= i) if is_causal else seen
 
-        def cap(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-            return softcap * torch.tanh(score / softcap)  # type: ignore[operator]
-
-        out = query.new_zeros(query.size(0), Hq, value.size(-1))  # (Tq + pad, Hq, Ev); padding rows stay 0
-        lse = torch.full((Hq, query.size(0)), float("-inf"), device=query.device)  # (Hq, Tq + pad)
+        out, lse = empty_outputs(query, value)  # (Tq + pad, Hq, Ev), (Hq, Tq + pad); padding rows stay 0, -inf
         if Tq and Tk:
-            block_mask = create_block_mask(same_document, 1, Hq, Tq, Tk, device=query.device)
+            block_mask = flex.create_block_mask(same_document, 1, Hq, Tq, Tk, device=query.device)
             q = packed_q.transpose(0, 1).unsqueeze(0)  # (Tq, Hq, E) -> (1, Hq, Tq, E)
             k, v = (t[:Tk].transpose(0, 1).unsqueeze(0) for t in (key, value))  # (Tk, Hkv, D) -> (1, Hkv, Tk, D)
-            result = flex_attention(
-                q,
-                k,
-                v,
-                score_mod=cap if softcap is not None else None,
-                block_mask=block_mask,
-                scale=scale,
-                enable_gqa=k.size(1) != Hq,
-                return_aux=AuxRequest(lse=True) if return_lse else None,
-            )
-            packed: Tensor = result[0] if return_lse else result  # type: ignore[assignment]
+            mod = softcap_mod(softcap) if softcap is not None else None
+            packed, packed_lse = flex_call(flex, q, k, v, mod, block_mask, scale, k.size(1) != Hq, return_lse)
             out[:Tq] = packed[0].transpose(0, 1)  # (1, Hq, Tq, Ev) -> (Tq, Hq, Ev)
-            if return_lse:
-                lse[:, :Tq] = result[1].lse[0]  # type: ignore[union-attr,index]  # (1, Hq, Tq) -> (Hq, Tq)
+            if packed_lse is not None:
+                lse[:, :Tq] = packed_lse[0]  # (1, Hq, Tq) -> (Hq, Tq)
         return (out, lse) if return_lse else out
 
     # Eager, no backward on CPU (as flex-attention). Bottom-right within each document, as FlashAttention's varlen.

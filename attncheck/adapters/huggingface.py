@@ -34,29 +34,34 @@ def _import_transformers() -> Any:
     return transformers
 
 
-def _eager_call(
+def _hf_call(
     forward: Any,
     query: Tensor,
     key: Tensor,
     value: Tensor,
     attn_mask: Tensor | None,
     dropout_p: float,
-    scale: float | None,
+    scaling: float | None,
     layer_attrs: dict[str, Any] | None = None,
     **extra: Any,
 ) -> Tensor:
-    """One call of a transformers ``eager_attention_forward``: a layer carrying num_key_value_groups (GQA), its
-    training flag and ``layer_attrs`` (gpt-oss reads its sinks there), the layers' default scaling head_dim**-0.5
-    (LlamaAttention.scaling; Gemma 2's query_pre_attn_scalar**-0.5 with the scalar = head_dim), and ``extra``
-    keywords of that model's function. BHLD in; the function returns (B, L, Hq, Ev), given back as BHLD."""
+    """One call of a transformers attention function (``eager_attention_forward``, ``sdpa_attention_forward``): a
+    layer carrying num_key_value_groups (GQA), its training flag and ``layer_attrs`` (gpt-oss reads its sinks
+    there), the mask as 4-D, and ``extra`` keywords of that function. BHLD in; the function returns (B, L, Hq, Ev),
+    given back as BHLD."""
     layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
     for name, attr in (layer_attrs or {}).items():
         setattr(layer, name, attr)
-    scaling = scale if scale is not None else query.size(-1) ** -0.5
     out, _ = forward(
         layer, query, key, value, attention_mask=as_4d(attn_mask), scaling=scaling, dropout=dropout_p, **extra
     )
     return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+
+
+def _eager_scaling(query: Tensor, scale: float | None) -> float:
+    """The scaling an ``eager_attention_forward`` gets: ``scale``, else the layers' default head_dim**-0.5
+    (LlamaAttention.scaling; Gemma 2's query_pre_attn_scalar**-0.5 with the scalar = head_dim)."""
+    return scale if scale is not None else query.size(-1) ** -0.5
 
 
 def hf_eager_target() -> Target:
@@ -72,7 +77,8 @@ def hf_eager_target() -> Target:
         scale: float | None = None,
         enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
     ) -> Tensor:
-        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale)
+        scaling = _eager_scaling(query, scale)
+        return _hf_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scaling)
 
     # Masks are additive only (a bool mask would be *added*); no is_causal (callers build the mask).
     # float64 is not declared: the softmax runs in float32 (dtype=torch.float32), ~1e-7 from the float64 oracle.
@@ -94,18 +100,8 @@ def hf_sdpa_target() -> Target:
         scale: float | None = None,
         enable_gqa: bool = False,  # GQA comes from the layer's num_key_value_groups
     ) -> Tensor:
-        layer = _HFAttentionLayer(query.size(1) // key.size(1), training=dropout_p > 0)
-        out, _ = sdpa_attention_forward(
-            layer,
-            query,
-            key,
-            value,
-            attention_mask=as_4d(attn_mask),
-            dropout=dropout_p,
-            scaling=scale,
-            is_causal=is_causal,  # always explicit: None would mean the layer's default
-        )
-        return out.transpose(1, 2)  # (B, L, Hq, Ev) -> (B, Hq, L, Ev)
+        # scaling None is SDPA's own default; is_causal always explicit: None would mean the layer's default
+        return _hf_call(sdpa_attention_forward, query, key, value, attn_mask, dropout_p, scale, is_causal=is_causal)
 
     # is_causal is top-left (SDPA's) except that sdpa_attention_forward drops it when L == 1 (the decoding step:
     # the one query then sees every key, as bottom-right would). Not declarable; the properties report it.
@@ -137,7 +133,8 @@ def hf_gemma2_eager_target() -> Target:
         softcap: float | None = None,
     ) -> Tensor:
         # softcap: c * tanh(s / c) of the scaled logits, before the mask is added (Gemma 2's cap)
-        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale, softcap=softcap)
+        scaling = _eager_scaling(query, scale)
+        return _hf_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scaling, softcap=softcap)
 
     # As hf-eager: additive masks only, no is_causal, softmax in float32 (float64 not declared).
     caps = Capabilities(
@@ -170,7 +167,8 @@ def hf_gpt_oss_eager_target() -> Target:
         # column. No sinks is a sink of -inf (e^-inf = 0 in the denominator): the function always has one.
         Hq = query.size(1)
         logits = torch.full((Hq,), -torch.inf, dtype=query.dtype) if sinks is None else sinks.to(query.dtype)
-        return _eager_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scale, {"sinks": logits})
+        scaling = _eager_scaling(query, scale)
+        return _hf_call(eager_attention_forward, query, key, value, attn_mask, dropout_p, scaling, {"sinks": logits})
 
     # Additive masks only, no is_causal (callers build the mask). The softmax runs in the inputs' dtype (float64
     # included). A row with no admissible key and no sink is -inf - (-inf) = NaN (observed, not declared).

@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from attncheck.adapters import HALF_AND_SINGLE, as_4d
+from attncheck.adapters.packing import empty_outputs, pad_sequences, unpad_sequences
 from attncheck.errors import TargetUnavailable
 from attncheck.properties.contract import Capabilities, Target
 
@@ -63,6 +64,34 @@ def _dtypes(backend: str) -> tuple[str, ...]:
     return ("float32",) if backend == "cpu" else HALF_AND_SINGLE
 
 
+def _call(
+    jax: Any,
+    attention: Any,
+    query: Tensor,
+    key: Tensor,
+    value: Tensor,
+    window: tuple[int, int] | None,
+    return_lse: bool,
+    **given: Any,
+) -> tuple[Tensor, Tensor | None]:
+    """One call of the jitted ``attention`` on host copies of query (B, T, N, H), key and value (B, S, K, H), with
+    the contract's window for T x S and the ``given`` keywords -> (out (B, T, N, Ev), lse (B, T, N) or None unless
+    ``return_lse``) as tensors on the query's device."""
+    with jax.enable_x64(True):  # float64 stays float64 (jax would silently compute float32 otherwise)
+        result = attention(
+            _to_numpy(query),
+            _to_numpy(key),
+            _to_numpy(value),
+            local_window_size=_local_window(window, query.size(1), key.size(1)),
+            return_residual=return_lse,
+            **given,
+        )  # (B, T, N, Ev), and with return_residual the lse (B, T, N)
+    if return_lse:
+        out, lse = result
+        return _from_numpy(out, query), _from_numpy(lse, query)
+    return _from_numpy(result, query), None
+
+
 def jax_target() -> Target:
     jax = _import_jax()
     backend = jax.default_backend()
@@ -80,26 +109,12 @@ def jax_target() -> Target:
         window: tuple[int, int] | None = None,
         return_lse: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
-        L, S = query.size(1), key.size(1)  # (B, T, N, H), (B, S, K, H)
         mask = as_4d(attn_mask)  # (., ., L, S): jax wants 4-D masks broadcastable to (B, N, T, S)
         bool_mask = _to_numpy(mask) if mask is not None and mask.dtype == torch.bool else None
         bias = _to_numpy(mask) if mask is not None and mask.dtype != torch.bool else None
-        with jax.enable_x64(True):  # float64 stays float64 (jax would silently compute float32 otherwise)
-            result = attention(
-                _to_numpy(query),
-                _to_numpy(key),
-                _to_numpy(value),
-                bias=bias,
-                mask=bool_mask,
-                scale=scale,
-                is_causal=is_causal,
-                local_window_size=_local_window(window, L, S),
-                return_residual=return_lse,
-            )  # (B, T, N, Ev), and with return_residual the lse (B, T, N)
-        if return_lse:
-            out, lse = result
-            return _from_numpy(out, query), _from_numpy(lse, query).transpose(1, 2)  # lse (B, T, N) -> (B, N, T)
-        return _from_numpy(result, query)
+        given = {"bias": bias, "mask": bool_mask, "scale": scale, "is_causal": is_causal}
+        out, lse = _call(jax, attention, query, key, value, window, return_lse, **given)  # (B, T, N, Ev)
+        return out if lse is None else (out, lse.transpose(1, 2))  # lse (B, T, N) -> (B, N, T)
 
     # BTNH = BLHD. value must have key's shape (Ev == E). No dropout, no autograd through numpy.
     # float64 is not declared: jax computes the softmax in float32 for every input dtype (~1e-7 off in float64).
@@ -149,36 +164,19 @@ def jax_varlen_target() -> Target:
         return_lse: bool = False,
     ) -> Tensor | tuple[Tensor, Tensor]:
         bq, bk = cu_seqlens_q.tolist(), cu_seqlens_k.tolist()
-        B, T, S = len(bq) - 1, max(max_seqlen_q, 1), max(max_seqlen_k, 1)
-        Hq = query.size(1)
-        q = query.new_zeros(B, T, Hq, query.size(-1))  # (B, T_max, N, H)
-        k = key.new_zeros(B, S, *key.shape[1:])  # (B, S_max, K, H)
-        v = value.new_zeros(B, S, *value.shape[1:])  # (B, S_max, K, H)
-        for b in range(B):  # sequence b at the start of its padded row
-            q[b, : bq[b + 1] - bq[b]] = query[bq[b] : bq[b + 1]]
-            k[b, : bk[b + 1] - bk[b]], v[b, : bk[b + 1] - bk[b]] = key[bk[b] : bk[b + 1]], value[bk[b] : bk[b + 1]]
+        T, S = max(max_seqlen_q, 1), max(max_seqlen_k, 1)
+        q = pad_sequences(query, bq, T)  # (Tq + pad, N, H) -> (B, T_max, N, H): sequence b at the start of row b
+        k, v = (pad_sequences(t, bk, S) for t in (key, value))  # (Tk + pad, K, H) -> (B, S_max, K, H)
         lengths_q = np.diff(np.asarray(bq, dtype=np.int32))  # (B,) int32, as documented
         lengths_k = np.diff(np.asarray(bk, dtype=np.int32))
-        with jax.enable_x64(True):  # as jax_target; the lengths stay int32
-            result = attention(
-                _to_numpy(q),
-                _to_numpy(k),
-                _to_numpy(v),
-                scale=scale,
-                is_causal=is_causal,
-                query_seq_lengths=lengths_q,
-                key_value_seq_lengths=lengths_k,
-                local_window_size=_local_window(window, T, S),
-                return_residual=return_lse,
-            )  # (B, T_max, N, H), and with return_residual the lse (B, T_max, N)
-        out, lse = (_from_numpy(r, query) for r in result) if return_lse else (_from_numpy(result, query), None)
-        packed = query.new_zeros(*query.shape[:-1], value.size(-1))  # (Tq + pad, Hq, Ev); padding rows 0
-        packed_lse = torch.full((Hq, query.size(0)), float("-inf"), device=query.device)  # (Hq, Tq + pad)
-        for b in range(B):  # the first seqlens_q[b] rows of padded row b are sequence b's
-            packed[bq[b] : bq[b + 1]] = out[b, : bq[b + 1] - bq[b]]
-            if lse is not None:
-                packed_lse[:, bq[b] : bq[b + 1]] = lse[b, : bq[b + 1] - bq[b]].transpose(0, 1)  # (n, N) -> (N, n)
-        return (packed, packed_lse) if return_lse else packed
+        lengths = {"query_seq_lengths": lengths_q, "key_value_seq_lengths": lengths_k}  # int32 under enable_x64 too
+        out, lse = _call(jax, attention, q, k, v, window, return_lse, scale=scale, is_causal=is_causal, **lengths)
+        packed, packed_lse = empty_outputs(query, value)  # (Tq + pad, Hq, Ev), (Hq, Tq + pad); padding 0, -inf
+        unpad_sequences(out, bq, packed)  # the first seqlens_q[b] rows of padded row b are sequence b's
+        if lse is None:
+            return packed
+        unpad_sequences(lse, bq, packed_lse.T)  # (B, T_max, N) into (Tq + pad, N), a view of (N, Tq + pad)
+        return packed, packed_lse
 
     # jax 0.10.2, jax/_src/nn/functions.py (xla implementation, the default): _apply_masks ANDs the causal mask
     # (tril over the padded (T, S) box), the window mask (query_pos - left <= key_pos <= query_pos + right) and the

@@ -3,6 +3,7 @@ nn.MultiheadAttention and FlexAttention. Conventions observed with torch 2.13.0 
 
 from __future__ import annotations
 
+import types
 from typing import Any
 
 import torch
@@ -143,11 +144,59 @@ def torch_mha_noweights_target() -> Target:
 # FlexAttention
 
 
-def flex_attention_target() -> Target:
+def import_flex_attention() -> Any:
+    """What the FlexAttention adapters use of torch.nn.attention.flex_attention (AuxRequest, and_masks,
+    create_block_mask, flex_attention), or TargetUnavailable where this torch lacks any of it."""
     try:
         from torch.nn.attention.flex_attention import AuxRequest, and_masks, create_block_mask, flex_attention
     except ImportError:
         raise TargetUnavailable(f"torch {torch.__version__} has no torch.nn.attention.flex_attention") from None
+    return types.SimpleNamespace(
+        AuxRequest=AuxRequest, and_masks=and_masks, create_block_mask=create_block_mask, flex_attention=flex_attention
+    )
+
+
+def softcap_mod(softcap: float) -> Any:
+    """The score_mod c * tanh(score / c): the tanh soft-cap of the FlexAttention docs (flex hands a score_mod the
+    scaled q . k)."""
+
+    def cap(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
+        return softcap * torch.tanh(score / softcap)
+
+    return cap
+
+
+def flex_call(
+    flex: Any,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    score_mod: Any,
+    block_mask: Any,
+    scale: float | None,
+    enable_gqa: bool,
+    return_lse: bool,
+) -> tuple[Tensor, Tensor | None]:
+    """One eager flex_attention call on BHLD tensors -> (out (B, Hq, L, Ev), lse (B, Hq, L) in natural log, through
+    return_aux=AuxRequest(lse=True), or None when not asked for)."""
+    result = flex.flex_attention(
+        q,
+        k,
+        v,
+        score_mod=score_mod,
+        block_mask=block_mask,
+        scale=scale,
+        enable_gqa=enable_gqa,
+        return_aux=flex.AuxRequest(lse=True) if return_lse else None,
+    )
+    if return_lse:
+        out, aux = result
+        return out, aux.lse
+    return result, None
+
+
+def flex_attention_target() -> Target:
+    flex_module = import_flex_attention()
 
     def flex(
         query: Tensor,
@@ -167,11 +216,7 @@ def flex_attention_target() -> Target:
         score_mods = []
         mask_mods = []
         if softcap is not None:  # first: flex hands score_mod the scaled q . k, and the cap precedes the bias
-
-            def cap(score: Tensor, b: Tensor, h: Tensor, q_idx: Tensor, kv_idx: Tensor) -> Tensor:
-                return softcap * torch.tanh(score / softcap)  # the tanh soft-cap of the FlexAttention docs
-
-            score_mods.append(cap)
+            score_mods.append(softcap_mod(softcap))
         if attn_mask is not None:
             mask = attn_mask.expand(B, Hq, L, S)  # (B, Hq, L, S), stride 0 over broadcast dimensions
             if mask.dtype == torch.bool:
@@ -205,21 +250,14 @@ def flex_attention_target() -> Target:
                 score = mod(score, b, h, q_idx, kv_idx)
             return score
 
-        block_mask = create_block_mask(and_masks(*mask_mods), B, Hq, L, S, device=query.device) if mask_mods else None
-        result = flex_attention(
-            query,
-            key,
-            value,
-            score_mod=score_mod if score_mods else None,
-            block_mask=block_mask,
-            scale=scale,
-            enable_gqa=enable_gqa,
-            return_aux=AuxRequest(lse=True) if return_lse else None,
+        block_mask = (
+            flex_module.create_block_mask(flex_module.and_masks(*mask_mods), B, Hq, L, S, device=query.device)
+            if mask_mods
+            else None
         )
-        if return_lse:
-            out, aux = result
-            return out, aux.lse  # (B, Hq, L), natural log
-        return result  # (B, Hq, L, Ev)
+        mod = score_mod if score_mods else None
+        out, lse = flex_call(flex_module, query, key, value, mod, block_mask, scale, enable_gqa, return_lse)
+        return out if lse is None else (out, lse)  # (B, Hq, L, Ev) [, (B, Hq, L), natural log]
 
     # Eager (no torch.compile): it runs on CPU at tens to hundreds of ms per call; compiling costs ~17 s per new
     # shape on CPU, too much for property tests. CPU backward raises NotImplementedError, hence grad=False.
