@@ -18,7 +18,7 @@ from torch import Tensor
 from attncheck.errors import PropertyFailure, TargetError
 from attncheck.properties.contract import Target
 from attncheck.properties.contract import require as require  # the named checks' helper, re-exported
-from attncheck.properties.oracle import Budget
+from attncheck.properties.oracle import ACCUMULATE, Budget, expect, logit_rounding, precision_note, precision_ratio
 from attncheck.properties.problems import Problem
 
 # Conventions observed on targets while a check runs (e.g. what fully masked rows return), for the report. The
@@ -213,4 +213,74 @@ def judge_empty_rows(target: Target, out: Tensor, value: Tensor, live: Tensor, p
         declared is None or convention == declared,
         f"rows with no admissible key return {convention}, but the target declares {declared}",
         p,
+    )
+
+
+def judge_output(
+    target: Target,
+    p: Problem,
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    mask: Tensor | None,
+    out: Tensor,
+    *,
+    quantity: str = "output",
+    note: str = "",
+    judged: bool = True,
+) -> float | None:
+    """The target's output ``out`` for the call ``p`` makes with (q, k, v, mask) against the float64 oracle of
+    equation (1): the error over the budget, or None when the example is inconclusive. Raises PropertyFailure.
+
+    The budget is k x (naive same-dtype error) + floor of a kernel that keeps its logits in float32
+    (oracle.expect), at the judged precision (``judged=True``: matches_oracle ignores what the probe observed;
+    ``quantity`` is then named "... vs float64 oracle") or the observed one (``quantity`` is the whole phrase).
+    Half inputs beyond that budget are judged against every output that rounding the logits to the input dtype T
+    can give (oracle.logit_rounding: an exact per-element band): outside it by more than the budget on any row, no
+    such kernel gives the output and it fails; inside it, the kernel is less precise, not wrong, and passes with its
+    precision reported, unless a degenerate output (mean of V, half the scale...) fits the band too: then the
+    example cannot tell the two apart and is inconclusive (None: the caller rejects it)."""
+    align = target.caps.alignment
+    live = live_rows(p, mask, align).to(out.device)  # rows emptied by the causal alignment follow their convention
+    judge_empty_rows(target, out, v, live, p)
+    compute = target.precision(q.dtype, judged=judged)
+    ref, tol = expect(q, k, v, mask, align, compute, is_causal=p.is_causal, scale=p.scale)
+    what = (compared(quantity, target, q.dtype) if judged else quantity) + note
+    got = out.detach().cpu().double()
+    worst = float(torch.where(live.cpu(), (got - ref.cpu()).abs(), 0.0).nan_to_num(0.0).max())
+    half = ACCUMULATE[q.dtype] != q.dtype and tol.dtype == q.dtype  # half inputs computed at their own precision
+    fused = tol.naive_error  # what a float32-logit kernel achieves on these inputs
+    finite = bool((torch.isfinite(got) | ~live.cpu()).all())  # a non-finite output is judged against the oracle
+    expected, rounding, name = ref, None, str(q.dtype).removeprefix("torch.")
+    if worst > tol.value and half and finite:  # logits rounded to the input dtype: less precise, not wrong
+        cpu = {"attn_mask": None if mask is None else mask.cpu(), "is_causal": p.is_causal, "scale": p.scale}
+        rounding = logit_rounding(q.cpu(), k.cpu(), v.cpu(), ref.cpu(), tol.value, live.cpu(), align, **cpu)
+        expected = got.clamp(rounding.lo, rounding.hi)  # (B, Hq, L, Ev): the closest output of such a kernel
+        what = (
+            f"{what}: error {worst:.3g} beyond a float32-logit kernel's budget; output vs the nearest output "
+            f"logits rounded to {name} can give"
+        )
+    elif worst > tol.value and not half and judged:  # name the precision the error is consistent with
+        what += precision_note(q, k, v, worst, align, attn_mask=mask, is_causal=p.is_causal, scale=p.scale)
+    # one assertion for both: Hypothesis tells distinct bugs apart by where they raise
+    err = assert_close(out, expected, tol, what, p, where=live)
+    if rounding is not None and rounding.explained_by:
+        seen = f"{name}: inconclusive (logits rounded to {name} cannot be told from {rounding.explained_by[0]})"
+        observe(target, "precision vs a float32-logit kernel", seen)
+        return None
+    if half:  # how close to a fused kernel, in few distinct values
+        observe(target, "precision vs a float32-logit kernel", precision_ratio(q.dtype, worst, fused))
+    return err / tol.value
+
+
+def compared(quantity: str, target: Target, dtype: torch.dtype) -> str:
+    """What is compared (``quantity`` vs float64 oracle); where the probe saw a coarser precision than
+    declared, the message says so first."""
+    name = str(dtype).removeprefix("torch.")
+    seen = target.observed_precision.get(name)
+    if seen is None:
+        return f"{quantity} vs float64 oracle"
+    return (
+        f"{name} inputs computed at about {seen} precision (declare --cap compute_dtype={seen} if by design): "
+        f"{quantity} vs float64 oracle"
     )

@@ -365,7 +365,10 @@ def logit_rounding_band(
     top = torch.where(admissible, s, -math.inf).amax(-1, keepdim=True)  # (B, Hq, L, 1)
     z = torch.where(admissible, s - top.nan_to_num(0.0, neginf=0.0), -math.inf)  # (B, Hq, L, S), <= 0
     d = u * (size + torch.where(admissible, z.abs(), 0.0) + WEIGHT_ROUNDINGS)  # d_ij (B, Hq, L, S)
-    upper, lower = torch.exp(z + d), torch.exp(z - d)  # weight bounds (B, Hq, L, S), 0 at masked keys
+    # weight bounds (B, Hq, L, S), 0 at masked keys; shifted by the row's largest upper exponent (the ratio of
+    # sums does not change), so huge logits (d_ij beyond 709) do not overflow exp
+    shift = (z + d).amax(-1, keepdim=True).nan_to_num(0.0, neginf=0.0)  # (B, Hq, L, 1)
+    upper, lower = torch.exp(z + d - shift), torch.exp(z - d - shift)
     order = v.argsort(-2, descending=True)  # (B, Hq, S, Ev): per column, keys by decreasing value
     v_sorted = v.gather(-2, order).unsqueeze(2)  # (B, Hq, 1, S, Ev)
     lo = torch.zeros(*s.shape[:-1], v.size(-1), dtype=torch.float64)  # (B, Hq, L, Ev)
@@ -375,20 +378,25 @@ def logit_rounding_band(
         idx = order.unsqueeze(2).expand(-1, -1, min(rows, L - r), -1, -1)  # (B, Hq, rows, S, Ev)
         up = upper[..., r : r + rows, :, None].expand(idx.shape).gather(-2, idx)  # (B, Hq, rows, S, Ev) sorted
         low = lower[..., r : r + rows, :, None].expand(idx.shape).gather(-2, idx)
-        hi[..., r : r + rows, :] = _best_split(up, low, v_sorted).amax(-2)
-        lo[..., r : r + rows, :] = _best_split(low, up, v_sorted).amin(-2)
+        best = _best_split(up, low, v_sorted).nan_to_num(-math.inf).amax(-2)  # a split with no weight: none
+        hi[..., r : r + rows, :] = best.nan_to_num(0.0, neginf=0.0)
+        best = _best_split(low, up, v_sorted).nan_to_num(math.inf).amin(-2)
+        lo[..., r : r + rows, :] = best.nan_to_num(0.0, posinf=0.0)
     return lo, hi
 
 
 def _best_split(first: Tensor, rest: Tensor, v: Tensor) -> Tensor:
     """sum_j w_j v_j / sum_j w_j for the S + 1 splits: w = ``first`` on the t largest values, ``rest`` on the others.
-    first, rest (..., S, Ev) in the order of decreasing v (..., S, Ev) -> (..., S + 1, Ev); 0 where no weight."""
+    first, rest (..., S, Ev) in the order of decreasing v (..., S, Ev) -> (..., S + 1, Ev); NaN where no weight
+    (a split whose weights all underflow, or a row without keys)."""
     zero = torch.zeros_like(first[..., :1, :])  # (..., 1, Ev)
     w_first = torch.cat([zero, first.cumsum(-2)], -2)  # (..., S + 1, Ev): sum over the t largest
     wv_first = torch.cat([zero, (first * v).cumsum(-2)], -2)
-    w_rest = rest.sum(-2, keepdim=True) - torch.cat([zero, rest.cumsum(-2)], -2)  # sum over the others
-    wv_rest = (rest * v).sum(-2, keepdim=True) - torch.cat([zero, (rest * v).cumsum(-2)], -2)
-    return ((wv_first + wv_rest) / (w_first + w_rest)).nan_to_num(0.0)
+    # sums over the others as suffix sums, not the total minus a prefix: the weights span hundreds of orders of
+    # magnitude at large logits, and the difference would cancel the small ones away
+    w_rest = torch.cat([rest.flip(-2).cumsum(-2).flip(-2), zero], -2)  # (..., S + 1, Ev)
+    wv_rest = torch.cat([(rest * v).flip(-2).cumsum(-2).flip(-2), zero], -2)
+    return (wv_first + wv_rest) / (w_first + w_rest)
 
 
 def degenerate_outputs(

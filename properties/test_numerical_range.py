@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 
 import torch
-from hypothesis import assume, given
+from hypothesis import assume, given, reject
 from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
-from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require
+from attncheck.properties.checks import check, judge_output, require
 from attncheck.properties.contract import Target
-from attncheck.properties.oracle import expect, oracle
+from attncheck.properties.oracle import oracle
 from attncheck.properties.problems import problems
 
 
@@ -42,11 +42,9 @@ def test_huge_logits_finite_and_accurate(target: Target, data: st.DataObject) ->
         else ""
     )
     out = target(q, k, v, **p.call_kwargs(mask))
-    align = target.caps.alignment
-    live = live_rows(p, mask, align).to(out.device)  # rows emptied by the causal alignment follow their convention
-    judge_empty_rows(target, out, v, live, p)
-    ref, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
-    assert_close(out, ref, tol, f"output for logits far beyond exp's range vs the float64 oracle{note}", p, where=live)
+    what = "output for logits far beyond exp's range vs the float64 oracle"
+    if judge_output(target, p, q, k, v, mask, out, quantity=what, note=note, judged=False) is None:
+        reject()  # inconclusive: half logits rounded to the input dtype cannot be told from a degenerate output
 
 
 @prop("numerical_range")
@@ -102,5 +100,6 @@ def test_finite_min_bias_does_not_overflow(target: Target, data: st.DataObject) 
     assert mask is not None
     finite_min = mask.masked_fill(mask == float("-inf"), torch.finfo(q.dtype).min)  # (..., L, S)
     out = target(q, k, v, **p.call_kwargs(finite_min))
-    ref, tol = expect(q, k, v, mask, "top-left", target.precision(q.dtype), scale=p.scale)
-    assert_close(out, ref, tol, "output with finfo.min (instead of -inf) on masked keys vs the -inf oracle", p)
+    what = "output with finfo.min (instead of -inf) on masked keys vs the -inf oracle"
+    if judge_output(target, p, q, k, v, mask, out, quantity=what, judged=False) is None:
+        reject()  # inconclusive, as above

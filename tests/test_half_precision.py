@@ -17,10 +17,12 @@ from torch import Tensor
 from attncheck.errors import PropertyFailure
 from attncheck.properties.checks import drain_observations
 from attncheck.properties.contract import Capabilities, Target
+from attncheck.properties.oracle import logit_rounding_band
 from attncheck.properties.problems import MaskKind, Problem
 from attncheck.properties.test_matches_oracle import judge_forward
 from tests.cheats import CHEATS
 from tests.meta_call import NEG_INF, Call, as_sdpa, masked_scores, zero_unseen_values
+from tests.test_meta import CATCH_SETTINGS, run_property
 
 FORMS = {
     "logits": frozenset({"logits"}),  # softmax and P in float32
@@ -112,3 +114,29 @@ def test_first_row_mask_cheat_is_caught_on_first_full_masks(dtype: str, magnitud
         if p.mask != "none":
             with pytest.raises(PropertyFailure, match="vs float64 oracle"):
                 judge_forward(target, p)
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float16"])
+@pytest.mark.parametrize("form", list(FORMS), ids=list(FORMS))
+def test_an_honest_half_only_kernel_passes_numerical_range(dtype: str, form: str) -> None:
+    """Logits of magnitude 1e3..1e4 (huge_logits) and a finfo.min bias: a kernel that declares only its half dtype
+    and rounds its logits to it is judged by the same band as in matches_oracle (it failed both checks when they
+    compared it with a float32-logit kernel's budget: error 0.146 vs 0.123, 0.284 vs 0.192, bfloat16)."""
+    target = rounding_kernel(FORMS[form])
+    target.caps = target.caps.replace(dtypes=(dtype,))
+    failures, passes, _ = run_property(target, "numerical_range", CATCH_SETTINGS)
+    assert not failures and {"test_huge_logits_finite_and_accurate", "test_finite_min_bias_does_not_overflow"} <= set(
+        passes
+    ), failures
+    drain_observations()
+
+
+def test_the_band_keeps_weights_hundreds_of_orders_of_magnitude_apart() -> None:
+    """Two keys whose logits differ by 36 out of 5400: rounding to bfloat16 can swap them (both round to 5440),
+    so the band reaches either value. The band once summed the others' weights as the total minus a prefix,
+    which cancelled the smaller weight (1e-22 beside 1) and collapsed the band onto the larger logit's value."""
+    q = torch.tensor([[[[-68.5, 149.0]]]], dtype=torch.bfloat16)  # (1, 1, 1, 2)
+    k = torch.tensor([[[[-11.3125, 46.25], [-125.5, -5.90625]]]], dtype=torch.bfloat16)  # (1, 1, 2, 2)
+    v = torch.tensor([[[[-1.1953], [0.6562]]]], dtype=torch.bfloat16)  # (1, 1, 2, 1)
+    lo, hi = logit_rounding_band(q, k, v)
+    assert float(lo) < -1.19 and float(hi) > 0.65, (lo, hi)
