@@ -373,6 +373,8 @@ def _runs_under(item: pytest.Item, target: Target, undone: dict[str, Any]) -> bo
             item.obj(**args)  # type: ignore[attr-defined]
     except pytest.skip.Exception:
         return False
+    except KeyboardInterrupt:  # Ctrl-C during the dry run interrupts the run, as anywhere else
+        raise
     except BaseException as exc:
         return any(isinstance(e, _WouldRun) for e in _chain(exc))
     finally:
