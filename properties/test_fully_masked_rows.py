@@ -10,13 +10,12 @@ finite (NaN from a masked row must not poison dK and dV of the batch; docs/bugs.
 from __future__ import annotations
 
 import torch
-from hypothesis import given
+from hypothesis import given, reject
 from hypothesis import strategies as st
 
 from attncheck.properties.catalog import prop
-from attncheck.properties.checks import assert_close, check, judge_empty_rows, live_rows, require, target_grads
+from attncheck.properties.checks import check, judge_output, live_rows, require, target_grads
 from attncheck.properties.contract import Target
-from attncheck.properties.oracle import expect
 from attncheck.properties.problems import Problem, problems
 
 
@@ -55,9 +54,9 @@ def _judge_rows(target: Target, p: Problem) -> None:
     out = target(lq, lk, lv, **p.call_kwargs(mask))  # (B, Hq, L, Ev)
     align = caps.alignment
     live = live_rows(p, mask, align).to(out.device)  # (B, Hq, L, 1)
-    judge_empty_rows(target, out, v, live, p)
-    ref, tol = expect(q, k, v, mask, align, target.precision(q.dtype), is_causal=p.is_causal, scale=p.scale)
-    assert_close(out, ref, tol, "rows with admissible keys, beside fully masked rows, vs the oracle", p, where=live)
+    what = "rows with admissible keys, beside fully masked rows, vs the oracle"
+    if judge_output(target, p, q, k, v, mask, out, quantity=what, judged=False) is None:  # empty rows judged too
+        reject()  # inconclusive: half logits rounded to the input dtype cannot be told from a degenerate output
     if caps.grad and bool(live.any()):
         g = torch.Generator().manual_seed(p.seed + 11)
         d_out = torch.randn(out.shape, generator=g, dtype=torch.float64).to(out.dtype).to(out.device) * live
