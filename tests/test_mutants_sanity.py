@@ -308,6 +308,7 @@ def test_registry() -> None:
         "masked_value_nan_leak": Capabilities(masked_values="ignored"),
         "dropout_not_rescaled": Capabilities(dropout=True),
         "dropout_renormalised": Capabilities(dropout=True),
+        "mask_times_scale": Capabilities(masks=frozenset({"float"})),  # the one mask kind its bug needs
     }
     assert len(VARIANTS) >= 6
     assert all(v.fn.__attncheck__ is v.caps for v in VARIANTS.values())  # type: ignore[attr-defined]
