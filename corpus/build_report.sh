@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild REPORT.md from REPORT_head.md, the tallies of results/baseline against verdicts.tsv, REPORT_tail.md,
 # then REPORT_declared.md and the tallies of results/declared against verdicts_declared.tsv, REPORT_reviewed.md and
-# the tally of results/reviewed, REPORT_current.md and the tally and sections of results/current against
-# verdicts_current.tsv.
+# the tally of results/reviewed, REPORT_integrity.md and the tally and sections of results/integrity against
+# verdicts_integrity.tsv, then REPORT_current.md and those of results/current against verdicts_current.tsv.
 cd "$(dirname "$0")"
 MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash keras_dpa diffusers_attn hf_gpt2_upcast hf_t5 hf_whisper_eager"
 {
@@ -25,6 +25,11 @@ MAIN="xt_attend xt_attend_flash mea_attention mea_chunked mea_flash ring_flash k
   python sections.py | sed 's/^### /#### /'
   cat REPORT_reviewed.md
   RES=results/reviewed python tally.py | sed -n '1,18p'
+  cat REPORT_integrity.md
+  export RES=results/integrity VERDICTS=verdicts_integrity.tsv
+  python tally.py | sed -n '1,18p'
+  printf '\n### Red verdicts per implementation (results/integrity)\n'
+  python sections.py | sed 's/^### /#### /'
   cat REPORT_current.md
   export RES=results/current VERDICTS=verdicts_current.tsv
   python tally.py | sed -n '1,18p'

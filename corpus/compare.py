@@ -1,6 +1,6 @@
 """Compare two judged runs target by target: property statuses, red checks and root causes that appeared or went away.
 
-    OLD=results/reviewed OLD_VERDICTS=verdicts_declared.tsv NEW=results/current NEW_VERDICTS=verdicts_current.tsv \
+    OLD=results/integrity OLD_VERDICTS=verdicts_integrity.tsv NEW=results/current NEW_VERDICTS=verdicts_current.tsv \
         python compare.py
 
 Prints, per target, the judged items of each run (red checks + root causes: TRUE / FALSE by the verdicts files), then
@@ -12,9 +12,9 @@ import os
 
 from tally import PKG, load_verdicts, red_checks, root_causes, target_json
 
-OLD = os.environ.get("OLD", "results/reviewed")
+OLD = os.environ.get("OLD", "results/integrity")
 NEW = os.environ.get("NEW", "results/current")
-OLD_VERDICTS = os.environ.get("OLD_VERDICTS", "verdicts_declared.tsv")
+OLD_VERDICTS = os.environ.get("OLD_VERDICTS", "verdicts_integrity.tsv")
 NEW_VERDICTS = os.environ.get("NEW_VERDICTS", "verdicts_current.tsv")
 
 
