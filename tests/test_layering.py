@@ -13,8 +13,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-FOLDERS = {"attncheck": "attncheck", "properties": "attncheck.properties", "reference": "attncheck.reference"}
-FOLDERS["benchmarks"] = "attncheck.benchmarks"
+FOLDERS = {
+    "attncheck": "attncheck",
+    "properties": "attncheck.properties",
+    "reference": "attncheck.reference",
+    "benchmarks": "attncheck.benchmarks",
+}
 FRONTS = {"attncheck.cli", "attncheck.api", "attncheck._pytestplugin", "attncheck.__main__", "attncheck.bench.cli"}
 
 
@@ -24,7 +28,7 @@ def modules() -> dict[str, Path]:
     for folder, package in FOLDERS.items():
         for path in sorted((ROOT / folder).rglob("*.py")):
             rel = path.relative_to(ROOT / folder)
-            if any(part in FOLDERS or part == "__pycache__" for part in rel.parts[:-1]) and folder == "attncheck":
+            if folder == "attncheck" and rel.parts[0] in FOLDERS:
                 continue  # attncheck/properties -> ../properties and the like: read under their own folder
             parts = [package, *rel.with_suffix("").parts]
             name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
